@@ -1,0 +1,429 @@
+"""One configuration system for the node, training and export.
+
+Settings are plain dataclasses. A YAML file fills them, ``key.sub=value`` overrides from the
+command line (or ROS parameters) change single fields, and every value is type-checked, so a
+typo or a wrong type fails at start-up with the full dotted key in the message instead of
+deep inside a training run.
+
+The same YAML file can be a ROS 2 parameter file: a document of the form
+``{node_name: {ros__parameters: {...}}}`` is unwrapped, so ``config/vln_heatmap.yaml`` serves
+``ros2 launch``, the demo, the tests and the offline scripts alike.
+
+Example::
+
+    cfg = load_config("configs/vln_heatmap.yaml", ["video.keyframes=4", "heatmap.sigma_px=3"])
+    cfg.video.keyframes  # 4
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message names the dotted key."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections. Each section belongs to one part of the project; keep defaults sane for a CPU robot.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoConfig:
+    """Frame buffering: N_m buffered frames, N_k keyframes, network input size."""
+
+    total_frames: int = 16  # N_m: frames in the ring buffer / model input
+    keyframes: int = 8  # N_k: keyframes chosen by the sampler
+    frame_size: tuple[int, int] = (224, 224)  # (H, W) the model and heatmaps work at
+
+    def validate(self, key: str) -> None:
+        if self.total_frames < 1:
+            raise ConfigError(f"{key}.total_frames must be >= 1, got {self.total_frames}")
+        if not 1 <= self.keyframes <= self.total_frames:
+            raise ConfigError(
+                f"{key}.keyframes must be in [1, total_frames={self.total_frames}], got {self.keyframes}"
+            )
+        if min(self.frame_size) < 8:
+            raise ConfigError(f"{key}.frame_size must be at least 8x8, got {self.frame_size}")
+
+
+@dataclass
+class FrameSamplingConfig:
+    """Space-aware keyframe sampling (greedy maximum voxel coverage)."""
+
+    method: Literal["space_aware", "uniform", "random"] = "space_aware"
+    voxel_size: Optional[float] = None  # metres; None: shortest bbox side / voxel_divisions
+    voxel_divisions: int = 20
+    max_points_per_frame: int = 4096  # subsample each frame's valid points before voxelising
+    min_novel_fraction: float = 0.05  # online memory: admit a frame if it adds this much coverage
+    seed: int = 0
+
+    def validate(self, key: str) -> None:
+        if self.voxel_size is not None and self.voxel_size <= 0:
+            raise ConfigError(f"{key}.voxel_size must be > 0 metres or null, got {self.voxel_size}")
+        if self.voxel_divisions < 1:
+            raise ConfigError(f"{key}.voxel_divisions must be >= 1, got {self.voxel_divisions}")
+
+
+@dataclass
+class HeatmapConfig:
+    """Ground-truth frame-indexed heatmaps (geometry core)."""
+
+    sigma_px: float = 2.0  # Gaussian splat standard deviation, pixels of the heatmap grid
+    source_stride: int = 2  # use every n-th keyframe pixel in x and y
+    occlusion_margin_m: float = 0.05  # a point is hidden when it is this much behind c's depth
+    occlusion_margin_rel: float = 0.02  # ... plus this fraction of its depth
+
+    def validate(self, key: str) -> None:
+        if self.sigma_px < 0:
+            raise ConfigError(f"{key}.sigma_px must be >= 0, got {self.sigma_px}")
+        if self.source_stride < 1:
+            raise ConfigError(f"{key}.source_stride must be >= 1, got {self.source_stride}")
+
+
+@dataclass
+class TopicsConfig:
+    image: str = "/camera/color/image_raw"
+    compressed_image: str = ""  # if set, subscribe to sensor_msgs/CompressedImage here instead
+    depth: str = "/camera/depth/image_raw"
+    camera_info: str = "/camera/color/camera_info"
+    odometry: str = "/odom"
+    instruction: str = "/vln/instruction"
+
+
+@dataclass
+class NodeConfig:
+    """The ROS 2 node (ros2_ws/src/vln_heatmap)."""
+
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+    backend: Literal["geometry", "model", "onnx", "tensorrt"] = "geometry"
+    model_path: str = ""
+    inference_rate_hz: float = 5.0
+    # camera mount: base_link -> camera optical frame, [x, y, z, qx, qy, qz, qw] in metres
+    camera_mount: tuple[float, ...] = (0.2, 0.0, 1.0, -0.5, 0.5, -0.5, 0.5)
+    pose_source: Literal["odometry", "tf"] = "odometry"
+    world_frame: str = "odom"
+    max_stamp_gap_s: float = 0.1  # image/depth/odometry pairing tolerance
+    record: bool = False
+    record_dir: str = "recordings"
+    publish_overlay: bool = True
+
+    def validate(self, key: str) -> None:
+        if self.inference_rate_hz <= 0:
+            raise ConfigError(f"{key}.inference_rate_hz must be > 0, got {self.inference_rate_hz}")
+        if len(self.camera_mount) != 7:
+            raise ConfigError(f"{key}.camera_mount must be [x, y, z, qx, qy, qz, qw], got {self.camera_mount}")
+
+
+@dataclass
+class ModelConfig:
+    """The learned network (vln_core.models); `name` picks a registered configuration."""
+
+    name: Literal["embedded", "base", "full"] = "embedded"
+    checkpoint: str = ""
+    dinov3_path: str = ""  # local path of a DINOv3 checkpoint (base/full)
+    llm_path: str = ""  # local path of a Qwen2 / Qwen2.5-VL checkpoint (base/full)
+    freeze_semantic: bool = True
+    freeze_llm: bool = True
+    lora_rank: int = 0  # > 0: train the LLM with LoRA adapters of this rank
+    pos_encoding_3d: Literal["sinusoidal", "mlp"] = "sinusoidal"
+    geometry_device: str = "auto"
+    semantic_device: str = "auto"
+    llm_device: str = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+@dataclass
+class TrainingConfig:
+    data_dirs: list[str] = field(default_factory=lambda: ["data/sim"])
+    output_dir: str = "runs/embedded"
+    stage: Literal["geometry", "heatmap", "finetune"] = "heatmap"
+    batch_size: int = 2
+    grad_accum_steps: int = 1
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    max_steps: int = 2000
+    warmup_steps: int = 100
+    eval_every: int = 200
+    save_every: int = 200
+    num_workers: int = 0
+    seed: int = 0
+    bf16: bool = True  # autocast on CUDA only
+    loss_weights: dict[str, float] = field(default_factory=dict)
+
+    def validate(self, key: str) -> None:
+        for name in ("batch_size", "grad_accum_steps", "max_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"{key}.learning_rate must be > 0, got {self.learning_rate}")
+
+
+@dataclass
+class ExportConfig:
+    output_dir: str = "exports"
+    opset: int = 17
+    fp16: bool = False
+
+
+@dataclass
+class SimConfig:
+    """Procedural indoor simulator (training/collect.py)."""
+
+    frames_per_episode: int = 100
+    image_size: tuple[int, int] = (224, 224)  # (H, W)
+    hfov_deg: float = 75.0
+    camera_rate_hz: float = 10.0
+    camera_height_m: float = 1.0
+    max_speed_mps: float = 0.5
+    max_turn_rate_dps: float = 60.0
+    rooms: tuple[int, int] = (2, 4)  # min, max rooms per scene
+
+
+@dataclass
+class VLNConfig:
+    """The root: one tree for node, training, export and simulator."""
+
+    video: VideoConfig = field(default_factory=VideoConfig)
+    frame_sampling: FrameSamplingConfig = field(default_factory=FrameSamplingConfig)
+    heatmap: HeatmapConfig = field(default_factory=HeatmapConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Machinery
+# --------------------------------------------------------------------------------------------
+
+
+def _unwrap_ros_params(data: dict) -> dict:
+    """Return the ``ros__parameters`` body of a ROS 2 parameter file, or ``data`` unchanged."""
+    if isinstance(data, dict) and len(data) == 1:
+        (body,) = data.values()
+        if isinstance(body, dict) and set(body) == {"ros__parameters"}:
+            return body["ros__parameters"] or {}
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (list -> tuple, int -> float)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: {value!r} matches none of {[_type_name(a) for a in args]}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (list, tuple):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key} must have {len(args)} items, got {len(value)}: {value!r}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        ktp, vtp = args if args else (Any, Any)
+        return {_coerce(k, ktp, f"{key}.<key>"): _coerce(v, vtp, f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported annotation {tp!r}")
+
+
+def _build(cls: type[T], data: dict, prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = prefix or cls.__name__
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate(prefix or cls.__name__)
+    return obj
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples as lists), ready for YAML or JSON."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(cfg)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {dotted}: {part} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"a.b=3"`` -> ``("a.b", 3)``; the value is parsed as YAML (numbers, lists, null, true)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip().lstrip("-")
+    if not key:
+        raise ConfigError(f"override {text!r} has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return key, value
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(data).__name__}")
+    return _unwrap_ros_params(data)
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: Sequence[str] | dict[str, Any] = (),
+    cls: type[T] = VLNConfig,  # type: ignore[assignment]
+) -> T:
+    """Build ``cls`` from defaults, then the YAML file at ``path``, then ``overrides``.
+
+    ``overrides`` are ``"dotted.key=value"`` strings or a ``{dotted.key: value}`` dict (as ROS
+    parameters arrive). Raises :class:`ConfigError` naming the offending key.
+    """
+    data: dict = {}
+    if path:
+        data = read_yaml(path)
+        # allow dotted keys inside the file too (ROS parameter files may flatten them)
+        flat = {k: v for k, v in data.items() if "." in k}
+        for k in flat:
+            del data[k]
+        for k, v in flat.items():
+            _set_dotted(data, k, v)
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        _set_dotted(data, key, value)
+    return _build(cls, data)
+
+
+def flatten_config(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"video.keyframes": 8, ...}``: the form ROS parameters take."""
+    out: dict[str, Any] = {}
+    for name, value in config_to_dict(cfg).items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+            sub = getattr(cfg, name)
+            if dataclasses.is_dataclass(sub):
+                out.update(flatten_config(sub, key + "."))
+                continue
+        out[key] = value
+    return out
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash never leaves a half-written file in its place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--config FILE`` plus trailing ``key.sub=value`` overrides, for every script."""
+    parser.add_argument("--config", default=default, help="YAML config file (plain or ROS parameter file)")
+    parser.add_argument(
+        "overrides", nargs="*", default=[], metavar="KEY=VALUE",
+        help="override single settings, e.g. video.keyframes=4 training.max_steps=100",
+    )
+
+
+def config_from_args(args: argparse.Namespace, cls: type[T] = VLNConfig) -> T:  # type: ignore[assignment]
+    return load_config(args.config, args.overrides, cls)

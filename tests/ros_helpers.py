@@ -1,0 +1,195 @@
+"""Helpers for tests that talk over real ROS 2 middleware (rclpy + Fast DDS), no mocks.
+
+Every test gets its own ``ROS_DOMAIN_ID`` and localhost-only discovery, so tests (and other
+people's processes on the machine) never see each other's topics. Subprocesses are started with
+the virtualenv interpreter (``sys.executable``): the ROS wheels' bootstrapper re-executes it once
+with ``LD_LIBRARY_PATH`` set, keeping the same PID, so terminating the ``Popen`` handle stops the
+real process.
+
+Run as a script, this file is also the publisher side of ``tests/test_ros_dds.py``::
+
+    python tests/ros_helpers.py publish-images --count 5 --topic /dds_test/image
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_domain_counter = itertools.count()
+
+
+def unique_domain_id() -> int:
+    """A ROS domain id in 1..101, different for each call within a process and (likely) between
+    concurrently running pytest processes (mixed from the PID)."""
+    return (os.getpid() * 7 + next(_domain_counter)) % 101 + 1
+
+
+def ros_env(domain_id: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a ROS process isolated on ``domain_id`` with localhost-only discovery."""
+    env = dict(os.environ if base is None else base)
+    env["ROS_DOMAIN_ID"] = str(domain_id)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated since Jazzy; the range above replaces it
+    env.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
+    env["PYTHONUNBUFFERED"] = "1"
+    pythonpath = [str(REPO_ROOT), str(REPO_ROOT / "ros2_ws" / "src" / "vln_heatmap")]
+    if env.get("PYTHONPATH"):
+        pythonpath.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(pythonpath)
+    return env
+
+
+def start_process(args: list[str], domain_id: int, log_path: Path) -> subprocess.Popen:
+    """Start ``[sys.executable, *args]`` on ``domain_id``; stdout+stderr go to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "wb")
+    try:
+        return subprocess.Popen(
+            [sys.executable, *args], cwd=REPO_ROOT, env=ros_env(domain_id), stdout=log, stderr=subprocess.STDOUT
+        )
+    finally:
+        log.close()  # the child holds its own descriptor
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    """SIGINT (what Ctrl-C sends, so rclpy shuts down cleanly), then SIGKILL; return the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+    return proc.returncode
+
+
+class RosTestNode:
+    """An rclpy context + node + single-threaded executor in the test process, on one domain.
+
+    Use as a context manager; :meth:`spin_until` spins until a predicate holds or times out.
+    """
+
+    def __init__(self, name: str, domain_id: int):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        os.environ.pop("ROS_LOCALHOST_ONLY", None)
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def spin_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            self.executor.spin_once(timeout_sec=0.05)
+        return predicate()
+
+    def spin_for(self, seconds: float) -> None:
+        self.spin_until(lambda: False, seconds)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+    def __enter__(self) -> "RosTestNode":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def reliable_qos(depth: int = 10):
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=depth,
+        reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+# ------------------------------------------------------------------ publisher for test_ros_dds
+
+
+def image_pattern(index: int, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) uint8 image that differs in every pixel and every frame (content check)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    r = (xx + 3 * index) % 256
+    g = (yy * 2 + 5 * index) % 256
+    b = (xx * yy + 7 * index) % 256
+    return np.stack([r, g, b], axis=-1).astype(np.uint8)
+
+
+
+
+def _publish_images(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--count", type=int, default=5)
+    parser.add_argument("--height", type=int, default=48)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--wait-subscriber-s", type=float, default=20.0)
+    args = parser.parse_args(argv)
+
+    import rclpy
+    from sensor_msgs.msg import Image
+
+    rclpy.init()
+    node = rclpy.create_node("dds_test_image_publisher")
+    pub = node.create_publisher(Image, args.topic, reliable_qos(args.count))
+    deadline = time.monotonic() + args.wait_subscriber_s
+    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    if pub.get_subscription_count() == 0:
+        print("no subscriber appeared", file=sys.stderr)
+        return 2
+    for i in range(args.count):
+        msg = Image()
+        msg.header.stamp.sec = 1_700_000_000 + i
+        msg.header.stamp.nanosec = 123_456_789 + i
+        msg.header.frame_id = f"camera_optical_{i}"
+        msg.height, msg.width = args.height, args.width
+        msg.encoding = "rgb8"
+        msg.is_bigendian = 0
+        msg.step = args.width * 3
+        msg.data = image_pattern(i, args.height, args.width).tobytes()
+        pub.publish(msg)
+        time.sleep(0.02)
+    # keep the writer alive until the reader has acknowledged everything (reliable QoS)
+    pub.wait_for_all_acked(rclpy.duration.Duration(seconds=10))
+    node.destroy_node()
+    rclpy.shutdown()
+    print(f"published {args.count} images")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] != "publish-images":
+        print("usage: ros_helpers.py publish-images --topic T [--count N]", file=sys.stderr)
+        return 2
+    return _publish_images(argv[1:])
+
+
+def iter_lines(path: Path) -> Iterator[str]:
+    """Lines of a subprocess log (for assertion messages)."""
+    return iter(path.read_text(errors="replace").splitlines()) if path.exists() else iter(())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

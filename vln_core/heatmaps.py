@@ -1,0 +1,307 @@
+"""Ground-truth frame-indexed inter-frame heatmaps from posed depth.
+
+For the current camera ``c`` and each keyframe ``k``, the heatmap over ``c``'s image says where
+``k``'s content lands: every valid depth pixel of ``k`` (every ``source_stride``-th in x and y)
+becomes a world point, is projected into ``c``, bilinearly splatted onto ``c``'s pixel grid and
+blurred with a Gaussian of ``sigma_px`` pixels. Points that land inside ``c``'s image are split
+into *visible* (in front of ``c``'s own surfaces, or where ``c`` has no depth) and *hidden*
+(behind ``c``'s measured surface by more than ``occlusion_margin_m + occlusion_margin_rel * z``);
+the rest are *out of view* (outside the image or behind the camera) and summarised by a
+fraction and a bearing.
+
+Frames and shapes: OpenCV optical cameras, ``T_wc`` camera-to-world, depth in metres along the
+optical axis, heatmaps ``(K, H, W)`` float32 on the current frame's grid (see
+``docs/conventions.md``). Bearings are radians in ``c``'s horizontal plane (its optical x-z
+plane): 0 straight ahead, positive to the left, range (-pi, pi], near +-pi behind.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vln_core.config import HeatmapConfig
+from vln_core.errors import InputError
+from vln_core.geometry.reproject import MIN_POSITIVE_DEPTH_M, unproject_depth, valid_depth_mask
+from vln_core.geometry.transforms import as_float_tensor, invert_pose, transform_points
+
+__all__ = [
+    "NO_OVERLAP_FRACTION",
+    "InterFrameHeatmaps",
+    "gaussian_blur",
+    "splat_bilinear",
+    "frame_indexed_heatmaps",
+    "heatmaps_from_config",
+]
+
+#: A keyframe "overlaps" the current view when at least this fraction of its valid points lands
+#: inside the current image (visible or hidden). Below it the keyframe's maps are exactly zero
+#: and ``has_overlap`` is False: a handful of stray points (depth noise at image borders) should
+#: not produce a normalised heatmap made of a few blurred dots.
+NO_OVERLAP_FRACTION = 1e-3
+
+
+@dataclass
+class InterFrameHeatmaps:
+    """Where each keyframe's content lands in the current view.
+
+    Attributes (torch tensors; numpy arrays after :meth:`numpy`):
+        heatmap: ``(K, H, W)`` float32 on the current image grid. All of keyframe k's valid
+            points that land inside the image (visible and hidden), splatted and blurred,
+            normalised to sum 1 when ``has_overlap[k]``; exactly zeros otherwise.
+        occluded: ``(K, H, W)`` the part of ``heatmap`` from hidden points (behind the current
+            frame's own surfaces); ``0 <= occluded <= heatmap``; zeros without current depth.
+        in_view_fraction: ``(K,)`` fraction of k's valid points in front of c, inside the image
+            and not hidden.
+        occluded_fraction: ``(K,)`` fraction inside the image but hidden.
+        out_of_view_fraction: ``(K,)`` fraction outside the image or behind the camera.
+            The three fractions sum to 1 (all 0 when k has no valid depth).
+        out_of_view_bearing: ``(K,)`` radians, circular mean direction of the out-of-view points
+            in c's horizontal plane (0 ahead, + left, +-pi behind); NaN when there are none.
+        has_overlap: ``(K,)`` bool, see :data:`NO_OVERLAP_FRACTION`.
+        num_valid: ``(K,)`` int64 number of valid (strided) keyframe depth pixels used.
+    """
+
+    heatmap: Any
+    occluded: Any
+    in_view_fraction: Any
+    occluded_fraction: Any
+    out_of_view_fraction: Any
+    out_of_view_bearing: Any
+    has_overlap: Any
+    num_valid: Any
+
+    @property
+    def num_keyframes(self) -> int:
+        return int(self.heatmap.shape[0])
+
+    def to(self, device: torch.device | str) -> "InterFrameHeatmaps":
+        """Copy with every tensor on ``device``."""
+        return InterFrameHeatmaps(**{f.name: torch.as_tensor(getattr(self, f.name)).to(device) for f in fields(self)})
+
+    def numpy(self) -> "InterFrameHeatmaps":
+        """Copy whose fields are numpy arrays (for messages, files and drawing)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        return InterFrameHeatmaps(**out)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Separable Gaussian blur with zero padding (mass near the border leaks out).
+
+    Args:
+        maps: ``(B, H, W)`` float maps.
+        sigma_px: standard deviation in pixels; 0 returns ``maps`` unchanged. The kernel is
+            truncated at ``ceil(3 * sigma_px)`` pixels and normalised to sum 1.
+
+    Returns:
+        ``(B, H, W)`` blurred maps.
+    """
+    if sigma_px < 0:
+        raise InputError(f"sigma_px must be >= 0, got {sigma_px}")
+    if sigma_px == 0:
+        return maps
+    radius = max(1, int(math.ceil(3.0 * sigma_px)))
+    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (x / sigma_px) ** 2)
+    kernel = kernel / kernel.sum()
+    out = maps[:, None]
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1), padding=(0, radius))
+    out = F.conv2d(out, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+    return out[:, 0]
+
+
+def splat_bilinear(uv: torch.Tensor, weights: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Accumulate weighted points onto pixel grids with bilinear weights.
+
+    Coordinates are clamped to the pixel-centre range ``[0, W-1] x [0, H-1]`` first, so a point
+    in the outer half pixel puts all its weight on the border pixels and no mass is lost.
+
+    Args:
+        uv: ``(B, N, 2)`` pixel coordinates (column, row); entries with weight 0 may be NaN.
+        weights: ``(B, N)`` non-negative weights.
+        size: ``(H, W)`` of the grid, both >= 2.
+
+    Returns:
+        ``(B, H, W)`` maps; map b sums to ``weights[b].sum()``.
+    """
+    H, W = (int(s) for s in size)
+    if H < 2 or W < 2:
+        raise InputError(f"splat grid must be at least 2x2, got {H}x{W}")
+    B, N = weights.shape
+    uv = torch.nan_to_num(uv, nan=0.0, posinf=0.0, neginf=0.0)
+    u = uv[..., 0].clamp(0.0, W - 1.0)
+    v = uv[..., 1].clamp(0.0, H - 1.0)
+    u0 = u.floor().clamp(max=W - 2)
+    v0 = v.floor().clamp(max=H - 2)
+    fu = u - u0
+    fv = v - v0
+    base = (torch.arange(B, device=uv.device) * (H * W))[:, None]
+    i00 = base + v0.long() * W + u0.long()
+    index = torch.cat([i00, i00 + 1, i00 + W, i00 + W + 1], dim=1).reshape(-1)
+    w = torch.cat(
+        [weights * (1 - fu) * (1 - fv), weights * fu * (1 - fv), weights * (1 - fu) * fv, weights * fu * fv], dim=1
+    ).reshape(-1)
+    out = torch.zeros(B * H * W, dtype=weights.dtype, device=weights.device)
+    out.index_add_(0, index, w)
+    return out.view(B, H, W)
+
+
+def _check_matrix(x: torch.Tensor, n: int, batch: int, name: str) -> torch.Tensor:
+    if x.shape == (n, n):
+        return x[None].expand(batch, n, n)
+    if x.dim() == 3 and x.shape[1:] == (n, n) and x.shape[0] in (1, batch):
+        return x.expand(batch, n, n)
+    raise InputError(f"{name} must have shape ({batch}, {n}, {n}) or ({n}, {n}), got {tuple(x.shape)}")
+
+
+def frame_indexed_heatmaps(
+    key_depth: Any,
+    key_K: Any,
+    key_T_wc: Any,
+    cur_K: Any,
+    cur_T_wc: Any,
+    cur_size: Sequence[int],
+    cur_depth: Any | None = None,
+    sigma_px: float = 2.0,
+    source_stride: int = 2,
+    occlusion_margin_m: float = 0.05,
+    occlusion_margin_rel: float = 0.02,
+    min_overlap_fraction: float = NO_OVERLAP_FRACTION,
+) -> InterFrameHeatmaps:
+    """Heatmaps over the current image of where each keyframe's depth content lands.
+
+    Args:
+        key_depth: ``(K, h, w)`` keyframe depth in metres (0/NaN/inf invalid).
+        key_K: ``(K, 3, 3)`` (or ``(3, 3)`` shared) intrinsics of the keyframe depth grids.
+        key_T_wc: ``(K, 4, 4)`` keyframe camera-to-world poses.
+        cur_K: ``(3, 3)`` intrinsics of the current frame on the ``cur_size`` grid.
+        cur_T_wc: ``(4, 4)`` current camera-to-world pose (same world as the keyframes).
+        cur_size: ``(H, W)`` of the output heatmaps (the current image grid).
+        cur_depth: ``(H, W)`` current depth in metres for the visibility test, or None (then
+            nothing counts as hidden). Pixels without a measurement never hide anything.
+        sigma_px: Gaussian blur sigma in pixels of the current grid (0: plain bilinear splat).
+        source_stride: use keyframe pixels ``[::stride, ::stride]``.
+        occlusion_margin_m, occlusion_margin_rel: a point at depth ``z`` (in c) landing on a
+            pixel where c measured ``d`` is hidden when ``z > d + margin_m + margin_rel * z``.
+        min_overlap_fraction: see :data:`NO_OVERLAP_FRACTION`.
+
+    Returns:
+        :class:`InterFrameHeatmaps` on ``key_depth``'s device, float32 unless the depth is float64.
+    """
+    key_depth = as_float_tensor(key_depth)
+    if key_depth.dim() != 3:
+        raise InputError(f"key_depth must have shape (K, h, w), got {tuple(key_depth.shape)}")
+    if sigma_px < 0 or occlusion_margin_m < 0 or occlusion_margin_rel < 0:
+        raise InputError(
+            f"sigma_px and occlusion margins must be >= 0, got sigma_px={sigma_px}, "
+            f"occlusion_margin_m={occlusion_margin_m}, occlusion_margin_rel={occlusion_margin_rel}"
+        )
+    num_key = key_depth.shape[0]
+    dtype, device = key_depth.dtype, key_depth.device
+    H, W = (int(s) for s in cur_size)
+    key_K = _check_matrix(as_float_tensor(key_K, dtype, device), 3, num_key, "key_K")
+    key_T_wc = _check_matrix(as_float_tensor(key_T_wc, dtype, device), 4, num_key, "key_T_wc")
+    cur_K = as_float_tensor(cur_K, dtype, device)
+    cur_T_wc = as_float_tensor(cur_T_wc, dtype, device)
+    if cur_K.shape != (3, 3):
+        raise InputError(f"cur_K must have shape (3, 3), got {tuple(cur_K.shape)}")
+    if cur_T_wc.shape != (4, 4):
+        raise InputError(f"cur_T_wc must have shape (4, 4), got {tuple(cur_T_wc.shape)}")
+
+    # keyframe pixels -> world -> current optical frame, all in one transform
+    points_k, valid = unproject_depth(key_depth, key_K, None, stride=source_stride)  # (K, h', w', 3)
+    points_k = points_k.reshape(num_key, -1, 3)
+    valid = valid.reshape(num_key, -1)
+    T_ck = invert_pose(cur_T_wc)[None] @ key_T_wc  # (K, 4, 4): keyframe camera -> current camera
+    p_c = transform_points(T_ck, points_k)  # (K, N, 3)
+    x, z = p_c[..., 0], p_c[..., 2]
+
+    in_front = valid & (z > MIN_POSITIVE_DEPTH_M)
+    safe_z = torch.where(in_front, z, torch.ones_like(z))
+    pix = p_c @ cur_K.T
+    uv = pix[..., :2] / safe_z[..., None]
+    u, v = uv[..., 0], uv[..., 1]
+    inside = in_front & (u >= -0.5) & (u < W - 0.5) & (v >= -0.5) & (v < H - 0.5)
+
+    if cur_depth is not None:
+        cur_depth = as_float_tensor(cur_depth, dtype, device)
+        if cur_depth.shape != (H, W):
+            raise InputError(f"cur_depth must have shape cur_size {(H, W)}, got {tuple(cur_depth.shape)}")
+        ui = torch.round(u).clamp(0, W - 1).long()
+        vi = torch.round(v).clamp(0, H - 1).long()
+        ui = torch.where(inside, ui, torch.zeros_like(ui))
+        vi = torch.where(inside, vi, torch.zeros_like(vi))
+        d_c = cur_depth.reshape(-1)[vi * W + ui]
+        hidden = inside & valid_depth_mask(d_c) & (z > d_c + occlusion_margin_m + occlusion_margin_rel * z)
+    else:
+        hidden = torch.zeros_like(inside)
+    out_of_view = valid & ~inside
+
+    num_valid = valid.sum(dim=-1)
+    denom = num_valid.clamp(min=1).to(dtype)
+    inside_count = inside.sum(dim=-1)
+    hidden_count = hidden.sum(dim=-1)
+    in_view_fraction = (inside_count - hidden_count).to(dtype) / denom
+    occluded_fraction = hidden_count.to(dtype) / denom
+    out_of_view_fraction = out_of_view.sum(dim=-1).to(dtype) / denom
+    has_overlap = (inside_count > 0) & (inside_count.to(dtype) / denom >= min_overlap_fraction)
+
+    # splat all inside points and the hidden ones in one pass, blur, share the normaliser
+    weights = torch.cat([inside.to(dtype), hidden.to(dtype)], dim=0)  # (2K, N)
+    maps = splat_bilinear(torch.cat([uv, uv], dim=0), weights, (H, W))
+    maps = gaussian_blur(maps, sigma_px)
+    heat, occ = maps[:num_key], maps[num_key:]
+    total = heat.sum(dim=(-1, -2))
+    scale = torch.where(has_overlap & (total > 0), 1.0 / total.clamp(min=torch.finfo(dtype).tiny), torch.zeros_like(total))
+    heatmap = heat * scale[:, None, None]
+    occluded = torch.minimum(occ * scale[:, None, None], heatmap)
+
+    # circular mean of out-of-view directions in c's x-z plane (bearing = atan2(-x, z))
+    r = torch.sqrt(x * x + z * z)
+    use = out_of_view & (r > MIN_POSITIVE_DEPTH_M)
+    safe_r = torch.where(use, r, torch.ones_like(r))
+    sum_left = torch.where(use, -x / safe_r, torch.zeros_like(x)).sum(dim=-1)
+    sum_fwd = torch.where(use, z / safe_r, torch.zeros_like(z)).sum(dim=-1)
+    bearing = torch.atan2(sum_left, sum_fwd)
+    bearing = torch.where(use.any(dim=-1), bearing, torch.full_like(bearing, float("nan")))
+
+    return InterFrameHeatmaps(
+        heatmap=heatmap,
+        occluded=occluded,
+        in_view_fraction=in_view_fraction,
+        occluded_fraction=occluded_fraction,
+        out_of_view_fraction=out_of_view_fraction,
+        out_of_view_bearing=bearing,
+        has_overlap=has_overlap,
+        num_valid=num_valid,
+    )
+
+
+def heatmaps_from_config(
+    key_depth: Any,
+    key_K: Any,
+    key_T_wc: Any,
+    cur_K: Any,
+    cur_T_wc: Any,
+    cur_size: Sequence[int],
+    cur_depth: Any | None = None,
+    *,
+    cfg: HeatmapConfig,
+) -> InterFrameHeatmaps:
+    """:func:`frame_indexed_heatmaps` with sigma, stride, margins and overlap threshold from ``cfg``
+    (the ``heatmap`` section of the project config). Shapes as there."""
+    return frame_indexed_heatmaps(
+        key_depth, key_K, key_T_wc, cur_K, cur_T_wc, cur_size, cur_depth,
+        sigma_px=cfg.sigma_px,
+        source_stride=cfg.source_stride,
+        occlusion_margin_m=cfg.occlusion_margin_m,
+        occlusion_margin_rel=cfg.occlusion_margin_rel,
+        min_overlap_fraction=cfg.min_overlap_fraction,
+    )

@@ -85,12 +85,20 @@ class HeatmapConfig:
     source_stride: int = 2  # use every n-th keyframe pixel in x and y
     occlusion_margin_m: float = 0.05  # a point is hidden when it is this much behind c's depth
     occlusion_margin_rel: float = 0.02  # ... plus this fraction of its depth
+    min_overlap_fraction: float = 1e-3  # below this fraction landing in view: no overlap, zero map
 
     def validate(self, key: str) -> None:
         if self.sigma_px < 0:
             raise ConfigError(f"{key}.sigma_px must be >= 0, got {self.sigma_px}")
         if self.source_stride < 1:
             raise ConfigError(f"{key}.source_stride must be >= 1, got {self.source_stride}")
+        if self.occlusion_margin_m < 0 or self.occlusion_margin_rel < 0:
+            raise ConfigError(
+                f"{key}.occlusion_margin_m and {key}.occlusion_margin_rel must be >= 0, "
+                f"got {self.occlusion_margin_m}, {self.occlusion_margin_rel}"
+            )
+        if not 0 <= self.min_overlap_fraction <= 1:
+            raise ConfigError(f"{key}.min_overlap_fraction must be in [0, 1], got {self.min_overlap_fraction}")
 
 
 @dataclass

@@ -124,13 +124,32 @@ class NodeConfig:
     pose_source: Literal["odometry", "tf"] = "odometry"
     world_frame: str = "odom"
     max_stamp_gap_s: float = 0.1  # image/depth/odometry pairing tolerance
+    # a stamp this far past the previous one of its stream (a paused camera, a bag jump) resets
+    # the buffered frames and the keyframe memory; this far backwards (bag loop) resets everything
+    stamp_jump_reset_s: float = 3.0
+    # grid the geometry backend computes heatmaps on: "frame_size" = video.frame_size (the grid
+    # the learned model predicts on), "input" = the camera image's own resolution
+    geometry_resolution: Literal["frame_size", "input"] = "frame_size"
     record: bool = False
     record_dir: str = "recordings"
+    record_frames_per_episode: int = 300  # the recorder starts a new episode after this many frames
+    record_queue_size: int = 32  # frames waiting for the disk; more are dropped (counted), never block
     publish_overlay: bool = True
 
     def validate(self, key: str) -> None:
         if self.inference_rate_hz <= 0:
             raise ConfigError(f"{key}.inference_rate_hz must be > 0, got {self.inference_rate_hz}")
+        if self.max_stamp_gap_s <= 0:
+            raise ConfigError(f"{key}.max_stamp_gap_s must be > 0, got {self.max_stamp_gap_s}")
+        if self.stamp_jump_reset_s <= self.max_stamp_gap_s:
+            raise ConfigError(
+                f"{key}.stamp_jump_reset_s must be > max_stamp_gap_s={self.max_stamp_gap_s}, "
+                f"got {self.stamp_jump_reset_s}"
+            )
+        if self.record_frames_per_episode < 2:
+            raise ConfigError(f"{key}.record_frames_per_episode must be >= 2, got {self.record_frames_per_episode}")
+        if self.record_queue_size < 1:
+            raise ConfigError(f"{key}.record_queue_size must be >= 1, got {self.record_queue_size}")
         if len(self.camera_mount) != 7:
             raise ConfigError(f"{key}.camera_mount must be [x, y, z, qx, qy, qz, qw], got {self.camera_mount}")
 

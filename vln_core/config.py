@@ -188,14 +188,30 @@ class TrainingConfig:
     num_workers: int = 0
     seed: int = 0
     bf16: bool = True  # autocast on CUDA only
-    loss_weights: dict[str, float] = field(default_factory=dict)
+    loss_weights: dict[str, float] = field(default_factory=dict)  # term -> weight, see vln_core.train.losses
+    eval_data_dirs: list[str] = field(default_factory=list)  # empty: hold out eval_fraction of the episodes
+    eval_fraction: float = 0.1
+    eval_max_samples: int = 64  # windows scored per evaluation (evenly spread over the eval set)
+    frame_stride: int = 1  # episode frames between consecutive buffered frames of a window
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    min_lr_ratio: float = 0.05  # cosine decays to learning_rate * min_lr_ratio
+    log_every: int = 10
+    instruction_max_length: int = 64  # tokens
+    device: str = "auto"  # auto: cuda when available (LOCAL_RANK picks the GPU), else cpu
 
     def validate(self, key: str) -> None:
-        for name in ("batch_size", "grad_accum_steps", "max_steps"):
+        for name in ("batch_size", "grad_accum_steps", "max_steps", "frame_stride", "log_every",
+                     "instruction_max_length", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ConfigError(f"{key}.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"{key}.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"{key}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0 or self.max_grad_norm < 0 or self.num_workers < 0:
+            raise ConfigError(f"{key}.warmup_steps, max_grad_norm and num_workers must be >= 0")
 
 
 @dataclass

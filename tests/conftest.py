@@ -1,0 +1,26 @@
+"""Shared pytest fixtures."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+#: Where the real posed RGB-D sequence lives unless ``VLN_REAL_RGBD_DIR`` says otherwise.
+DEFAULT_REAL_RGBD_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/real_rgbd_box"
+
+
+@pytest.fixture(scope="session")
+def real_rgbd_dir() -> Path:
+    """Folder of the real posed RGB-D sequence (``VLN_REAL_RGBD_DIR`` or ``../shared/data/real_rgbd_box``).
+
+    Skips the test, naming the path looked at, when the folder or its intrinsics are absent.
+    """
+    env = os.environ.get("VLN_REAL_RGBD_DIR")
+    folder = Path(env) if env else DEFAULT_REAL_RGBD_DIR
+    if not (folder / "intrinsics.K.txt").is_file():
+        pytest.skip(
+            f"real RGB-D sequence not found at {folder} (no intrinsics.K.txt); "
+            "set VLN_REAL_RGBD_DIR to a posed-image folder to run this test"
+        )
+    return folder

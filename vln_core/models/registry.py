@@ -1,0 +1,243 @@
+"""Named model configurations, timm style: ``register_model`` / ``build_model`` / ``list_models``.
+
+* ``embedded``: everything our own code, CPU-sized, no download (own small ViT, small
+  transformer reasoner, hashed-word tokenizer).
+* ``base``: DINOv3 ViT-S/B from ``model.dinov3_path`` + a Qwen2-0.5B-class LLM from
+  ``model.llm_path`` (tokenizer from the same path).
+* ``full``: DINOv3 ViT-L + the language model of Qwen2.5-VL (3B/7B); the LLM takes the second
+  GPU when there is one.
+
+Pretrained parts load only from local paths. Two hooks avoid them:
+
+* ``build_model(cfg, semantic_backbone=..., llm=..., tokenizer=...)`` takes ready modules (the
+  tests pass ``DINOv3ViTModel`` / ``Qwen2Model`` built from tiny configs);
+* ``build_model(cfg, random_init=True)`` builds the real architectures with random weights, for
+  parameter counting and timing only (``benchmarks/model_size.py --random-init``).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from vln_core.config import ConfigError, VLNConfig
+from vln_core.models.reasoning import EmbeddedReasoner, LLMReasoner
+from vln_core.models.semantic_encoder import SmallViT
+from vln_core.models.spatial_model import ModelArchitecture, VLNSpatialModel
+from vln_core.models.tokenizer import HashedWordTokenizer, HFTokenizerAdapter
+
+__all__ = ["register_model", "build_model", "list_models", "model_spec", "ModelSpec"]
+
+
+@dataclass
+class ModelSpec:
+    """A registered configuration: our own sizes plus the pretrained architectures it expects.
+
+    ``dinov3_config`` / ``llm_config`` are the transformers config fields of the expected
+    checkpoints (used by ``random_init``); ``llm_kind`` is ``"qwen2"`` or ``"qwen2_5_vl"``.
+    """
+
+    name: str
+    arch: ModelArchitecture
+    dinov3_config: dict[str, Any] | None = None
+    llm_config: dict[str, Any] | None = None
+    llm_kind: str = "qwen2"
+    description: str = ""
+
+
+_REGISTRY: dict[str, Callable[[], ModelSpec]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[[], ModelSpec]], Callable[[], ModelSpec]]:
+    """Decorator registering a function that returns a :class:`ModelSpec` under ``name``."""
+
+    def wrap(fn: Callable[[], ModelSpec]) -> Callable[[], ModelSpec]:
+        if name in _REGISTRY:
+            raise ValueError(f"model configuration {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names of the registered configurations, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` registered under ``name``."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"model.name: unknown model configuration {name!r}; registered: {list_models()}")
+    return _REGISTRY[name]()
+
+
+# --------------------------------------------------------------------------------------------
+# Registered configurations
+# --------------------------------------------------------------------------------------------
+
+
+@register_model("embedded")
+def _embedded() -> ModelSpec:
+    return ModelSpec(
+        name="embedded",
+        arch=ModelArchitecture(
+            geometry_patch_size=14, geometry_dim=128, geometry_depth=3, geometry_heads=4, geometry_registers=2,
+            semantic="small_vit", semantic_patch_size=16, semantic_dim=128, semantic_depth=3, semantic_heads=4,
+            fusion_dim=128, reasoner="embedded", reasoning_depth=2, reasoning_heads=4, reasoning_pool=2,
+            decoder_heads=4, decoder_layers=2, waypoint_hidden=256, vocab_size=4096,
+        ),
+        description="own small ViTs + small transformer reasoner; CPU-sized, no download",
+    )
+
+
+_QWEN2_0_5B = dict(
+    vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+    num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=True,
+)
+_QWEN2_5_VL_3B_TEXT = dict(
+    vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+    num_key_value_heads=2, max_position_embeddings=128000, rope_theta=1000000.0,
+)
+_DINOV3_VITS16 = dict(
+    patch_size=16, hidden_size=384, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=6,
+    num_register_tokens=4,
+)
+_DINOV3_VITL16 = dict(
+    patch_size=16, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+    num_register_tokens=4,
+)
+
+
+@register_model("base")
+def _base() -> ModelSpec:
+    return ModelSpec(
+        name="base",
+        arch=ModelArchitecture(
+            geometry_patch_size=14, geometry_dim=256, geometry_depth=6, geometry_heads=8, geometry_registers=4,
+            semantic="dinov3", fusion_dim=256, reasoner="llm", reasoning_pool=2,
+            decoder_heads=8, decoder_layers=2, waypoint_hidden=512,
+        ),
+        dinov3_config=_DINOV3_VITS16,
+        llm_config=_QWEN2_0_5B,
+        llm_kind="qwen2",
+        description="DINOv3 ViT-S/B (model.dinov3_path) + Qwen2-0.5B-class LLM (model.llm_path)",
+    )
+
+
+@register_model("full")
+def _full() -> ModelSpec:
+    return ModelSpec(
+        name="full",
+        arch=ModelArchitecture(
+            geometry_patch_size=14, geometry_dim=512, geometry_depth=12, geometry_heads=8, geometry_registers=4,
+            semantic="dinov3", fusion_dim=512, reasoner="llm", reasoning_pool=2,
+            decoder_heads=8, decoder_layers=3, waypoint_hidden=512,
+            device_indices={"geometry": 0, "semantic": 0, "llm": 1},
+        ),
+        dinov3_config=_DINOV3_VITL16,
+        llm_config=_QWEN2_5_VL_3B_TEXT,
+        llm_kind="qwen2_5_vl",
+        description="DINOv3 ViT-L (model.dinov3_path) + Qwen2.5-VL-3B/7B language model (model.llm_path)",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------
+
+
+def _require_path(value: str, key: str, name: str, what: str) -> Path:
+    if not value:
+        raise ConfigError(
+            f"model '{name}' needs a local {what} checkpoint: set {key}=/path/to/checkpoint "
+            "(nothing is downloaded), or use model.name=embedded"
+        )
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{key}={value!r}: no such file or directory")
+    return path
+
+
+def _load_semantic(cfg: VLNConfig, spec: ModelSpec, random_init: bool) -> nn.Module:
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    if random_init:
+        return DINOv3ViTModel(DINOv3ViTConfig(**(spec.dinov3_config or {})))
+    path = _require_path(cfg.model.dinov3_path, "model.dinov3_path", spec.name, "DINOv3")
+    return DINOv3ViTModel.from_pretrained(str(path))
+
+
+def _load_llm(cfg: VLNConfig, spec: ModelSpec, random_init: bool) -> tuple[nn.Module, Any]:
+    """``(llm, tokenizer or None)``."""
+    if random_init:
+        if spec.llm_kind == "qwen2_5_vl":
+            from transformers import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+            return Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(**(spec.llm_config or {}))), None
+        from transformers import Qwen2Config, Qwen2Model
+
+        return Qwen2Model(Qwen2Config(**(spec.llm_config or {}))), None
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = _require_path(cfg.model.llm_path, "model.llm_path", spec.name, "LLM (Qwen2 / Qwen2.5-VL)")
+    model_type = AutoConfig.from_pretrained(str(path)).model_type
+    if model_type in ("qwen2_5_vl", "qwen2_vl"):
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        llm = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path))
+    elif model_type == "qwen2":
+        from transformers import Qwen2Model
+
+        llm = Qwen2Model.from_pretrained(str(path))
+    else:
+        raise ConfigError(f"model.llm_path={str(path)!r} holds a {model_type!r} model; expected qwen2 or qwen2_5_vl")
+    return llm, HFTokenizerAdapter(AutoTokenizer.from_pretrained(str(path)))
+
+
+def build_model(cfg: VLNConfig, *, semantic_backbone: nn.Module | None = None, llm: nn.Module | None = None,
+                tokenizer: Any | None = None, random_init: bool = False) -> VLNSpatialModel:
+    """Build the configuration ``cfg.model.name`` for ``cfg.video`` sizes.
+
+    Args:
+        cfg: root config.
+        semantic_backbone: a ready ``DINOv3ViTModel`` (base/full) instead of loading
+            ``model.dinov3_path`` (test hook; ignored by ``embedded``).
+        llm: a ready transformers LLM (``Qwen2Model``, ``Qwen2ForCausalLM``, Qwen2.5-VL) instead
+            of loading ``model.llm_path`` (test hook; ignored by ``embedded``).
+        tokenizer: the instruction tokenizer; default: the embedded hashed-word tokenizer, the
+            checkpoint's tokenizer for loaded LLMs, or a hashed-word tokenizer over the LLM's
+            vocabulary for ``llm=`` / ``random_init`` models.
+        random_init: build the pretrained parts' architectures with random weights (parameter
+            counting and timing only; the result knows nothing).
+
+    Raises:
+        ConfigError: unknown name, or base/full without the needed local path (the message
+            names the key to set).
+    """
+    spec = model_spec(cfg.model.name)
+    arch = copy.deepcopy(spec.arch)
+    if arch.semantic == "small_vit":
+        semantic = SmallViT(tuple(cfg.video.frame_size), arch.semantic_patch_size, arch.semantic_dim,
+                            arch.semantic_depth, arch.semantic_heads)
+        pretrained = False
+    else:
+        semantic = semantic_backbone if semantic_backbone is not None else _load_semantic(cfg, spec, random_init)
+        pretrained = True
+    if arch.reasoner == "embedded":
+        tokenizer = tokenizer or HashedWordTokenizer(arch.vocab_size)
+        reasoner: nn.Module = EmbeddedReasoner(arch.fusion_dim, tokenizer.vocab_size, arch.reasoning_depth,
+                                               arch.reasoning_heads, cfg.model.max_instruction_length)
+    else:
+        loaded_tokenizer = None
+        if llm is None:
+            llm, loaded_tokenizer = _load_llm(cfg, spec, random_init)
+        reasoner = LLMReasoner(llm, arch.fusion_dim, cfg.model.lora_rank, cfg.model.lora_alpha)
+        if tokenizer is None:
+            tokenizer = loaded_tokenizer or HashedWordTokenizer(int(reasoner.llm.config.vocab_size))
+    model = VLNSpatialModel(cfg, arch, semantic, pretrained, reasoner, tokenizer)
+    model.trainable_parameters(cfg.training.stage)
+    return model

@@ -1,0 +1,860 @@
+"""The navigation node's logic without ROS: buffering, pairing, keyframe memory, inference, output.
+
+The ROS 2 node is a thin layer over :class:`NavigationRuntime`: its subscription callbacks
+convert messages to arrays and call ``set_camera_info`` / ``add_odometry`` /
+``set_camera_pose`` / ``add_image`` / ``add_depth`` / ``set_instruction``; a timer (or thread)
+calls :meth:`NavigationRuntime.step` at ``node.inference_rate_hz`` and publishes the
+:class:`RuntimeOutput`; a diagnostics timer publishes :meth:`NavigationRuntime.diagnostics`.
+
+Threading: the input methods may run on one thread while ``step`` runs on another. Shared
+state sits behind one lock that is held only to validate-and-append or to copy references out;
+depth conversion happens before it is taken and all inference after it is released.
+
+Input handling (each raises :class:`~vln_core.errors.InputError` with a message naming the
+problem, and records it in diagnostics, or is handled as stated):
+
+* malformed data (wrong dtype/shape, empty image, non-finite pose, pose not a rotation, empty
+  instruction, bad CameraInfo): InputError, the message is dropped;
+* a stamp not newer than the previous one of its stream: InputError, dropped;
+* a stamp more than ``node.stamp_jump_reset_s`` after the previous one: warning, the stream's
+  buffered data are discarded (for images: the ring, the paired depth and the keyframe memory)
+  and the message is accepted; more than that *before* the previous one (bag loop, clock
+  reset): warning, everything is reset (all streams, poses, memory) and the message accepted;
+* an image size change: warning, ring and memory reset, the new size accepted;
+* depth NaN / inf / negative pixels: set to 0 (no measurement) and counted; InputError only if
+  no pixel is valid;
+* no CameraInfo (or CameraInfo for another size): images are kept, but a backend that needs
+  intrinsics cannot use them; ``step`` returns None and diagnostics say why.
+
+The frame used by ``step`` is the newest buffered image that is complete for the backend
+(depth paired, intrinsics known, pose resolvable); older unprocessed images are dropped and
+counted, never queued.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+import torch
+
+from vln_core.config import VLNConfig
+from vln_core.errors import InputError
+from vln_core.geometry.camera import PinholeCamera
+from vln_core.geometry.reproject import unproject_depth
+from vln_core.geometry.transforms import camera_pose_from_base, is_rotation, pose_from_xyz_quat
+from vln_core.heatmaps import InterFrameHeatmaps
+from vln_core.runtime.backends import NUM_WAYPOINTS, BackendResult, HeatmapBackend, create_backend
+from vln_core.runtime.buffer import (
+    BufferedImage,
+    CameraFrame,
+    FrameRing,
+    StampedHistory,
+    StreamClock,
+    nearest_index,
+    pose_at,
+)
+from vln_core.runtime.diagnostics import (
+    ERROR,
+    OK,
+    STALE,
+    WARN,
+    Counters,
+    EventLog,
+    LatencyTracker,
+    RateMeter,
+    status,
+    worst_level,
+)
+from vln_core.runtime.recorder import EpisodeRecorder
+from vln_core.sampling import KeyframeMemory, estimate_voxel_size, frame_voxel_keys, random_sample, uniform_sample
+
+__all__ = ["NavigationRuntime", "RuntimeOutput", "POSE_HISTORY_S", "STALE_AFTER_S"]
+
+#: Poses older than this (seconds before the newest pose) are forgotten.
+POSE_HISTORY_S = 10.0
+#: At most this many poses are kept per pose stream (odometry at 100 Hz fills 10 s).
+POSE_HISTORY_MAX = 2048
+#: An input stream with no message for this long is reported STALE.
+STALE_AFTER_S = 2.0
+#: Events newer than this make a diagnostics entry WARN / ERROR; older ones only show in values.
+RECENT_EVENT_S = 10.0
+#: The overlay's current image is shrunk to at most this width before the mosaic is drawn
+#: (each tile is upscaled to ``viz``'s minimum tile width anyway).
+OVERLAY_MAX_WIDTH = 400
+
+STREAMS = ("image", "depth", "odometry", "camera_pose")
+
+
+@dataclass
+class RuntimeOutput:
+    """Everything the node publishes for one processed frame.
+
+    Attributes:
+        stamp_ns: the current image's stamp (outputs carry the input's stamp).
+        frame_id: the current image's frame id.
+        seq: the current image's sequence number.
+        heatmaps: :class:`InterFrameHeatmaps`; ``heatmap`` ``(K, H, W)`` over the current view
+            on the backend's output grid, one map per keyframe in ``keyframe_indices`` order.
+        keyframe_stamps: K image stamps (ns) of the keyframes, oldest first.
+        keyframe_indices: K sequence numbers of the keyframes (same order).
+        waypoints: ``(20, 2)`` float32 (x forward, y left) metres in base_link, or None.
+        goal_heatmap: ``(H, W)`` float32 or None.
+        overlay: ``(H', W', 3)`` uint8 RGB mosaic (:func:`vln_core.viz.overlay_mosaic`) or None.
+        latency_ms: stage -> milliseconds ("pairing", "memory", "backend", "overlay", "record",
+            "total").
+        input_to_output_ms: from the image's arrival in ``add_image`` to the end of ``step``.
+        T_wc: ``(4, 4)`` the current camera pose used, or None.
+    """
+
+    stamp_ns: int
+    frame_id: str
+    seq: int
+    heatmaps: InterFrameHeatmaps
+    keyframe_stamps: list[int]
+    keyframe_indices: list[int]
+    waypoints: Optional[np.ndarray]
+    goal_heatmap: Optional[np.ndarray]
+    overlay: Optional[np.ndarray]
+    latency_ms: dict[str, float]
+    input_to_output_ms: float
+    T_wc: Optional[np.ndarray] = None
+
+
+def _stamp(stamp_ns: Any, what: str) -> int:
+    if isinstance(stamp_ns, (bool, np.bool_)) or not isinstance(stamp_ns, (int, np.integer)):
+        raise InputError(f"{what} stamp must be integer nanoseconds, got {stamp_ns!r}")
+    if stamp_ns < 0:
+        raise InputError(f"{what} stamp must be >= 0 ns, got {stamp_ns}")
+    return int(stamp_ns)
+
+
+def _fmt_s(stamp_ns: int) -> str:
+    return f"{stamp_ns * 1e-9:.3f} s"
+
+
+def _check_pose_matrix(T: Any, what: str) -> np.ndarray:
+    """``(4, 4)`` float64 rigid pose or InputError naming what is wrong."""
+    arr = np.asarray(T.detach().cpu().numpy() if isinstance(T, torch.Tensor) else T)
+    if arr.shape != (4, 4):
+        raise InputError(f"{what} must be a (4, 4) matrix, got shape {arr.shape}")
+    if arr.dtype.kind not in "fiu":
+        raise InputError(f"{what} must be numeric, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{what} contains NaN or inf")
+    if not np.allclose(arr[3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
+        raise InputError(f"{what} must have last row [0, 0, 0, 1], got {arr[3].tolist()}")
+    if not bool(is_rotation(arr[:3, :3])):
+        R = arr[:3, :3]
+        raise InputError(
+            f"{what}: the 3x3 block is not a rotation (|R R^T - I| = {np.abs(R @ R.T - np.eye(3)).max():.3g}, "
+            f"det = {np.linalg.det(R):.4f})"
+        )
+    return arr
+
+
+class NavigationRuntime:
+    """Buffers the node's inputs, keeps the keyframe memory and runs a heatmap backend.
+
+    Args:
+        cfg: the project config (``video``, ``frame_sampling``, ``heatmap``, ``node`` sections).
+        backend: the backend to run; None creates ``cfg.node.backend`` from the registry.
+        clock: monotonic clock in seconds (tests may pass a fake one).
+    """
+
+    def __init__(self, cfg: VLNConfig, backend: Optional[HeatmapBackend] = None, clock=time.monotonic) -> None:
+        self.cfg = cfg
+        self.backend = backend if backend is not None else create_backend(cfg.node.backend, cfg)
+        self.clock = clock
+        node = cfg.node
+        self.tolerance_ns = int(round(node.max_stamp_gap_s * 1e9))
+        self.jump_ns = int(round(node.stamp_jump_reset_s * 1e9))
+        self.T_base_cam = pose_from_xyz_quat(torch.tensor(node.camera_mount, dtype=torch.float64)).numpy()
+
+        self._lock = threading.Lock()  # shared state below
+        self._step_lock = threading.Lock()  # one step at a time
+        self._ring = FrameRing(cfg.video.total_frames)
+        self._depth_waiting: StampedHistory[np.ndarray] = StampedHistory(max_len=2 * cfg.video.total_frames + 4)
+        self._odometry: StampedHistory[tuple[np.ndarray, Optional[np.ndarray]]] = StampedHistory(
+            POSE_HISTORY_MAX, int(POSE_HISTORY_S * 1e9))
+        self._camera_poses: StampedHistory[np.ndarray] = StampedHistory(POSE_HISTORY_MAX, int(POSE_HISTORY_S * 1e9))
+        self._clocks = {name: StreamClock(self.jump_ns) for name in STREAMS}
+        self._camera: Optional[PinholeCamera] = None
+        self._image_size: Optional[tuple[int, int]] = None
+        self._depth_size: Optional[tuple[int, int]] = None
+        self._instruction = ""
+        self._next_seq = 0
+        self._last_processed_seq = -1
+        self._memory_reset_pending = False
+        self._generation = 0
+
+        # owned by the step thread
+        self._memory: Optional[KeyframeMemory] = None
+        self._keyframes: dict[int, CameraFrame] = {}
+        self._voxel_size: Optional[float] = cfg.frame_sampling.voxel_size
+        self._recent: deque[CameraFrame] = deque(maxlen=cfg.video.total_frames)
+        self._recorder: Optional[EpisodeRecorder] = None
+        self._waiting_reason = "no image received yet"
+        self._last_output_keyframes: list[int] = []
+        self.last_exception: Optional[BaseException] = None
+
+        # diagnostics
+        self._rates = {name: RateMeter(clock=clock) for name in STREAMS + ("camera_info", "output")}
+        self._latency = LatencyTracker()
+        self._events = EventLog(clock=clock)
+        self._counters = Counters()
+        self._last_depth_invalid = (0, 0)
+
+    # ================================================================== inputs
+    def _error(self, kind: str, message: str) -> InputError:
+        self._events.record(kind, message, ERROR)
+        return InputError(message)
+
+    def _warn(self, kind: str, message: str) -> None:
+        self._events.record(kind, message, WARN)
+
+    def report_error(self, kind: str, message: str) -> None:
+        """Record an error the node met itself (e.g. a message it could not convert).
+
+        InputErrors raised by this runtime's own methods are recorded already."""
+        self._events.record(str(kind), str(message), ERROR)
+
+    def set_camera_info(self, K: Any, width: int, height: int) -> None:
+        """Intrinsics of the colour images (from ``sensor_msgs/CameraInfo``).
+
+        Args:
+            K: ``(3, 3)`` pinhole matrix (zero skew) of the ``width`` x ``height`` image.
+            width, height: image size the matrix belongs to.
+        """
+        try:
+            K_arr = np.asarray(K, dtype=np.float64)
+            if K_arr.size == 9:
+                K_arr = K_arr.reshape(3, 3)
+            camera = PinholeCamera.from_K(K_arr, width=width, height=height)
+        except (InputError, TypeError, ValueError) as exc:
+            raise self._error("camera_info_invalid", f"CameraInfo rejected: {exc}") from None
+        with self._lock:
+            changed = self._camera is not None and self._camera != camera
+            self._camera = camera
+        if changed:
+            self._warn("camera_info_changed", f"CameraInfo changed to {camera}")
+        self._rates["camera_info"].tick()
+
+    def set_instruction(self, text: Any) -> None:
+        """The navigation instruction given to the backend (and written into recordings)."""
+        if not isinstance(text, str):
+            raise self._error("instruction_invalid", f"instruction must be a string, got {type(text).__name__}")
+        text = text.strip()
+        if not text:
+            raise self._error("instruction_invalid", "instruction is empty")
+        with self._lock:
+            self._instruction = text
+
+    @property
+    def instruction(self) -> str:
+        with self._lock:
+            return self._instruction
+
+    def _stream_stamp(self, stream: str, stamp_ns: int) -> None:
+        """Classify ``stamp_ns`` on ``stream``, apply resets, accept it; InputError if out of order.
+
+        Must be called with ``self._lock`` held.
+        """
+        clock = self._clocks[stream]
+        verdict = clock.check(stamp_ns)
+        if verdict == "not_newer":
+            raise self._error(
+                f"{stream}_out_of_order",
+                f"{stream} stamp {_fmt_s(stamp_ns)} is not after the previous {_fmt_s(clock.last_ns)}; message dropped",
+            )
+        if verdict == "jump_back":
+            self._warn(
+                "time_jump_back",
+                f"{stream} stamp jumped back {(clock.last_ns - stamp_ns) * 1e-9:.3f} s (bag loop or clock reset): "
+                f"all buffers, poses and keyframes reset",
+            )
+            self._reset_all_locked()
+        elif verdict == "jump_forward":
+            gap = (stamp_ns - clock.last_ns) * 1e-9
+            self._warn(f"{stream}_gap", f"{stream} stream paused for {gap:.3f} s (> {self.cfg.node.stamp_jump_reset_s} s): its buffered data reset")
+            if stream == "image":
+                self._reset_frames_locked()
+            elif stream == "depth":
+                self._depth_waiting.clear()
+            elif stream == "odometry":
+                self._odometry.clear()
+            else:
+                self._camera_poses.clear()
+        clock.accept(stamp_ns)
+
+    def _reset_frames_locked(self) -> None:
+        """Drop buffered images, waiting depth and (at the next step) the keyframe memory."""
+        dropped = len(self._ring.newest_first(self._last_processed_seq))
+        if dropped:
+            self._counters.add("dropped_reset", dropped)
+        self._ring.clear()
+        self._depth_waiting.clear()
+        self._last_processed_seq = self._next_seq - 1
+        self._memory_reset_pending = True
+        self._generation += 1
+        self._counters.add("resets")
+
+    def _reset_all_locked(self) -> None:
+        self._reset_frames_locked()
+        self._odometry.clear()
+        self._camera_poses.clear()
+        for clock in self._clocks.values():
+            clock.reset()
+
+    def reset(self) -> None:
+        """Forget all buffered inputs, poses and keyframes (CameraInfo and instruction are kept)."""
+        with self._lock:
+            self._reset_all_locked()
+
+    def add_odometry(self, stamp_ns: int, T_odom_base: Any, velocity: Any = None) -> None:
+        """One odometry sample (``nav_msgs/Odometry``).
+
+        Args:
+            stamp_ns: integer nanoseconds.
+            T_odom_base: ``(4, 4)`` base_link-to-odom pose (REP 103).
+            velocity: ``(vx m/s, wz rad/s)`` of the base, or None.
+        """
+        stamp_ns = _stamp(stamp_ns, "odometry")
+        try:
+            T = _check_pose_matrix(T_odom_base, "odometry pose T_odom_base")
+            vel = None
+            if velocity is not None:
+                vel = np.asarray(velocity, dtype=np.float64).reshape(-1)
+                if vel.shape != (2,) or not np.isfinite(vel).all():
+                    raise InputError(f"odometry velocity must be finite (vx, wz), got {velocity!r}")
+        except (InputError, TypeError, ValueError) as exc:
+            raise self._error("odometry_invalid", str(exc)) from None
+        with self._lock:
+            self._stream_stamp("odometry", stamp_ns)
+            self._odometry.append(stamp_ns, (T, vel))
+        self._rates["odometry"].tick()
+
+    def set_camera_pose(self, stamp_ns: int, T_wc: Any) -> None:
+        """A camera pose from tf (used when ``node.pose_source == "tf"``).
+
+        Args:
+            stamp_ns: integer nanoseconds.
+            T_wc: ``(4, 4)`` camera-optical-to-world (``node.world_frame``) pose.
+        """
+        stamp_ns = _stamp(stamp_ns, "camera pose")
+        try:
+            T = _check_pose_matrix(T_wc, "camera pose T_wc")
+        except InputError as exc:
+            raise self._error("camera_pose_invalid", str(exc)) from None
+        if self.cfg.node.pose_source != "tf" and self._events.count("camera_pose_ignored") == 0:
+            self._warn("camera_pose_ignored", "set_camera_pose called but node.pose_source is 'odometry': camera poses are stored but not used")
+        with self._lock:
+            self._stream_stamp("camera_pose", stamp_ns)
+            self._camera_poses.append(stamp_ns, T)
+        self._rates["camera_pose"].tick()
+
+    def add_image(self, stamp_ns: int, frame_id: str, rgb: Any) -> None:
+        """One colour image (``sensor_msgs/Image`` converted to RGB).
+
+        Args:
+            stamp_ns: integer nanoseconds.
+            frame_id: the camera frame name.
+            rgb: ``(H, W, 3)`` uint8 RGB; the runtime keeps a reference (do not modify it later).
+        """
+        stamp_ns = _stamp(stamp_ns, "image")
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            shape = getattr(rgb, "shape", None)
+            dtype = getattr(rgb, "dtype", type(rgb).__name__)
+            raise self._error("image_invalid", f"image must be a (H, W, 3) uint8 RGB array, got shape {shape} dtype {dtype}")
+        if rgb.shape[0] < 2 or rgb.shape[1] < 2:
+            raise self._error("image_invalid", f"image is empty or degenerate: shape {rgb.shape}")
+        if not isinstance(frame_id, str):
+            raise self._error("image_invalid", f"image frame_id must be a string, got {frame_id!r}")
+        size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        now = self.clock()
+        with self._lock:
+            self._stream_stamp("image", stamp_ns)
+            if self._image_size is not None and size != self._image_size:
+                old = self._image_size
+                self._reset_frames_locked()
+                self._warn("image_size_changed", f"image size changed from {old[1]}x{old[0]} to {size[1]}x{size[0]}: frames and keyframes reset")
+            self._image_size = size
+            entry = BufferedImage(self._next_seq, stamp_ns, frame_id, rgb, now)
+            self._next_seq += 1
+            evicted = self._ring.push(entry)
+            if evicted is not None and evicted.seq > self._last_processed_seq:
+                self._counters.add("dropped_overflow")
+            waiting = self._depth_waiting.pop_nearest(stamp_ns, self.tolerance_ns)
+            if waiting is not None:
+                depth_stamp, depth = waiting
+                if depth.shape == size:
+                    entry.depth_m, entry.depth_stamp_ns = depth, depth_stamp
+        self._rates["image"].tick(now)
+
+    def add_depth(self, stamp_ns: int, depth_m: Any) -> None:
+        """One depth image registered to the colour camera (same grid as the colour images).
+
+        Args:
+            stamp_ns: integer nanoseconds.
+            depth_m: ``(H, W)`` float metres, or uint16 millimetres (REP 118 ``16UC1``; 0 and
+                65535 = no measurement). NaN, inf and negative values become 0 (no measurement)
+                and are counted.
+        """
+        stamp_ns = _stamp(stamp_ns, "depth")
+        depth = self._convert_depth(depth_m)
+        size = (int(depth.shape[0]), int(depth.shape[1]))
+        with self._lock:
+            if self._image_size is not None and size != self._image_size:
+                img = self._image_size
+                raise self._error(
+                    "depth_size_mismatch",
+                    f"depth is {size[1]}x{size[0]} but the colour images are {img[1]}x{img[0]}; publish depth "
+                    f"registered to the colour camera (e.g. aligned_depth_to_color); message dropped",
+                )
+            self._stream_stamp("depth", stamp_ns)
+            if self._depth_size is not None and size != self._depth_size:
+                self._warn("depth_size_changed", f"depth size changed from {self._depth_size} to {size}")
+            self._depth_size = size
+            if self._ring.attach_depth(stamp_ns, depth, self.tolerance_ns) is None:
+                self._depth_waiting.append(stamp_ns, depth)
+        self._rates["depth"].tick()
+
+    def _convert_depth(self, depth_m: Any) -> np.ndarray:
+        """Validated ``(H, W)`` float32 metres with invalid pixels 0 (called outside the lock)."""
+        if not isinstance(depth_m, np.ndarray):
+            raise self._error("depth_invalid", f"depth must be a numpy array, got {type(depth_m).__name__}")
+        arr = depth_m[..., 0] if depth_m.ndim == 3 and depth_m.shape[2] == 1 else depth_m
+        if arr.ndim != 2 or arr.shape[0] < 2 or arr.shape[1] < 2:
+            raise self._error("depth_invalid", f"depth must be a (H, W) image, got shape {depth_m.shape}")
+        if arr.dtype == np.uint16:
+            depth = arr.astype(np.float32) * np.float32(1e-3)
+            depth[arr == 65535] = 0.0
+            bad = 0
+        elif arr.dtype.kind == "f":
+            depth = arr.astype(np.float32, copy=True)
+            with np.errstate(invalid="ignore"):
+                bad_mask = ~np.isfinite(depth) | (depth < 0)
+            bad = int(np.count_nonzero(bad_mask))
+            if bad:
+                depth[bad_mask] = 0.0
+        else:
+            raise self._error("depth_invalid", f"depth must be float metres or uint16 millimetres, got dtype {arr.dtype}")
+        if not np.any(depth > 0):
+            raise self._error("depth_invalid", f"depth image {arr.shape[1]}x{arr.shape[0]} has no valid pixel (all 0, NaN, inf or negative)")
+        if bad:
+            self._counters.add("depth_invalid_pixels", bad)
+            self._counters.add("depth_images_with_invalid_pixels")
+        self._last_depth_invalid = (bad, depth.size)
+        return depth
+
+    # ================================================================== step
+    def step(self) -> Optional[RuntimeOutput]:
+        """Process the newest complete frame not processed yet.
+
+        Returns:
+            :class:`RuntimeOutput`, or None when no new frame is complete yet (the reason is in
+            :meth:`diagnostics` and :attr:`waiting_reason`) or the backend failed (recorded as a
+            ``step_failed`` error; the exception is kept in :attr:`last_exception`).
+        """
+        with self._step_lock:
+            try:
+                return self._step()
+            except Exception as exc:  # the node must keep serving; the error is reported, not hidden
+                self.last_exception = exc
+                self._events.record("step_failed", f"{type(exc).__name__}: {exc}", ERROR)
+                self._waiting_reason = f"last step failed: {type(exc).__name__}: {exc}"
+                return None
+
+    @property
+    def waiting_reason(self) -> str:
+        """Why the last ``step`` returned None ("" after an output)."""
+        return self._waiting_reason
+
+    def _step(self) -> Optional[RuntimeOutput]:
+        t0 = time.perf_counter()
+        with self._lock:
+            reset_memory, self._memory_reset_pending = self._memory_reset_pending, False
+            candidates = [(e, e.depth_m) for e in self._ring.newest_first(self._last_processed_seq)]
+            camera = self._camera
+            odometry = self._odometry.snapshot()
+            camera_poses = self._camera_poses.snapshot()
+            instruction = self._instruction
+            generation = self._generation
+            any_image = self._next_seq > 0
+        if reset_memory:
+            self._clear_memory()
+        if not candidates:
+            self._waiting_reason = "no new image since the last output" if any_image else "no image received yet"
+            return None
+
+        frame, entry, reasons = None, None, []
+        for candidate, depth in candidates:
+            frame, why = self._assemble(candidate, depth, camera, odometry, camera_poses)
+            if frame is not None:
+                entry = candidate
+                break
+            reasons.append(f"image seq {candidate.seq} at {_fmt_s(candidate.stamp_ns)}: {why}")
+        if frame is None:
+            self._waiting_reason = reasons[0] + (f" (and {len(reasons) - 1} older)" if len(reasons) > 1 else "")
+            return None
+        with self._lock:
+            if self._generation != generation:  # a reset discarded these frames meanwhile
+                self._waiting_reason = "inputs were reset while pairing"
+                return None
+            superseded = sum(1 for c, _ in candidates if c.seq < frame.seq)
+            self._last_processed_seq = frame.seq
+        if superseded:
+            self._counters.add("dropped_superseded", superseded)
+        t_pair = time.perf_counter()
+
+        keyframes = self._update_memory(frame)
+        t_memory = time.perf_counter()
+
+        result = self.backend.infer(frame, keyframes, instruction)
+        self._check_result(result, frame, len(keyframes))
+        t_backend = time.perf_counter()
+
+        overlay = self._compose_overlay(frame, keyframes, result) if self.cfg.node.publish_overlay else None
+        t_overlay = time.perf_counter()
+
+        if self.cfg.node.record:
+            self._record(frame)
+        t_end = time.perf_counter()
+
+        latency = {
+            "pairing": (t_pair - t0) * 1e3,
+            "memory": (t_memory - t_pair) * 1e3,
+            "backend": (t_backend - t_memory) * 1e3,
+            "overlay": (t_overlay - t_backend) * 1e3,
+            "record": (t_end - t_overlay) * 1e3,
+            "total": (t_end - t0) * 1e3,
+        }
+        input_to_output_ms = (self.clock() - entry.received_s) * 1e3
+        latency_tracked = dict(latency, input_to_output=input_to_output_ms)
+        self._latency.add(latency_tracked)
+        self._rates["output"].tick()
+        self._waiting_reason = ""
+        self._last_output_keyframes = [kf.seq for kf in keyframes]
+        return RuntimeOutput(
+            stamp_ns=frame.stamp_ns,
+            frame_id=frame.frame_id,
+            seq=frame.seq,
+            heatmaps=result.heatmaps,
+            keyframe_stamps=[kf.stamp_ns for kf in keyframes],
+            keyframe_indices=[kf.seq for kf in keyframes],
+            waypoints=result.waypoints,
+            goal_heatmap=result.goal_heatmap,
+            overlay=overlay,
+            latency_ms=latency,
+            input_to_output_ms=input_to_output_ms,
+            T_wc=frame.T_wc,
+        )
+
+    def _assemble(
+        self,
+        entry: BufferedImage,
+        depth: Optional[np.ndarray],
+        camera: Optional[PinholeCamera],
+        odometry: tuple[list[int], list[tuple[np.ndarray, Optional[np.ndarray]]]],
+        camera_poses: tuple[list[int], list[np.ndarray]],
+    ) -> tuple[Optional[CameraFrame], str]:
+        """The frame with everything the backend needs, or ``(None, why not)``."""
+        backend = self.backend
+        H, W = entry.size
+        K = None
+        if camera is None:
+            why_no_K = "no CameraInfo received yet: images are buffered but cannot be used without intrinsics"
+        elif camera.size != (H, W):
+            why_no_K = f"CameraInfo is for {camera.width}x{camera.height} but the image is {W}x{H}"
+        else:
+            K, why_no_K = camera.K, ""
+        if backend.needs_intrinsics and K is None:
+            return None, why_no_K
+        if backend.needs_depth and depth is None:
+            return None, f"no depth image within {self.cfg.node.max_stamp_gap_s} s of the image stamp yet"
+
+        T_wc = T_odom_base = velocity = None
+        if self.cfg.node.pose_source == "odometry":
+            stamps, values = odometry
+            T_odom_base, nearest, why = pose_at(stamps, [v[0] for v in values], entry.stamp_ns, self.tolerance_ns)
+            if T_odom_base is not None:
+                T_wc = camera_pose_from_base(T_odom_base, self.T_base_cam).numpy()
+                velocity = values[nearest][1]
+            else:
+                why = f"odometry: {why}"
+        else:
+            stamps, values = camera_poses
+            T_wc, _, why = pose_at(stamps, values, entry.stamp_ns, self.tolerance_ns)
+            if T_wc is None:
+                why = f"tf camera pose: {why}"
+        if backend.needs_pose and T_wc is None:
+            return None, why
+        frame = CameraFrame(
+            stamp_ns=entry.stamp_ns, frame_id=entry.frame_id, rgb=entry.rgb, depth_m=depth, K=K,
+            T_wc=T_wc, T_odom_base=T_odom_base, seq=entry.seq, base_velocity=velocity,
+        )
+        return frame, ""
+
+    # ------------------------------------------------------------------ keyframe memory
+    def _clear_memory(self) -> None:
+        self._memory = None
+        self._keyframes = {}
+        self._recent.clear()
+        self._voxel_size = self.cfg.frame_sampling.voxel_size
+        # the recorder needs no reset: it starts a new episode by itself when the size, the
+        # intrinsics or the stamp order change
+
+    def _frame_voxel_keys(self, frame: CameraFrame) -> np.ndarray:
+        """Voxel keys (int64) of the world points a frame's depth sees, at the memory's voxel size.
+
+        Pixels are taken on a regular stride chosen so about ``max_points_per_frame`` remain;
+        the first frame after a reset fixes the voxel size when ``frame_sampling.voxel_size`` is
+        null (:func:`estimate_voxel_size` of its points).
+        """
+        fs = self.cfg.frame_sampling
+        H, W = frame.size
+        stride = max(1, int(math.ceil(math.sqrt(H * W / max(1, fs.max_points_per_frame)))))
+        with torch.no_grad():
+            points, valid = unproject_depth(
+                torch.from_numpy(frame.depth_m), torch.from_numpy(np.asarray(frame.K)),
+                torch.from_numpy(np.asarray(frame.T_wc)), stride=stride,
+            )
+        points = points.reshape(1, -1, 3)
+        valid = valid.reshape(1, -1)
+        if not bool(valid.any()):
+            return np.zeros(0, dtype=np.int64)
+        if self._voxel_size is None:
+            self._voxel_size = estimate_voxel_size(points, valid, fs.voxel_divisions)
+        keys, _ = frame_voxel_keys(points, valid, voxel_size=self._voxel_size,
+                                   max_points_per_frame=fs.max_points_per_frame, seed=fs.seed)
+        return keys[0]
+
+    def _update_memory(self, frame: CameraFrame) -> list[CameraFrame]:
+        """Offer ``frame`` to the keyframe memory; return the keyframes, oldest first (never empty).
+
+        ``space_aware``: :class:`KeyframeMemory` over voxel keys (frames need depth, K, pose;
+        otherwise this falls back to ``uniform`` with a warning). ``uniform`` / ``random``: chosen
+        from the last ``video.total_frames`` processed frames.
+        """
+        self._recent.append(frame)
+        fs = self.cfg.frame_sampling
+        capacity = self.cfg.video.keyframes
+        if fs.method == "space_aware":
+            if frame.depth_m is not None and frame.K is not None and frame.T_wc is not None:
+                keys = self._frame_voxel_keys(frame)
+                if self._voxel_size is None:  # no valid point sampled yet to size the voxels
+                    return [frame]
+                if self._memory is None:
+                    self._memory = KeyframeMemory(capacity, self._voxel_size, fs.min_novel_fraction)
+                if self._memory.offer(frame.seq, keys):
+                    self._keyframes[frame.seq] = frame
+                ids = self._memory.frame_ids
+                self._keyframes = {i: self._keyframes[i] for i in ids}
+                if ids:
+                    return [self._keyframes[i] for i in ids]
+                return [frame]
+            if self._events.count("space_aware_unavailable") == 0:
+                self._warn("space_aware_unavailable", "space-aware sampling needs depth, CameraInfo and a pose; using uniform sampling")
+        recent = list(self._recent)
+        if fs.method == "random":
+            picks = random_sample(len(recent), capacity, seed=fs.seed + frame.seq)
+        else:
+            picks = uniform_sample(len(recent), capacity)
+        return [recent[i] for i in picks]
+
+    @property
+    def keyframe_indices(self) -> list[int]:
+        """Sequence numbers of the keyframes used by the last output."""
+        return list(self._last_output_keyframes)
+
+    @property
+    def voxel_size(self) -> Optional[float]:
+        """Voxel edge (metres) of the keyframe memory, None until fixed."""
+        return self._voxel_size
+
+    # ------------------------------------------------------------------ outputs
+    def _check_result(self, result: BackendResult, frame: CameraFrame, num_keyframes: int) -> None:
+        if not isinstance(result, BackendResult):
+            raise TypeError(f"backend {self.backend.name!r} returned {type(result).__name__}, not BackendResult")
+        shape = tuple(result.heatmaps.heatmap.shape)
+        expected_size = tuple(self.backend.output_size(frame))
+        if len(shape) != 3 or shape[0] != num_keyframes or shape[1:] != expected_size:
+            raise ValueError(
+                f"backend {self.backend.name!r} returned heatmaps of shape {shape}, expected "
+                f"({num_keyframes}, {expected_size[0]}, {expected_size[1]})"
+            )
+        if result.waypoints is not None and tuple(np.shape(result.waypoints)) != (NUM_WAYPOINTS, 2):
+            raise ValueError(
+                f"backend {self.backend.name!r} returned waypoints of shape {np.shape(result.waypoints)}, "
+                f"expected ({NUM_WAYPOINTS}, 2)"
+            )
+
+    def _compose_overlay(self, frame: CameraFrame, keyframes: list[CameraFrame], result: BackendResult) -> np.ndarray:
+        from vln_core.viz import overlay_mosaic  # cv2 drawing; imported when overlays are on
+
+        def shrink(rgb: np.ndarray) -> np.ndarray:
+            h, w = rgb.shape[:2]
+            if w <= OVERLAY_MAX_WIDTH:
+                return rgb
+            return cv2.resize(rgb, (OVERLAY_MAX_WIDTH, max(1, round(h * OVERLAY_MAX_WIDTH / w))), interpolation=cv2.INTER_AREA)
+
+        labels = []
+        for kf in keyframes:
+            age = (frame.stamp_ns - kf.stamp_ns) * 1e-9
+            labels.append("current" if kf.seq == frame.seq else f"kf #{kf.seq} ({age:.1f} s ago)")
+        thumbs = [kf.rgb for kf in keyframes]
+        return overlay_mosaic(shrink(frame.rgb), result.heatmaps, labels, thumbs)
+
+    def _record(self, frame: CameraFrame) -> None:
+        if self._recorder is None:
+            node = self.cfg.node
+            self._recorder = EpisodeRecorder(
+                Path(node.record_dir), frame.K, frame.size, T_base_cam=self.T_base_cam,
+                instruction_getter=lambda: self.instruction,
+                frames_per_episode=node.record_frames_per_episode, queue_size=node.record_queue_size,
+            )
+        self._recorder.submit(frame)
+
+    @property
+    def recorder(self) -> Optional[EpisodeRecorder]:
+        return self._recorder
+
+    def close(self) -> None:
+        """Finish the recording (if any) and release the backend."""
+        with self._step_lock:
+            if self._recorder is not None:
+                self._recorder.close()
+                self._recorder = None
+            self.backend.close()
+
+    # ================================================================== introspection
+    @property
+    def buffered_frames(self) -> int:
+        """Images in the ring (<= ``video.total_frames``)."""
+        with self._lock:
+            return len(self._ring)
+
+    def counters(self) -> dict[str, int]:
+        """Drop / reset / invalid-depth counters."""
+        return self._counters.as_dict()
+
+    def error_count(self, kind: str) -> int:
+        """How often an error or warning of ``kind`` was recorded."""
+        return self._events.count(kind)
+
+    def last_error(self, kind: str) -> Optional[str]:
+        return self._events.last_message(kind)
+
+    def diagnostics(self) -> list[dict]:
+        """DiagnosticStatus-like dicts ``{name, level, message, values}`` (see diagnostics.py)."""
+        now = self.clock()
+        node = self.cfg.node
+        out = []
+        with self._lock:
+            camera = self._camera
+            image_size = self._image_size
+            buffered = len(self._ring)
+            instruction = self._instruction
+
+        # --- inputs
+        required = {
+            "image": True,
+            "depth": self.backend.needs_depth,
+            "odometry": self.backend.needs_pose and node.pose_source == "odometry",
+            "camera_pose": self.backend.needs_pose and node.pose_source == "tf",
+        }
+        input_values, levels, problems = {}, [], []
+        for stream in STREAMS:
+            meter = self._rates[stream]
+            age = meter.age_s(now)
+            input_values[f"{stream}_rate_hz"] = f"{meter.rate_hz(now):.2f}"
+            input_values[f"{stream}_count"] = meter.count
+            input_values[f"{stream}_last_age_s"] = "never" if age is None else f"{age:.2f}"
+            if required[stream] and (age is None or age > STALE_AFTER_S):
+                levels.append(STALE)
+                problems.append(f"no {stream} " + ("received yet" if age is None else f"for {age:.1f} s"))
+        if camera is None:
+            input_values["camera_info"] = "none received"
+            if self.backend.needs_intrinsics:
+                levels.append(ERROR)
+                problems.append("no CameraInfo: frames are kept but the backend cannot use them")
+        else:
+            input_values["camera_info"] = f"{camera.width}x{camera.height} fx={camera.fx:.1f} fy={camera.fy:.1f} cx={camera.cx:.1f} cy={camera.cy:.1f}"
+            if image_size is not None and camera.size != image_size and self.backend.needs_intrinsics:
+                levels.append(ERROR)
+                problems.append(f"CameraInfo is {camera.width}x{camera.height} but images are {image_size[1]}x{image_size[0]}")
+        input_values["image_size"] = "unknown" if image_size is None else f"{image_size[1]}x{image_size[0]}"
+        bad, total = self._last_depth_invalid
+        input_values["depth_invalid_pixels_last"] = f"{bad}/{total}"
+        input_values["instruction"] = instruction[:120] if instruction else "(none)"
+        if node.backend != "geometry" and not instruction:
+            levels.append(WARN)
+            problems.append("no instruction received")
+        out.append(status("vln_heatmap: inputs", worst_level(levels), "; ".join(problems) or "all inputs flowing", input_values))
+
+        # --- output and latency
+        out_meter = self._rates["output"]
+        age = out_meter.age_s(now)
+        values = {
+            "output_rate_hz": f"{out_meter.rate_hz(now):.2f}",
+            "target_rate_hz": f"{node.inference_rate_hz:.2f}",
+            "outputs": out_meter.count,
+            "last_output_age_s": "never" if age is None else f"{age:.2f}",
+            "waiting_for": self._waiting_reason or "-",
+        }
+        for stage, (median, p95, n) in self._latency.summary().items():
+            values[f"latency_{stage}_ms"] = f"median {median:.1f} p95 {p95:.1f} (n={n})"
+        if age is None:
+            level, message = (STALE, f"no output yet: {self._waiting_reason}")
+        elif age > max(STALE_AFTER_S, 3.0 / node.inference_rate_hz):
+            level, message = (STALE, f"no output for {age:.1f} s: {self._waiting_reason or 'step() not called'}")
+        else:
+            level, message = (OK, f"publishing at {out_meter.rate_hz(now):.1f} Hz")
+        out.append(status("vln_heatmap: output", level, message, values))
+
+        # --- drops and buffer
+        counters = self._counters.as_dict()
+        dropped = sum(v for k, v in counters.items() if k.startswith("dropped_"))
+        values = {k: v for k, v in sorted(counters.items())}
+        values["dropped_total"] = dropped
+        values["buffered_frames"] = f"{buffered}/{self.cfg.video.total_frames}"
+        out.append(status("vln_heatmap: frames", OK, f"{dropped} frames dropped (newest frame wins), {buffered} buffered", values))
+
+        # --- keyframes and backend
+        kf_values = {
+            "method": self.cfg.frame_sampling.method,
+            "keyframes": f"{len(self._last_output_keyframes)}/{self.cfg.video.keyframes}",
+            "keyframe_seqs": ",".join(map(str, self._last_output_keyframes)) or "-",
+            "voxel_size_m": "not fixed yet" if self._voxel_size is None else f"{self._voxel_size:.4f}",
+        }
+        if self._memory is not None:
+            kf_values.update({f"memory_{k}": v for k, v in self._memory.stats().items()})
+        kf_values.update(self.backend.describe())
+        waypoint_note = "" if self.backend.predicts_waypoints else "; predicts no waypoints (published as none)"
+        out.append(status("vln_heatmap: keyframes and backend", OK, f"backend {self.backend.name}{waypoint_note}", kf_values))
+
+        # --- errors
+        recent = self._events.recent(RECENT_EVENT_S)
+        level = worst_level([lv for _, lv, _, _, _ in recent])
+        message = "; ".join(f"{k} x{n}: {msg}" for k, _, n, msg, _ in recent[:3]) or "no recent errors"
+        out.append(status("vln_heatmap: errors", level, message, self._events.values()))
+
+        # --- recorder
+        if node.record:
+            rec = self._recorder
+            if rec is None:
+                out.append(status("vln_heatmap: recorder", OK, "waiting for the first complete frame", {"record_dir": node.record_dir}))
+            else:
+                stats = rec.stats()
+                lvl = WARN if stats["dropped_queue_full"] or stats["rejected"] else OK
+                if not rec.is_alive:
+                    lvl = ERROR
+                out.append(status("vln_heatmap: recorder", lvl, f"{stats['written']} frames written, {stats['episodes_finished']} episodes", stats))
+        return out

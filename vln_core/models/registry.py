@@ -11,6 +11,7 @@ Pretrained parts load only from local paths. Two hooks avoid them:
 
 * ``build_model(cfg, semantic_backbone=..., llm=..., tokenizer=...)`` takes ready modules (the
   tests pass ``DINOv3ViTModel`` / ``Qwen2Model`` built from tiny configs);
+* ``build_model(cfg, arch_overrides={...})`` shrinks our own parts (tiny test models);
 * ``build_model(cfg, random_init=True)`` builds the real architectures with random weights, for
   parameter counting and timing only (``benchmarks/model_size.py --random-init``).
 """
@@ -199,7 +200,8 @@ def _load_llm(cfg: VLNConfig, spec: ModelSpec, random_init: bool) -> tuple[nn.Mo
 
 
 def build_model(cfg: VLNConfig, *, semantic_backbone: nn.Module | None = None, llm: nn.Module | None = None,
-                tokenizer: Any | None = None, random_init: bool = False) -> VLNSpatialModel:
+                tokenizer: Any | None = None, random_init: bool = False,
+                arch_overrides: dict[str, Any] | None = None) -> VLNSpatialModel:
     """Build the configuration ``cfg.model.name`` for ``cfg.video`` sizes.
 
     Args:
@@ -213,6 +215,8 @@ def build_model(cfg: VLNConfig, *, semantic_backbone: nn.Module | None = None, l
             vocabulary for ``llm=`` / ``random_init`` models.
         random_init: build the pretrained parts' architectures with random weights (parameter
             counting and timing only; the result knows nothing).
+        arch_overrides: replace fields of the configuration's :class:`ModelArchitecture`
+            (e.g. ``{"geometry_dim": 32}`` for tiny test models).
 
     Raises:
         ConfigError: unknown name, or base/full without the needed local path (the message
@@ -220,6 +224,10 @@ def build_model(cfg: VLNConfig, *, semantic_backbone: nn.Module | None = None, l
     """
     spec = model_spec(cfg.model.name)
     arch = copy.deepcopy(spec.arch)
+    for key, value in (arch_overrides or {}).items():
+        if not hasattr(arch, key):
+            raise ConfigError(f"arch_overrides: ModelArchitecture has no field {key!r}")
+        setattr(arch, key, value)
     if arch.semantic == "small_vit":
         semantic = SmallViT(tuple(cfg.video.frame_size), arch.semantic_patch_size, arch.semantic_dim,
                             arch.semantic_depth, arch.semantic_heads)

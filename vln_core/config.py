@@ -245,6 +245,37 @@ class SimConfig:
     max_speed_mps: float = 0.5
     max_turn_rate_dps: float = 60.0
     rooms: tuple[int, int] = (2, 4)  # min, max rooms per scene
+    camera_forward_m: float = 0.1  # optical centre ahead of base_link
+    camera_pitch_deg: float = 0.0  # > 0 tilts the camera down
+    robot_radius_m: float = 0.25  # collision radius; paths keep clearance_margin_m more
+    clearance_margin_m: float = 0.1
+    max_accel_mps2: float = 0.6
+    max_turn_accel_dps2: float = 180.0
+    pause_prob: float = 0.3  # chance of one stop during an episode
+    lookaround_prob: float = 0.35  # chance of one look to the side and back
+    intent_horizon_s: float = 3.0  # intent = direction of the position this far ahead
+    ceiling_height_m: tuple[float, float] = (2.4, 3.0)  # min, max
+
+    def validate(self, key: str) -> None:
+        if self.frames_per_episode < 2:
+            raise ConfigError(f"{key}.frames_per_episode must be >= 2, got {self.frames_per_episode}")
+        if min(self.image_size) < 8:
+            raise ConfigError(f"{key}.image_size must be at least 8x8, got {self.image_size}")
+        if not 10.0 <= self.hfov_deg <= 150.0:
+            raise ConfigError(f"{key}.hfov_deg must be in [10, 150], got {self.hfov_deg}")
+        for name in ("camera_rate_hz", "max_speed_mps", "max_turn_rate_dps", "max_accel_mps2", "max_turn_accel_dps2"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{key}.{name} must be > 0, got {getattr(self, name)}")
+        if not 0.2 <= self.camera_height_m <= 2.0:
+            raise ConfigError(f"{key}.camera_height_m must be in [0.2, 2.0] m, got {self.camera_height_m}")
+        if self.rooms[0] < 1 or self.rooms[1] < self.rooms[0] or self.rooms[1] > 8:
+            raise ConfigError(f"{key}.rooms must be (min >= 1, max >= min, max <= 8), got {self.rooms}")
+        if not 0.1 <= self.robot_radius_m <= 0.45:
+            raise ConfigError(f"{key}.robot_radius_m must be in [0.1, 0.45] m (doors are ~1 m), got {self.robot_radius_m}")
+        if not (2.2 <= self.ceiling_height_m[0] <= self.ceiling_height_m[1] <= 4.0):
+            raise ConfigError(f"{key}.ceiling_height_m must be (min, max) within [2.2, 4.0], got {self.ceiling_height_m}")
+        if self.camera_height_m > self.ceiling_height_m[0] - 0.3:
+            raise ConfigError(f"{key}.camera_height_m must stay 0.3 m below the lowest ceiling")
 
 
 @dataclass

@@ -1,0 +1,321 @@
+"""Frame-indexed heatmaps on constructed scenes with analytic answers."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vln_core.config import HeatmapConfig, load_config
+from vln_core.errors import InputError
+from vln_core.geometry.camera import PinholeCamera
+from vln_core.geometry.transforms import invert_pose, make_pose
+from vln_core.heatmaps import (
+    InterFrameHeatmaps,
+    frame_indexed_heatmaps,
+    gaussian_blur,
+    heatmaps_from_config,
+    splat_bilinear,
+)
+from vln_core.viz import blend_heatmap, colorize_heatmap, overlay_mosaic
+
+H, W = 48, 64
+CAM = PinholeCamera.from_hfov(60.0, W, H)  # fx = 32 / tan(30 deg) = 55.4
+K64 = torch.as_tensor(CAM.K)  # float64 for analytic comparisons
+EYE = torch.eye(4, dtype=torch.float64)
+
+
+def _yaw(deg: float) -> torch.Tensor:
+    """Camera-to-world rotation of a camera turned ``deg`` to the LEFT about the optical y axis."""
+    a = math.radians(deg)
+    # optical frame: x right, y down, z forward; turning left moves z towards -x
+    return torch.tensor([[math.cos(a), 0, -math.sin(a)], [0, 1, 0], [math.sin(a), 0, math.cos(a)]], dtype=torch.float64)
+
+
+def _rot(yaw_deg: float, pitch_deg: float) -> torch.Tensor:
+    p = math.radians(pitch_deg)
+    pitch = torch.tensor([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]], dtype=torch.float64)
+    return _yaw(yaw_deg) @ pitch
+
+
+def _centroid(m: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) maps -> (..., 2) mass centroid (u, v)."""
+    v, u = torch.meshgrid(torch.arange(m.shape[-2], dtype=m.dtype), torch.arange(m.shape[-1], dtype=m.dtype), indexing="ij")
+    mass = m.sum(dim=(-1, -2))
+    return torch.stack([(m * u).sum(dim=(-1, -2)) / mass, (m * v).sum(dim=(-1, -2)) / mass], dim=-1)
+
+
+def _single_pixel_depths(pixels: list[tuple[int, int]], depths: list[float]) -> torch.Tensor:
+    """(K, H, W) keyframes each with exactly one valid depth pixel (u, v)."""
+    out = torch.zeros(len(pixels), H, W, dtype=torch.float64)
+    for k, ((u, v), d) in enumerate(zip(pixels, depths)):
+        out[k, v, u] = d
+    return out
+
+
+def _homography_apply(Hm: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    x = torch.cat([uv, torch.ones(uv.shape[0], 1, dtype=uv.dtype)], dim=-1) @ Hm.T
+    return x[:, :2] / x[:, 2:]
+
+
+# ------------------------------------------------------------------------------- building blocks
+
+
+def test_gaussian_blur_matches_cv2_and_keeps_mass_inside():
+    img = torch.zeros(1, 40, 50, dtype=torch.float64)
+    img[0, 20, 25] = 1.0
+    img[0, 5, 8] = 0.5
+    out = gaussian_blur(img, 2.0)
+    ref = cv2.GaussianBlur(img[0].numpy(), (13, 13), 2.0, borderType=cv2.BORDER_CONSTANT)
+    np.testing.assert_allclose(out[0].numpy(), ref, atol=1e-12)
+    centre = torch.zeros(1, 40, 50, dtype=torch.float64)
+    centre[0, 20, 25] = 1.0
+    blurred = gaussian_blur(centre, 2.0)[0]
+    assert float(blurred.sum()) == pytest.approx(1.0, abs=1e-9)
+    var_u = float((blurred * (torch.arange(50.0, dtype=torch.float64) - 25) ** 2).sum())
+    assert var_u == pytest.approx(4.0, rel=0.03)  # sigma^2, slightly less from truncation at 3 sigma
+    assert torch.equal(gaussian_blur(centre, 0.0), centre)
+
+
+def test_splat_bilinear_preserves_mass_and_centroid():
+    uv = torch.tensor([[[10.25, 7.5], [3.0, 4.0], [-0.4, 30.0]]], dtype=torch.float64)
+    w = torch.tensor([[1.0, 2.0, 1.0]], dtype=torch.float64)
+    m = splat_bilinear(uv, w, (40, 50))
+    assert float(m.sum()) == pytest.approx(4.0)
+    assert float(m[0, 4, 3]) == pytest.approx(2.0)  # integer position: one pixel
+    assert float(m[0, 7, 10]) == pytest.approx(0.75 * 0.5)
+    assert float(m[0, 30, 0]) == pytest.approx(1.0)  # outer half pixel: clamped onto the border pixel
+
+
+# ------------------------------------------------------------------------------- identity
+
+
+def test_identity_pose_reproduces_own_valid_pixel_distribution():
+    g = torch.Generator().manual_seed(0)
+    depth = 1.0 + 2.0 * torch.rand(3, H, W, generator=g)
+    depth[0, :, :20] = 0.0
+    depth[1, 10:30, 10:30] = float("nan")
+    depth[2] = torch.where(torch.rand(H, W, generator=g) < 0.5, depth[2], torch.zeros(()))
+    pose = make_pose(_rot(30.0, -10.0), torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)).float()
+    K = CAM.K_tensor()
+    for sigma, stride in [(0.0, 1), (2.0, 2), (1.5, 3)]:
+        res = frame_indexed_heatmaps(depth, K, pose.expand(3, 4, 4), K, pose, (H, W), cur_depth=depth[0],
+                                     sigma_px=sigma, source_stride=stride)
+        valid = torch.isfinite(depth) & (depth > 0)
+        indicator = torch.zeros(3, H, W)
+        indicator[:, ::stride, ::stride] = valid[:, ::stride, ::stride].float()
+        expected = gaussian_blur(indicator, sigma)
+        expected = expected / expected.sum(dim=(-1, -2), keepdim=True)
+        torch.testing.assert_close(res.heatmap, expected, atol=2e-6, rtol=1e-4)
+        # everything lands inside; keyframes 1, 2 have other random depths than c, so part is hidden
+        torch.testing.assert_close(res.in_view_fraction + res.occluded_fraction, torch.ones(3))
+        assert float(res.in_view_fraction[0]) == 1.0
+        assert res.num_valid.tolist() == indicator.sum(dim=(-1, -2)).long().tolist()
+        assert bool(res.has_overlap.all()) and bool((res.out_of_view_fraction == 0).all())
+        assert bool(torch.isnan(res.out_of_view_bearing).all())
+        # keyframe 0 is c's own depth: nothing can be hidden behind itself
+        assert float(res.occluded_fraction[0]) == 0.0 and float(res.occluded[0].abs().max()) == 0.0
+        assert bool((res.occluded <= res.heatmap).all()) and float(res.occluded[1:].sum()) > 0.1
+
+
+# ------------------------------------------------------------------------------- rotation, plane
+
+
+def test_pure_rotation_follows_infinite_homography():
+    """x_c = K R_ck K^-1 x_k whatever the depth: check single points and a dense patch's centroid."""
+    R_wc = _rot(6.0, -4.0)  # current turned left and tilted; keyframe at identity
+    T_wc = make_pose(R_wc, torch.zeros(3, dtype=torch.float64))
+    Hm = K64 @ R_wc.T @ torch.linalg.inv(K64)  # R_ck = R_cw R_wk = R_wc^T
+    pixels = [(20, 20), (32, 24), (40, 30), (25, 12), (44, 18)]
+    depths = [0.7, 1.5, 3.0, 9.0, 2.2]
+    key = _single_pixel_depths(pixels, depths)
+    res = frame_indexed_heatmaps(key, K64, EYE.expand(5, 4, 4), K64, T_wc, (H, W), sigma_px=0.0, source_stride=1)
+    expected = _homography_apply(Hm, torch.tensor(pixels, dtype=torch.float64))
+    torch.testing.assert_close(_centroid(res.heatmap), expected, atol=1e-6, rtol=0)
+    assert res.in_view_fraction.tolist() == [1.0] * 5
+
+    # dense central patch with varying depth, blurred: the centroid is the mean of mapped pixels
+    patch = torch.zeros(1, H, W, dtype=torch.float64)
+    v, u = torch.meshgrid(torch.arange(16, 32), torch.arange(24, 40), indexing="ij")
+    patch[0, v, u] = 1.0 + (u + v).double() / 20.0
+    res = frame_indexed_heatmaps(patch, K64, EYE[None], K64, T_wc, (H, W), sigma_px=2.0, source_stride=1)
+    mapped = _homography_apply(Hm, torch.stack([u.flatten(), v.flatten()], -1).double())
+    torch.testing.assert_close(_centroid(res.heatmap[0]), mapped.mean(0), atol=1e-3, rtol=0)
+
+
+def test_plane_under_translation_follows_plane_homography():
+    """A tilted plane n.X = d seen by the keyframe, current camera rotated and translated:
+    x_c = K (R + t n^T / d) K^-1 x_k with (R, t) = T_ck. (With the plane written n.X + d' = 0,
+    d' = -d, this is the textbook H = K (R - t n^T / d') K^-1.)"""
+    n = torch.tensor([0.2, -0.1, 1.0], dtype=torch.float64)
+    n = n / n.norm()
+    d = 2.5
+    T_wk = make_pose(_rot(-3.0, 2.0), torch.tensor([0.1, 0.0, -0.2], dtype=torch.float64))
+    T_wc = make_pose(_rot(5.0, 1.0), torch.tensor([0.4, -0.1, 0.3], dtype=torch.float64))
+    T_ck = invert_pose(T_wc) @ T_wk
+    R, t = T_ck[:3, :3], T_ck[:3, 3]
+    Hm = K64 @ (R + torch.outer(t, n) / d) @ torch.linalg.inv(K64)
+
+    pixels = [(10, 10), (32, 24), (50, 35), (15, 40), (55, 8), (30, 5)]
+    Kinv = torch.linalg.inv(K64)
+    depths = []
+    for u, v in pixels:
+        ray = Kinv @ torch.tensor([u, v, 1.0], dtype=torch.float64)
+        depths.append(float(d / (n @ ray)))  # z of the ray's intersection with the plane
+    key = _single_pixel_depths(pixels, depths)
+    res = frame_indexed_heatmaps(key, K64, T_wk.expand(6, 4, 4), K64, T_wc, (H, W), sigma_px=0.0, source_stride=1)
+    expected = _homography_apply(Hm, torch.tensor(pixels, dtype=torch.float64))
+    inside = (expected[:, 0] > 0) & (expected[:, 0] < W - 1) & (expected[:, 1] > 0) & (expected[:, 1] < H - 1)
+    assert int(inside.sum()) >= 5
+    torch.testing.assert_close(_centroid(res.heatmap[inside]), expected[inside], atol=1e-6, rtol=0)
+    # the homography differs from pure rotation by a visible amount: translation matters here
+    rot_only = _homography_apply(K64 @ R @ Kinv, torch.tensor(pixels, dtype=torch.float64))
+    assert float((rot_only - expected).norm(dim=-1).min()) > 2.0
+
+
+# ------------------------------------------------------------------------------- out of view
+
+
+def _wall_band(depth_m: float = 3.0, band: int = 8) -> torch.Tensor:
+    """(1, H, W) fronto-parallel wall, valid only in a horizontal band around the centre row."""
+    key = torch.zeros(1, H, W, dtype=torch.float64)
+    key[0, H // 2 - band:H // 2 + band] = depth_m
+    return key
+
+
+def test_keyframe_looking_left_is_half_out_of_view_on_the_left():
+    """Keyframe turned 30 deg left (half the 60 deg hfov): its right half lands in c, its left half
+    is outside c's image to the left."""
+    T_wk = make_pose(_yaw(30.0), torch.zeros(3, dtype=torch.float64))
+    res = frame_indexed_heatmaps(_wall_band(), K64, T_wk[None], K64, EYE, (H, W), sigma_px=1.0, source_stride=1)
+    assert float(res.in_view_fraction[0]) == pytest.approx(0.5, abs=1e-9)
+    assert float(res.out_of_view_fraction[0]) == pytest.approx(0.5, abs=1e-9)
+    assert bool(res.has_overlap[0])
+    # expected bearing: circular mean of the out-of-view columns' directions (30 deg + their angle)
+    cols = torch.arange(0, W // 2, dtype=torch.float64)
+    bearings = math.radians(30.0) + torch.atan((CAM.cx - cols) / CAM.fx)
+    expected = math.atan2(float(torch.sin(bearings).sum()), float(torch.cos(bearings).sum()))
+    assert float(res.out_of_view_bearing[0]) == pytest.approx(expected, abs=1e-6)
+    assert math.radians(30) < expected < math.radians(60)  # positive = left
+    # the heatmap mass sits on c's left half
+    assert float(res.heatmap[0, :, : W // 2].sum()) > 0.95
+
+
+def test_keyframe_to_the_right_has_negative_bearing():
+    T_wk = make_pose(_yaw(-45.0), torch.zeros(3, dtype=torch.float64))
+    res = frame_indexed_heatmaps(_wall_band(), K64, T_wk[None], K64, EYE, (H, W), source_stride=1)
+    assert float(res.out_of_view_bearing[0]) < math.radians(-30)
+    assert float(res.heatmap[0, :, W // 2:].sum()) > 0.95
+
+
+def test_content_behind_and_no_overlap():
+    """Keyframe looking backwards: everything behind c (bearing ~ pi), no overlap, zero maps.
+    Keyframe with no valid depth: no overlap, fractions 0, bearing NaN."""
+    T_back = make_pose(_yaw(180.0), torch.zeros(3, dtype=torch.float64))
+    T_side = make_pose(_yaw(90.0), torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64))
+    key = torch.cat([_wall_band(), _wall_band(), torch.zeros(1, H, W, dtype=torch.float64)])
+    res = frame_indexed_heatmaps(key, K64, torch.stack([T_back, T_side, EYE]), K64, EYE, (H, W))
+    assert res.has_overlap.tolist() == [False, False, False]
+    assert bool((res.heatmap == 0).all()) and bool((res.occluded == 0).all())
+    assert res.out_of_view_fraction[:2].tolist() == [1.0, 1.0]
+    assert abs(float(res.out_of_view_bearing[0])) > math.radians(175)
+    assert float(res.out_of_view_bearing[1]) == pytest.approx(math.pi / 2, abs=math.radians(3))
+    assert int(res.num_valid[2]) == 0 and float(res.out_of_view_fraction[2]) == 0.0
+    assert math.isnan(float(res.out_of_view_bearing[2]))
+
+
+def test_few_stray_points_are_not_overlap():
+    """A keyframe 10 m to the left sees a wall c cannot see, plus one far point (30 m) that does land
+    in c's view: 1 of 1536 points (0.065 %) is below the 1e-3 threshold -> no overlap, zero maps."""
+    key = _wall_band(band=12)  # 24 x 64 = 1536 points
+    key[0, H // 2, W - 1] = 30.0  # the rightmost ray, far away: lands at bearing ~ -13 deg in c
+    T_wk = make_pose(torch.eye(3, dtype=torch.float64), torch.tensor([-10.0, 0.0, 0.0], dtype=torch.float64))
+    res = frame_indexed_heatmaps(key, K64, T_wk[None], K64, EYE, (H, W), source_stride=1)
+    assert float(res.in_view_fraction[0]) == pytest.approx(1 / 1536)
+    assert not bool(res.has_overlap[0]) and bool((res.heatmap == 0).all())
+    assert float(res.out_of_view_bearing[0]) > math.radians(60)  # the wall is far to the left
+    res_low = frame_indexed_heatmaps(key, K64, T_wk[None], K64, EYE, (H, W), source_stride=1, min_overlap_fraction=0.0)
+    assert bool(res_low.has_overlap[0]) and float(res_low.heatmap.sum()) == pytest.approx(1.0)
+    u_expected = CAM.cx + CAM.fx * (-10.0 + 30.0 * (W - 1 - CAM.cx) / CAM.fx) / 30.0
+    assert float(_centroid(res_low.heatmap[0])[0]) == pytest.approx(u_expected, abs=0.05)
+
+
+# ------------------------------------------------------------------------------- occlusion
+
+
+def test_near_wall_in_current_view_hides_keyframe_surface():
+    """Same pose; the keyframe saw a wall at 4 m; c now has a box at 1 m covering its left half."""
+    key = torch.full((1, H, W), 4.0, dtype=torch.float64)
+    cur_depth = torch.full((H, W), 4.0, dtype=torch.float64)
+    cur_depth[:, : W // 2] = 1.0
+    cur_depth[:4, :4] = 0.0  # no measurement there: nothing counts as hidden
+    res = frame_indexed_heatmaps(key, K64, EYE[None], K64, EYE, (H, W), cur_depth=cur_depth, sigma_px=2.0,
+                                 source_stride=2)
+    n_points = (H // 2) * (W // 2)
+    hidden_points = (H // 2) * (W // 4) - 4  # left half of the strided grid minus the 2x2 unmeasured ones
+    assert float(res.occluded_fraction[0]) == pytest.approx(hidden_points / n_points, abs=1e-9)
+    assert float(res.in_view_fraction[0] + res.occluded_fraction[0]) == pytest.approx(1.0)
+    # the heatmap still holds all mass (visible + hidden); the hidden part lies on the left
+    no_occ = frame_indexed_heatmaps(key, K64, EYE[None], K64, EYE, (H, W), sigma_px=2.0, source_stride=2)
+    torch.testing.assert_close(res.heatmap, no_occ.heatmap)
+    assert bool((res.occluded <= res.heatmap + 1e-12).all()) and bool((res.occluded >= 0).all())
+    assert float(res.occluded.sum()) == pytest.approx(hidden_points / n_points, abs=0.02)
+    assert float(res.occluded[0, :, W // 2 + 6:].sum()) == 0.0  # blur radius 6 px from the last hidden column 30
+
+    # within the margin (0.05 m + 2 % of 4 m = 0.13 m) a surface is not hidden
+    near_equal = torch.full((H, W), 3.9, dtype=torch.float64)
+    res = frame_indexed_heatmaps(key, K64, EYE[None], K64, EYE, (H, W), cur_depth=near_equal)
+    assert float(res.occluded_fraction[0]) == 0.0
+    res = frame_indexed_heatmaps(key, K64, EYE[None], K64, EYE, (H, W), cur_depth=near_equal - 0.1)
+    assert float(res.occluded_fraction[0]) == 1.0 and bool(res.has_overlap[0])
+
+
+# ------------------------------------------------------------------------------- API details
+
+
+def test_config_helper_dtype_device_and_errors():
+    cfg = load_config(None, ["heatmap.sigma_px=0", "heatmap.source_stride=1"]).heatmap
+    assert isinstance(cfg, HeatmapConfig)
+    key = _wall_band().float()
+    res = heatmaps_from_config(key, CAM.K_tensor(), torch.eye(4)[None], CAM.K_tensor(), torch.eye(4), (H, W), cfg=cfg)
+    assert res.heatmap.dtype == torch.float32 and res.heatmap.shape == (1, H, W)
+    assert int(res.num_valid[0]) == 16 * W  # stride 1 from the config
+    as_np = res.numpy()
+    assert isinstance(as_np, InterFrameHeatmaps) and isinstance(as_np.heatmap, np.ndarray)
+    assert as_np.has_overlap.dtype == bool
+    moved = res.to("cpu")
+    assert torch.equal(moved.heatmap, res.heatmap)
+    with pytest.raises(InputError, match="key_depth"):
+        frame_indexed_heatmaps(key[0], CAM.K, torch.eye(4)[None], CAM.K, torch.eye(4), (H, W))
+    with pytest.raises(InputError, match="cur_depth"):
+        frame_indexed_heatmaps(key, CAM.K, torch.eye(4)[None], CAM.K, torch.eye(4), (H, W), cur_depth=torch.ones(3, 3))
+    with pytest.raises(InputError, match="key_T_wc"):
+        frame_indexed_heatmaps(key, CAM.K, torch.eye(4)[None].expand(2, 4, 4), CAM.K, torch.eye(4), (H, W))
+
+
+def test_viz_mosaic_draws_each_keyframe():
+    T_left = make_pose(_yaw(30.0), torch.zeros(3, dtype=torch.float64))
+    T_back = make_pose(_yaw(180.0), torch.zeros(3, dtype=torch.float64))
+    key = torch.cat([_wall_band(), _wall_band()])
+    cur_depth = torch.full((H, W), 3.0, dtype=torch.float64)
+    cur_depth[:, :10] = 1.0
+    res = frame_indexed_heatmaps(key, K64, torch.stack([T_left, T_back]), K64, EYE, (H, W), cur_depth=cur_depth)
+    rgb = np.full((H, W, 3), 128, np.uint8)
+    colored = colorize_heatmap(res.heatmap[0])
+    assert colored.shape == (H, W, 3) and colored.dtype == np.uint8
+    blended = blend_heatmap(rgb, res.heatmap[0], 0.6)
+    assert np.array_equal(blended[:, -5:], rgb[:, -5:])  # nothing lands on the right edge
+    assert not np.array_equal(blended[:, :W // 2], rgb[:, :W // 2])
+    mosaic = overlay_mosaic(rgb, res, ["kf 3", "kf 9"], [rgb, rgb], columns=2)
+    assert mosaic.dtype == np.uint8 and mosaic.ndim == 3
+    assert mosaic.shape[1] >= 2 * 400  # tiles upscaled for readable text
+    # the hidden colour (magenta hatching) appears in the first tile only
+    magenta = np.all(mosaic == np.array([255, 0, 255], np.uint8), axis=-1)
+    tile_w = (mosaic.shape[1] - 6) // 2
+    tile_h = int(round(H * tile_w / W))
+    assert magenta[:tile_h, :tile_w].sum() > 0
+    assert magenta[:tile_h, tile_w + 6:].sum() == 0  # the second keyframe is behind: no overlap
+    with pytest.raises(InputError, match="labels"):
+        overlay_mosaic(rgb, res, ["kf 3"])

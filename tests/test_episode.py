@@ -86,7 +86,7 @@ def test_round_trip_of_everything(tmp_path: Path):
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, expected, atol=0.5e-3 + 1e-6)  # millimetre rounding
         assert (got[0, :4] == 0).all()
-        np.testing.assert_array_equal(ep.poses[i], T_wc)  # %.17g text is exact
+        np.testing.assert_array_equal(ep.poses[i], T_wc)  # repr text is exact
         assert ep.timestamps[i] == t
         np.testing.assert_array_equal(ep.base_poses[i], T_ob)
         np.testing.assert_array_equal(ep.base_velocities[i], vel)

@@ -77,6 +77,11 @@ def _frame_stem(index: int) -> str:
     return f"frame-{index:06d}"
 
 
+def _matrix_text(M: np.ndarray) -> str:
+    """One line per row, shortest exact float representation (``repr``) of every entry."""
+    return "".join(" ".join(repr(float(v)) for v in row) + "\n" for row in np.asarray(M, dtype=np.float64))
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
@@ -197,7 +202,7 @@ class EpisodeWriter:
         if self.partial_dir.exists():
             shutil.rmtree(self.partial_dir)  # left by a writer that crashed
         self.partial_dir.mkdir(parents=True)
-        np.savetxt(self.partial_dir / "intrinsics.K.txt", self.camera.K, fmt="%.17g")
+        (self.partial_dir / "intrinsics.K.txt").write_text(_matrix_text(self.camera.K))
 
         self._timestamps: list[float] = []
         self._base_poses: list[list[list[float]]] = []
@@ -301,7 +306,8 @@ class EpisodeWriter:
             raise OSError(f"could not write {stem}.color.{self.color_format}")
         if depth_mm is not None and not cv2.imwrite(f"{stem}.depth.png", depth_mm, self._depth_params):
             raise OSError(f"could not write {stem}.depth.png")
-        np.savetxt(f"{stem}.pose.txt", pose, fmt="%.17g")
+        with open(f"{stem}.pose.txt", "w") as fh:
+            fh.write(_matrix_text(pose))
 
         self._timestamps.append(timestamp)
         self._has_base_pose = has_base_pose

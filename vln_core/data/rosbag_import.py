@@ -42,6 +42,7 @@ import numpy as np
 from vln_core.data.episode import EpisodeWriter
 from vln_core.data.posed_images import check_pose
 from vln_core.errors import InputError
+from vln_core.geometry.transforms import matrix_to_quat
 from vln_core.ros_codec import (
     camera_info_to_K,
     compressed_msg_to_array,
@@ -106,8 +107,7 @@ def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
 
 
 def _matrix_to_quat(T: np.ndarray) -> np.ndarray:
-    from vln_core.geometry.transforms import matrix_to_quat  # float64 in, float64 out
-
+    """``(4, 4)`` rigid transform -> ``(4,)`` float64 unit quaternion (x, y, z, w)."""
     return matrix_to_quat(np.asarray(T[:3, :3], dtype=np.float64)).numpy()
 
 
@@ -369,8 +369,9 @@ def import_rosbag(
         camera_info_topic: ``CameraInfo`` topic; None takes the first ``camera_info`` topic found
             in the colour topic's namespaces, deepest first (``/cam/color/camera_info`` for
             ``/cam/color/image_raw/compressed``).
-        odom_topic: ``nav_msgs/Odometry`` topic: camera poses from odometry + mount (unless
-            ``use_tf``); always the source of base velocities ``[vx, wz]`` when given.
+        odom_topic: ``nav_msgs/Odometry`` topic: camera and base poses from odometry + mount
+            (unless ``use_tf``: then poses come from tf); always the source of base velocities
+            ``[vx, wz]`` when given.
         T_base_cam: ``(4, 4)`` or ``[x, y, z, qx, qy, qz, qw]`` camera optical frame in
             ``base_frame``; None looks it up on ``/tf_static``.
         use_tf: camera poses from the tf chain ``world_frame -> camera_frame`` instead of odometry.
@@ -403,6 +404,11 @@ def import_rosbag(
         raise InputError(f"bag {bag_path} does not exist")
     if bag_path.is_file():  # a .mcap / .db3 file given: rosbag2 wants its folder (with metadata.yaml)
         bag_path = bag_path.parent
+    if not (bag_path / "metadata.yaml").is_file():
+        raise InputError(
+            f"{bag_path} is not a rosbag2 folder (no metadata.yaml); for a bare .mcap/.db3 file run "
+            "`ros2 bag reindex <folder>` first"
+        )
     if max_pair_dt <= 0 or max_pose_gap <= 0:
         raise InputError(f"max_pair_dt and max_pose_gap must be > 0 s, got {max_pair_dt}, {max_pose_gap}")
     if not use_tf and odom_topic is None:
@@ -444,7 +450,7 @@ def import_rosbag(
                 )
         info_conns = connections(camera_info_topic, (CAMERA_INFO_TYPE,), "camera info")
         odom_conns = connections(odom_topic, (ODOMETRY_TYPE,), "odometry") if odom_topic else []
-        tf_conns = by_topic.get(tf_topic, []) if (use_tf or mount is None) else []
+        tf_conns = by_topic.get(tf_topic, []) if use_tf else []  # odometry mode needs /tf_static only
         tf_static_conns = by_topic.get(tf_static_topic, []) if (use_tf or mount is None) else []
         if use_tf and not tf_conns and not tf_static_conns:
             raise InputError(f"use_tf: neither {tf_topic!r} nor {tf_static_topic!r} is in bag {bag_path}")
@@ -541,19 +547,21 @@ def import_rosbag(
                 depth_stamp = int(nearest)
             T_odom_base = velocity = None
             if odom_topic:
-                T_odom_base, velocity, reason = odom_track.interpolate(stamp, max_gap_ns, max_pair_ns)
-                if T_odom_base is None and not use_tf:
-                    stats.skipped_no_pose += 1
-                    stats.first_pose_failure = stats.first_pose_failure or f"odometry {reason}"
-                    continue
+                T_from_odom, velocity, reason = odom_track.interpolate(stamp, max_gap_ns, max_pair_ns)
+                if not use_tf:
+                    if T_from_odom is None:
+                        stats.skipped_no_pose += 1
+                        stats.first_pose_failure = stats.first_pose_failure or f"odometry {reason}"
+                        continue
+                    T_odom_base = T_from_odom
             if use_tf:
+                # base poses from the same tree, so they share the world frame with the camera poses
                 T_wc, reason = tf_buffer.lookup(world_frame, camera_frame, stamp)
                 if T_wc is None:
                     stats.skipped_no_pose += 1
                     stats.first_pose_failure = stats.first_pose_failure or f"tf {reason}"
                     continue
-                if not odom_topic:
-                    T_odom_base, _ = tf_buffer.lookup(world_frame, base_frame, stamp)
+                T_odom_base, _ = tf_buffer.lookup(world_frame, base_frame, stamp)
             else:
                 T_wc = T_odom_base @ mount
             base_pose_missing |= T_odom_base is None

@@ -38,7 +38,7 @@ __all__ = [
 V = TypeVar("V")
 
 
-@dataclass
+@dataclass(eq=False)
 class CameraFrame:
     """One camera frame with everything paired to it (what backends and the recorder consume).
 
@@ -75,7 +75,7 @@ class CameraFrame:
         return self.stamp_ns * 1e-9
 
 
-@dataclass
+@dataclass(eq=False)
 class BufferedImage:
     """An image waiting in the ring, with the depth paired to it so far.
 

@@ -508,7 +508,11 @@ class NavigationRuntime:
             if self._generation != generation:  # a reset discarded these frames meanwhile
                 self._waiting_reason = "inputs were reset while pairing"
                 return None
-            superseded = sum(1 for c, _ in candidates if c.seq < frame.seq)
+            # images older than the chosen one that are still buffered are dropped now; those
+            # pushed out of the ring meanwhile were counted as overflow when they left it
+            superseded = sum(1 for e in self._ring if self._last_processed_seq < e.seq < frame.seq)
+            if not any(e is entry for e in self._ring):  # evicted (and counted) while pairing, yet processed
+                self._counters.add("dropped_overflow", -1)
             self._last_processed_seq = frame.seq
         if superseded:
             self._counters.add("dropped_superseded", superseded)

@@ -202,6 +202,17 @@ def test_greedy_picks_best_set_and_breaks_ties_to_earlier_frame():
     assert greedy_max_coverage(sets, 0).indices.size == 0
 
 
+def test_greedy_accepts_unsorted_keys_with_duplicates():
+    clean = [np.array([], dtype=np.int64), np.array([3, 5, 9]), np.array([1, 2]), np.array([5, 9, 11, 12])]
+    messy = [np.array([], dtype=np.int64), np.array([9, 3, 5, 3]), np.array([2, 1, 1]), np.array([12, 5, 11, 9, 9])]
+    for k in (1, 2, 3):
+        a, b = greedy_max_coverage(clean, k), greedy_max_coverage(messy, k)
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_array_equal(a.gains, b.gains)
+        assert a.total_voxels == b.total_voxels == 7
+    np.testing.assert_array_equal(greedy_max_coverage(messy, 1).gains, [4])
+
+
 def test_exhaustive_beats_greedy_on_the_classic_counterexample():
     # greedy takes the biggest set {1,2,5,6,7} and then can add only 2 more; the optimum is 8
     sets = [np.array([1, 2, 3, 4]), np.array([5, 6, 7, 8]), np.array([1, 2, 5, 6, 7])]

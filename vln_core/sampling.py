@@ -61,6 +61,9 @@ EXTENT_PERCENTILES = (2.0, 98.0)
 #: (a single wall, a floor) and replaced by that fraction of the longest side.
 MIN_SIDE_FRACTION = 0.1
 
+#: Points used (a regular subsample) for the percentile extent in ``estimate_voxel_size``.
+_EXTENT_SAMPLE = 65_536
+
 #: ``exhaustive_max_coverage`` refuses problems with more subsets than this.
 MAX_EXHAUSTIVE_SUBSETS = 200_000
 
@@ -168,11 +171,12 @@ def estimate_voxel_size(points: Any, valid: Any = None, divisions: int = 20) -> 
         if valid is not None:
             valid = np.asarray(valid.detach().cpu().numpy() if isinstance(valid, torch.Tensor) else valid)[None]
     points, valid = _as_points_and_valid(points, valid)
-    selected = points[valid]
-    if selected.shape[0] == 0:
+    index = np.flatnonzero(valid)
+    if index.size == 0:
         raise InputError("cannot estimate a voxel size: no valid points (all depth invalid?)")
-    if selected.shape[0] > 200_000:  # percentiles of a fixed-seed subsample are as good and cheaper
-        selected = selected[np.random.default_rng(0).choice(selected.shape[0], 200_000, replace=False)]
+    if index.size > _EXTENT_SAMPLE:  # percentiles of a regular subsample are as good and cheaper
+        index = index[:: -(-index.size // _EXTENT_SAMPLE)]
+    selected = points.reshape(-1, 3)[index]
     low, high = np.percentile(selected, EXTENT_PERCENTILES, axis=0)
     sides = np.maximum(high - low, 0.0)
     longest = float(sides.max())
@@ -215,16 +219,28 @@ def frame_voxel_keys(
     elif not (math.isfinite(voxel_size) and voxel_size > 0):
         raise InputError(f"voxel_size must be a positive number of metres, got {voxel_size}")
     voxel_size = float(voxel_size)
-    rng = np.random.default_rng(seed)
-    inv_voxel = 1.0 / voxel_size
-    keys: list[np.ndarray] = []
-    for frame_points, frame_valid in zip(points, valid):
-        index = np.flatnonzero(frame_valid)
-        if max_points_per_frame is not None and index.size > max_points_per_frame:
-            index = np.sort(rng.choice(index, size=int(max_points_per_frame), replace=False))
-        coords = np.floor(frame_points[index] * inv_voxel).astype(np.int64)
-        keys.append(np.unique(pack_voxel_coords(coords)))
-    return keys, voxel_size
+    n, p = valid.shape
+    if max_points_per_frame is not None and max_points_per_frame < p and n > 0:
+        # keep the max_points_per_frame valid points of lowest random priority in every frame
+        # (a uniform draw without replacement), all frames in one vectorised partition
+        priority = np.random.default_rng(seed).random((n, p))
+        priority[~valid] = 2.0  # after every valid point
+        keep = np.argpartition(priority, int(max_points_per_frame) - 1, axis=1)[:, : int(max_points_per_frame)]
+        valid = np.take_along_axis(valid, keep, axis=1)
+        points = np.take_along_axis(points, keep[..., None], axis=1)
+    scaled = points * points.dtype.type(1.0 / voxel_size)  # a new array, safe to edit in place
+    scaled[~valid] = 0.0  # invalid points may be NaN / inf
+    np.floor(scaled, out=scaled)
+    keys = pack_voxel_coords(scaled.astype(np.int64))  # (n, p') non-negative
+    keys[~valid] = -1  # sorts first, dropped below
+    keys.sort(axis=1)
+    first = np.empty(keys.shape, dtype=bool)
+    first[:, :1] = True
+    np.not_equal(keys[:, 1:], keys[:, :-1], out=first[:, 1:])
+    first &= keys >= 0
+    counts = first.sum(axis=1)
+    per_frame = np.split(keys[first], np.cumsum(counts)[:-1]) if n else []
+    return per_frame, voxel_size
 
 
 # ------------------------------------------------------------------------------------------
@@ -258,13 +274,16 @@ def _dense_sets(voxel_sets: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
     sizes = np.array([s.size for s in voxel_sets], dtype=np.int64)
     if sizes.sum() == 0:
         return [np.zeros(0, dtype=np.int64) for _ in voxel_sets], 0
-    concatenated = torch.from_numpy(np.concatenate(voxel_sets))
-    unique, inverse = torch.unique(concatenated, sorted=True, return_inverse=True)
-    inverse_np = inverse.numpy()
-    ids = np.split(inverse_np, np.cumsum(sizes)[:-1])
-    for i, frame_ids in enumerate(ids):  # inputs are normally unique already; check cheaply
-        if frame_ids.size > 1 and not np.all(np.diff(voxel_sets[i]) > 0):
-            ids[i] = np.unique(frame_ids)
+    concatenated = np.concatenate(voxel_sets)
+    unique, inverse = torch.unique(torch.from_numpy(concatenated), sorted=True, return_inverse=True)
+    ends = np.cumsum(sizes)
+    ids = np.split(inverse.numpy(), ends[:-1])
+    # inputs are normally sorted and duplicate-free already (frame_voxel_keys); check in one pass
+    increasing = np.diff(concatenated) > 0
+    boundaries = ends[:-1]
+    increasing[boundaries[(boundaries > 0) & (boundaries < concatenated.size)] - 1] = True  # not compared
+    if not increasing.all():
+        ids = [np.unique(frame_ids) for frame_ids in ids]
     return ids, int(unique.numel())
 
 
@@ -315,7 +334,7 @@ def greedy_max_coverage(voxel_sets: Sequence[Any], k: int, lazy: bool = True) ->
         heapq.heapify(heap)
         while len(picks) < k:
             _, i = heapq.heappop(heap)
-            gain = int(np.count_nonzero(~covered[ids[i]]))
+            gain = ids[i].size - int(np.count_nonzero(covered[ids[i]]))
             # fresh gain of i vs the best remaining bound, under the order (gain desc, index asc)
             if not heap or gain > -heap[0][0] or (gain == -heap[0][0] and i < heap[0][1]):
                 picks.append(i)

@@ -123,6 +123,63 @@ def reliable_qos(depth: int = 10):
     )
 
 
+# ------------------------------------------------------------------ vln_heatmap node outputs
+
+NODE_NAME = "vln_heatmap_node"
+PARAMS_FILE = REPO_ROOT / "ros2_ws" / "src" / "vln_heatmap" / "config" / "vln_heatmap.yaml"
+
+
+def real_rgbd_dir() -> Path:
+    """The real posed RGB-D sequence (``VLN_REAL_RGBD_DIR`` or ``<repo>/../shared/data/real_rgbd_box``)."""
+    env = os.environ.get("VLN_REAL_RGBD_DIR")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "real_rgbd_box"
+
+
+def node_command(*parameters: str, params_file: Path = PARAMS_FILE) -> list[str]:
+    """Arguments (after the interpreter) that start the node with the parameter file and
+    ``name:=value`` overrides."""
+    args = ["-m", "vln_heatmap.node", "--ros-args", "--params-file", str(params_file)]
+    for p in parameters:
+        args += ["-p", p]
+    return args
+
+
+class NodeOutputs:
+    """Subscribes to everything the node publishes and keeps it, with receive times."""
+
+    def __init__(self, ros: RosTestNode, node_name: str = NODE_NAME):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Int32MultiArray, Int64MultiArray
+
+        self.heatmaps: list = []
+        self.keyframe_indices: list = []
+        self.keyframe_stamps: list = []
+        self.overlays: list = []
+        self.diagnostics: list = []
+        qos = reliable_qos(50)
+        node = ros.node
+        node.create_subscription(Image, f"/{node_name}/heatmaps", lambda m: self.heatmaps.append((time.monotonic(), m)), qos)
+        node.create_subscription(Int32MultiArray, f"/{node_name}/keyframe_indices", self.keyframe_indices.append, qos)
+        node.create_subscription(Int64MultiArray, f"/{node_name}/keyframe_stamps", self.keyframe_stamps.append, qos)
+        node.create_subscription(Image, f"/{node_name}/overlay", self.overlays.append, reliable_qos(5))
+        node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, qos)
+
+    def clear(self) -> None:
+        for name in ("heatmaps", "keyframe_indices", "keyframe_stamps", "overlays", "diagnostics"):
+            getattr(self, name).clear()
+
+    def latest_status(self, name_part: str) -> dict | None:
+        """The newest diagnostics entry whose name contains ``name_part`` (as a dict)."""
+        from vln_heatmap.msg_conversions import diagnostic_array_to_dicts
+
+        for msg in reversed(self.diagnostics):
+            for status in diagnostic_array_to_dicts(msg):
+                if name_part in status["name"]:
+                    return status
+        return None
+
+
 # ------------------------------------------------------------------ publisher for test_ros_dds
 
 

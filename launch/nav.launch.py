@@ -1,0 +1,116 @@
+"""Launch the vln_heatmap node (and optionally RViz) on a robot or against a replayed episode.
+
+    ros2 launch vln_heatmap nav.launch.py
+    ros2 launch vln_heatmap nav.launch.py camera_topic:=/camera/image_raw depth_topic:=/camera/depth \
+        camera_info_topic:=/camera/camera_info odometry_topic:=/odom backend:=geometry rviz:=true
+
+Parameters come from ``params_file`` (default: the package's ``config/vln_heatmap.yaml``, a ROS
+parameter file holding the ``vln_core.config`` tree) with ``backend`` / ``model_path`` laid on top.
+The topic arguments remap the topics named in the parameter file; leave one empty to keep the
+parameter file's topic.
+"""
+from pathlib import Path
+
+import yaml
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = "vln_heatmap"
+NODE_NAME = "vln_heatmap_node"
+
+# launch argument -> key under node.topics in the parameter file
+TOPIC_ARGUMENTS = {
+    "camera_topic": "image",
+    "depth_topic": "depth",
+    "camera_info_topic": "camera_info",
+    "odometry_topic": "odometry",
+}
+
+
+def _parameter_file_topics(params_file: str) -> dict:
+    """``node.topics`` of a ROS parameter file whose body is the vln_core config tree."""
+    data = yaml.safe_load(Path(params_file).read_text()) or {}
+    if len(data) == 1:
+        (body,) = data.values()
+        if isinstance(body, dict) and "ros__parameters" in body:
+            data = body["ros__parameters"] or {}
+    topics = dict((data.get("node") or {}).get("topics") or {})
+    for key, value in data.items():  # flattened form: node.topics.image: ...
+        if key.startswith("node.topics."):
+            topics[key[len("node.topics."):]] = value
+    return topics
+
+
+def _launch_node(context, *args, **kwargs):
+    params_file = LaunchConfiguration("params_file").perform(context)
+    file_topics = _parameter_file_topics(params_file)
+    remappings = []
+    for argument, key in TOPIC_ARGUMENTS.items():
+        wanted = LaunchConfiguration(argument).perform(context)
+        # the node subscribes to the parameter file's topic (or the built-in default when the
+        # file leaves it out); remap that name to the one given on the command line
+        declared = file_topics.get(key) or DEFAULT_TOPICS[key]
+        if wanted and wanted != declared:
+            remappings.append((declared, wanted))
+    overrides = {"node.backend": LaunchConfiguration("backend").perform(context)}
+    model_path = LaunchConfiguration("model_path").perform(context)
+    if model_path:
+        overrides["node.model_path"] = model_path
+    node = Node(
+        package=PACKAGE,
+        executable="vln_heatmap_node",
+        name=NODE_NAME,
+        output="screen",
+        emulate_tty=True,
+        parameters=[params_file, overrides],
+        remappings=remappings,
+    )
+    return [node]
+
+
+# defaults of vln_core.config.TopicsConfig (the node uses them when the file leaves a topic out)
+DEFAULT_TOPICS = {
+    "image": "/camera/color/image_raw",
+    "depth": "/camera/depth/image_raw",
+    "camera_info": "/camera/color/camera_info",
+    "odometry": "/odom",
+}
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = Path(get_package_share_directory(PACKAGE))
+    default_params = str(share / "config" / "vln_heatmap.yaml")
+    rviz_config = str(share / "rviz" / "vln_heatmap.rviz")
+
+    arguments = [
+        DeclareLaunchArgument("camera_topic", default_value="",
+                              description="sensor_msgs/Image colour topic (empty: the parameter file's node.topics.image)"),
+        DeclareLaunchArgument("depth_topic", default_value="",
+                              description="sensor_msgs/Image depth topic, 16UC1 mm or 32FC1 m (empty: node.topics.depth)"),
+        DeclareLaunchArgument("camera_info_topic", default_value="",
+                              description="sensor_msgs/CameraInfo of the colour camera (empty: node.topics.camera_info)"),
+        DeclareLaunchArgument("odometry_topic", default_value="",
+                              description="nav_msgs/Odometry of base_link in the odom frame (empty: node.topics.odometry)"),
+        DeclareLaunchArgument("params_file", default_value=default_params,
+                              description="ROS parameter file holding the vln_core config tree"),
+        DeclareLaunchArgument("backend", default_value="geometry",
+                              choices=["geometry", "model", "onnx", "tensorrt"],
+                              description="heatmap backend: geometry (depth reprojection), model, onnx, tensorrt"),
+        DeclareLaunchArgument("model_path", default_value="",
+                              description="checkpoint / ONNX / engine file for the learned backends"),
+        DeclareLaunchArgument("rviz", default_value="false", choices=["true", "false"],
+                              description="start RViz with the package's configuration"),
+    ]
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        arguments=["-d", rviz_config],
+        output="log",
+        condition=IfCondition(LaunchConfiguration("rviz")),
+    )
+    return LaunchDescription([*arguments, OpaqueFunction(function=_launch_node), rviz])

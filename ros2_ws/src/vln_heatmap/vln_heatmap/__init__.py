@@ -1,0 +1,1 @@
+"""ROS 2 wrapper of vln_core."""

@@ -1,0 +1,328 @@
+"""The vln_heatmap ROS 2 node: camera + depth + odometry + instruction in, keyframe heatmaps out.
+
+Thin by design: callbacks convert messages (``vln_core.ros_codec`` via :mod:`msg_conversions`)
+and hand numpy arrays to :class:`vln_core.runtime.NavigationRuntime`, which owns buffering,
+keyframe selection, inference, diagnostics figures and error accounting.
+
+Threads: a ``MultiThreadedExecutor`` runs the input subscriptions in one callback group,
+inference (a timer at ``node.inference_rate_hz``) in its own mutually exclusive group and the
+1 Hz diagnostics timer in a third, so an input callback never waits for inference.
+
+Subscribes (names from the ``node.topics`` parameters, remappable):
+    colour ``sensor_msgs/Image`` (or ``CompressedImage`` when ``node.topics.compressed_image`` is
+    set), depth ``sensor_msgs/Image`` (16UC1 mm / 32FC1 m), ``sensor_msgs/CameraInfo``,
+    ``nav_msgs/Odometry`` (base_link in odom; the camera pose is odometry x ``node.camera_mount``,
+    or tf when ``node.pose_source: tf`` and tf2_ros is installed), ``std_msgs/String`` instruction.
+
+Publishes (stamped with the input colour image's stamp and frame_id):
+    ``~/heatmaps`` (32FC1 Image, K heatmaps stacked vertically, see ``msg_conversions``),
+    ``~/keyframe_indices`` (Int32MultiArray), ``~/keyframe_stamps`` (Int64MultiArray, ns),
+    ``~/overlay`` (rgb8 mosaic for RViz), ``~/waypoints`` (nav_msgs/Path) and
+    ``~/waypoint_markers`` (MarkerArray) when the backend predicts waypoints,
+    ``/diagnostics`` (DiagnosticArray, 1 Hz).
+
+Every callback catches bad input (``InputError``) and any other exception, logs it rate-limited,
+reports it to the runtime (it appears in ``/diagnostics`` by kind) and keeps serving.
+"""
+from __future__ import annotations
+
+import array
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from nav_msgs.msg import Odometry, Path
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rcl_interfaces.msg import ParameterDescriptor
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Int32MultiArray, Int64MultiArray, String
+from visualization_msgs.msg import MarkerArray
+
+from vln_core.config import ConfigError, VLNConfig, flatten_config, load_config
+from vln_core.errors import InputError
+from vln_core.ros_codec import pose_fields_to_matrix
+from vln_core.runtime import NavigationRuntime
+
+from vln_heatmap import msg_conversions as conv
+
+NODE_NAME = "vln_heatmap_node"
+#: Parameters that belong to ROS itself, not to the vln_core config tree.
+ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service", "qos_overrides")
+LOG_THROTTLE_S = 2.0
+
+
+def _plain(value: Any) -> Any:
+    """ROS parameter value -> plain Python (array.array -> list)."""
+    if isinstance(value, array.array):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def declare_config_parameters(node: Node) -> VLNConfig:
+    """Declare one ROS parameter per leaf of the default :class:`VLNConfig` (dotted names, e.g.
+    ``node.inference_rate_hz``), read them back and build the validated config.
+
+    Parameters are dynamically typed so ``2`` for a float field is accepted; the config system
+    does the type checking and names the dotted key in its error. Parameters given in the
+    parameter file but unknown to the config (typos) end up in ``load_config`` and fail there.
+    """
+    for name, default in flatten_config(VLNConfig()).items():
+        if node.has_parameter(name) or isinstance(default, dict):
+            continue
+        node.declare_parameter(name, _plain(default), ParameterDescriptor(dynamic_typing=True))
+    overrides: dict[str, Any] = {}
+    for name, param in node.get_parameters_by_prefix("").items():  # "" prefix: every parameter
+        if name.split(".")[0] in ROS_OWN_PARAMETERS:
+            continue
+        if param.type_ == Parameter.Type.NOT_SET:
+            overrides[name] = None
+            continue
+        overrides[name] = _plain(param.value)
+    return load_config(None, overrides=overrides)
+
+
+def sensor_qos(cfg: VLNConfig) -> QoSProfile:
+    reliability = ReliabilityPolicy.RELIABLE if cfg.node.sensor_qos == "reliable" else ReliabilityPolicy.BEST_EFFORT
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=cfg.node.sensor_qos_depth,
+        reliability=reliability, durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+def output_qos(depth: int = 5) -> QoSProfile:
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=depth,
+        reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+class VLNHeatmapNode(Node):
+    """See the module docstring. ``cfg`` is built from the node's parameters."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            NODE_NAME, allow_undeclared_parameters=True,
+            automatically_declare_parameters_from_overrides=True, **kwargs,
+        )
+        self.cfg = declare_config_parameters(self)
+        self.runtime = NavigationRuntime(self.cfg)
+        topics = self.cfg.node.topics
+        self._last_camera_info: tuple | None = None
+
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._inference_group = MutuallyExclusiveCallbackGroup()
+        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
+
+        qos = sensor_qos(self.cfg)
+        if topics.compressed_image:
+            self.create_subscription(CompressedImage, topics.compressed_image, self._on_image, qos,
+                                     callback_group=self._input_group)
+            image_topic = topics.compressed_image
+        else:
+            self.create_subscription(Image, topics.image, self._on_image, qos, callback_group=self._input_group)
+            image_topic = topics.image
+        self.create_subscription(Image, topics.depth, self._on_depth, qos, callback_group=self._input_group)
+        self.create_subscription(CameraInfo, topics.camera_info, self._on_camera_info, qos,
+                                 callback_group=self._input_group)
+        self.create_subscription(String, topics.instruction, self._on_instruction, output_qos(10),
+                                 callback_group=self._input_group)
+
+        self._tf_buffer = None
+        if self.cfg.node.pose_source == "tf":
+            self._start_tf()
+        if self._tf_buffer is None:
+            self.create_subscription(Odometry, topics.odometry, self._on_odometry, output_qos(50),
+                                     callback_group=self._input_group)
+
+        self._heatmap_pub = self.create_publisher(Image, "~/heatmaps", output_qos())
+        self._keyframe_index_pub = self.create_publisher(Int32MultiArray, "~/keyframe_indices", output_qos())
+        self._keyframe_stamp_pub = self.create_publisher(Int64MultiArray, "~/keyframe_stamps", output_qos())
+        self._overlay_pub = self.create_publisher(Image, "~/overlay", output_qos(2))
+        self._path_pub = self.create_publisher(Path, "~/waypoints", output_qos())
+        self._marker_pub = self.create_publisher(MarkerArray, "~/waypoint_markers", output_qos())
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", output_qos(10))
+
+        self.create_timer(1.0 / self.cfg.node.inference_rate_hz, self._on_inference_timer,
+                          callback_group=self._inference_group)
+        self.create_timer(1.0, self._on_diagnostics_timer, callback_group=self._diagnostics_group)
+        self.get_logger().info(
+            f"ready: backend={self.cfg.node.backend}, colour={image_topic}, depth={topics.depth}, "
+            f"camera_info={topics.camera_info}, pose={'tf' if self._tf_buffer else topics.odometry}, "
+            f"inference at {self.cfg.node.inference_rate_hz:g} Hz, {self.cfg.video.keyframes} keyframes"
+        )
+
+    # ------------------------------------------------------------------ error handling
+
+    def _log(self, kind: str, exc: BaseException) -> str:
+        bad_input = isinstance(exc, InputError)
+        message = str(exc) if bad_input else f"{type(exc).__name__}: {exc}"
+        log = self.get_logger()
+        (log.warning if bad_input else log.error)(f"{kind}: {message}", throttle_duration_sec=LOG_THROTTLE_S)
+        return message
+
+    def _report(self, kind: str, exc: BaseException) -> None:
+        """Rate-limited log + runtime error accounting (shows in /diagnostics); never raises."""
+        message = self._log(kind, exc)
+        try:
+            self.runtime.report_error(kind, message)
+        except Exception as inner:  # the report itself must not take the node down
+            self.get_logger().error(f"could not report {kind} error: {inner}", throttle_duration_sec=LOG_THROTTLE_S)
+
+    def _handle(self, kind: str, convert: Callable[[], Any], consume: Callable[[Any], Any]) -> None:
+        """``consume(convert())`` that never raises.
+
+        A conversion failure (bad message) is reported to the runtime under ``kind``. The
+        runtime's own methods record the InputErrors they raise, so those are only logged here;
+        anything unexpected from them is reported too.
+        """
+        try:
+            value = convert()
+        except Exception as exc:
+            self._report(kind, exc)
+            return
+        try:
+            consume(value)
+        except InputError as exc:
+            self._log(kind, exc)
+        except Exception as exc:
+            self._report(f"{kind}_unexpected", exc)
+
+    # ------------------------------------------------------------------ inputs
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        def convert() -> tuple[int, str, Any]:
+            return conv.stamp_ns(msg), msg.header.frame_id, conv.color_msg_to_rgb(msg)
+
+        def consume(value: tuple[int, str, Any]) -> None:
+            stamp, frame_id, rgb = value
+            if self._tf_buffer is not None:
+                self._handle("tf", lambda: self._lookup_camera_pose(stamp, frame_id),
+                             lambda T_wc: self.runtime.set_camera_pose(stamp, T_wc))
+            self.runtime.add_image(stamp, frame_id, rgb)
+
+        self._handle("image_invalid", convert, consume)
+
+    def _on_depth(self, msg: Image) -> None:
+        self._handle("depth_invalid", lambda: (conv.stamp_ns(msg), conv.depth_msg_to_metres(msg)),
+                     lambda v: self.runtime.add_depth(*v))
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        key = (tuple(msg.k), msg.width, msg.height)
+        if key == self._last_camera_info:
+            return  # CameraInfo repeats at camera rate; only changes matter
+
+        def consume(value: tuple[Any, int, int]) -> None:
+            self.runtime.set_camera_info(*value)
+            self._last_camera_info = key
+
+        self._handle("camera_info_invalid", lambda: conv.camera_info_msg_to_K(msg), consume)
+
+    def _on_odometry(self, msg: Odometry) -> None:
+        def consume(value: tuple[int, Any, tuple[float, float]]) -> None:
+            stamp, T_odom_base, velocity = value
+            self.runtime.add_odometry(stamp, T_odom_base, velocity=velocity)
+
+        self._handle("odometry_invalid", lambda: conv.odometry_msg_to_pose(msg), consume)
+
+    def _on_instruction(self, msg: String) -> None:
+        self._handle("instruction_invalid", lambda: msg.data, self.runtime.set_instruction)
+
+    # ------------------------------------------------------------------ tf (optional)
+
+    def _start_tf(self) -> None:
+        try:
+            import tf2_ros
+        except ImportError:
+            message = "node.pose_source is 'tf' but tf2_ros is not installed: no camera poses"
+            self.get_logger().error(message)
+            self.runtime.report_error("tf_unavailable", message)
+            return
+        self._tf_buffer = tf2_ros.Buffer()
+        self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+
+    def _lookup_camera_pose(self, stamp: int, camera_frame: str) -> Any:
+        """``T_wc (4, 4)``: the image's optical frame in ``node.world_frame`` at the image stamp."""
+        from rclpy.time import Time
+
+        tf = self._tf_buffer.lookup_transform(self.cfg.node.world_frame, camera_frame, Time(nanoseconds=stamp))
+        return pose_fields_to_matrix(tf.transform.translation, tf.transform.rotation)
+
+    # ------------------------------------------------------------------ inference and outputs
+
+    def _on_inference_timer(self) -> None:
+        # step() records its own failures (kind "step_failed") and returns None
+        try:
+            output = self.runtime.step()
+        except Exception as exc:
+            self._report("step_unexpected", exc)
+            return
+        if output is None:
+            return
+        try:
+            self._publish(output)
+        except Exception as exc:
+            self._report("publish_failed", exc)
+
+    def _publish(self, out: Any) -> None:
+        stamp, frame_id = int(out.stamp_ns), str(out.frame_id)
+        self._heatmap_pub.publish(conv.heatmaps_to_image_msg(out.heatmaps.heatmap, stamp, frame_id))
+        indices, stamps = conv.keyframe_arrays(out.keyframe_indices, out.keyframe_stamps, stamp)
+        self._keyframe_index_pub.publish(indices)
+        self._keyframe_stamp_pub.publish(stamps)
+        if self.cfg.node.publish_overlay and out.overlay is not None:
+            self._overlay_pub.publish(conv.rgb_to_image_msg(out.overlay, stamp, frame_id))
+        if out.waypoints is not None:
+            # waypoints are in base_link; with the camera pose known they are drawn in the world frame
+            T_world_base = None if out.T_wc is None else out.T_wc @ np.linalg.inv(self.runtime.T_base_cam)
+            path_frame = self.cfg.node.world_frame if T_world_base is not None else self.cfg.node.base_frame
+            self._path_pub.publish(conv.waypoints_to_path(out.waypoints, stamp, path_frame, T_world_base))
+            self._marker_pub.publish(conv.waypoints_to_markers(out.waypoints, stamp, path_frame, T_world_base))
+
+    def _on_diagnostics_timer(self) -> None:
+        try:
+            statuses = self.runtime.diagnostics()
+            self._diagnostics_pub.publish(conv.diagnostics_to_msg(statuses, time.time_ns(), hardware_id=NODE_NAME))
+        except Exception as exc:
+            self._report("diagnostics_failed", exc)
+
+    def destroy_node(self) -> None:
+        try:
+            self.runtime.close()  # finishes a recording, releases the backend
+        except Exception as exc:
+            self._log("shutdown", exc)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``vln_heatmap_node`` (``ros2 run vln_heatmap vln_heatmap_node --ros-args ...``)."""
+    rclpy.init(args=args)
+    try:
+        node = VLNHeatmapNode()
+    except (ConfigError, InputError) as exc:
+        print(f"vln_heatmap_node: configuration error: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""Replay an episode folder or a rosbag2 into the vln_heatmap node over real ROS 2 topics.
+
+    vln_heatmap_replay /path/to/episode --rate 1.0 --loop --instruction "go to the kitchen"
+    python -m vln_heatmap.replay /path/to/rosbag2_dir --remap /camera/image:=/camera/color/image_raw
+
+Episode folders (``vln_core.data.episode.read_episode``: simulator output, recordings, plain
+posed-image folders) are published per frame as CameraInfo, Odometry, depth ``16UC1`` (or
+``32FC1``) and colour ``rgb8`` (or CompressedImage with ``--compressed``), on the topics of the
+parameter file's ``node.topics``, at the recorded rate times ``--rate``, with reliable QoS.
+Stamps are "now" at start plus the recorded time offsets, and keep increasing across ``--loop``
+passes; ``--manifest FILE`` writes which stamp each published frame got (JSON), so outputs can be
+matched back to episode frames.
+
+Odometry is ``T_odom_base``: the episode's base poses when it has them and its camera mount equals
+the node's ``node.camera_mount``; otherwise derived from the camera poses as
+``T_wc @ inv(T_base_cam)`` with the node's mount, so that the node reconstructs exactly the
+recorded camera poses.
+
+A rosbag2 directory is read with ``rosbags`` and its messages are republished as recorded (the
+CDR bytes unchanged, header stamps as recorded), timed by the bag's receive times.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import rclpy
+import torch
+from nav_msgs.msg import Odometry
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import String
+
+from vln_core.config import VLNConfig, atomic_write_text, load_config
+from vln_core.data.episode import Episode, read_episode
+from vln_core.errors import InputError
+from vln_core.geometry.transforms import pose_from_xyz_quat
+
+from vln_heatmap import msg_conversions as conv
+
+DEFAULT_PARAMS = Path(__file__).resolve().parents[1] / "config" / "vln_heatmap.yaml"
+
+
+def find_params_file() -> Optional[Path]:
+    """The package's parameter file: next to the source tree, or in the installed share dir."""
+    if DEFAULT_PARAMS.is_file():
+        return DEFAULT_PARAMS
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        share = Path(get_package_share_directory("vln_heatmap")) / "config" / "vln_heatmap.yaml"
+        return share if share.is_file() else None
+    except Exception:  # ament index not available or package not installed
+        return None
+
+
+def reliable_qos(depth: int) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def mount_matrix(cfg: VLNConfig) -> np.ndarray:
+    """``T_base_cam (4, 4)`` from ``node.camera_mount`` ``[x, y, z, qx, qy, qz, qw]``."""
+    return pose_from_xyz_quat(torch.tensor(cfg.node.camera_mount, dtype=torch.float64)).numpy()
+
+
+def base_poses_for_node(episode: Episode, T_base_cam_node: np.ndarray) -> tuple[np.ndarray, str]:
+    """``(N, 4, 4)`` ``T_odom_base`` that make the node (mount ``T_base_cam_node``) see ``episode.poses``.
+
+    Returns the poses and a sentence saying where they came from.
+    """
+    if episode.base_poses is not None and episode.T_base_cam is not None and np.allclose(
+        episode.T_base_cam, T_base_cam_node, atol=1e-6
+    ):
+        return np.asarray(episode.base_poses, dtype=np.float64), "episode base poses"
+    T_cam_base = np.linalg.inv(T_base_cam_node)
+    poses = np.asarray(episode.poses, dtype=np.float64) @ T_cam_base
+    why = "no base poses in the episode" if episode.base_poses is None else "episode mount differs from node.camera_mount"
+    return poses, f"derived from camera poses and node.camera_mount ({why})"
+
+
+class EpisodePublisher(Node):
+    """Publishes one episode (optionally looped) on the node's input topics."""
+
+    def __init__(self, cfg: VLNConfig, compressed: str = "", depth_encoding: str = "16UC1",
+                 camera_frame: str = "camera_color_optical_frame") -> None:
+        super().__init__("vln_heatmap_replay")
+        topics = cfg.node.topics
+        qos = reliable_qos(cfg.node.sensor_qos_depth)
+        self.compressed = compressed
+        if compressed:
+            if not topics.compressed_image:
+                raise InputError("--compressed needs node.topics.compressed_image set in the parameter file")
+            self.image_pub = self.create_publisher(CompressedImage, topics.compressed_image, qos)
+        else:
+            self.image_pub = self.create_publisher(Image, topics.image, qos)
+        self.depth_pub = self.create_publisher(Image, topics.depth, qos)
+        self.info_pub = self.create_publisher(CameraInfo, topics.camera_info, qos)
+        self.odom_pub = self.create_publisher(Odometry, topics.odometry, reliable_qos(50))
+        self.instruction_pub = self.create_publisher(String, topics.instruction, reliable_qos(10))
+        self.depth_encoding = depth_encoding
+        self.camera_frame = camera_frame
+        self.odom_frame = cfg.node.world_frame
+        self.base_frame = cfg.node.base_frame
+
+    def wait_for_subscribers(self, timeout_s: float) -> bool:
+        """Wait until the colour and instruction topics each have a subscriber (the node is up)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.image_pub.get_subscription_count() > 0 and self.instruction_pub.get_subscription_count() > 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def publish_instruction(self, text: str) -> None:
+        self.instruction_pub.publish(String(data=text))
+
+    def publish_frame(self, rgb: np.ndarray, depth_m: Optional[np.ndarray], K: np.ndarray,
+                      T_odom_base: np.ndarray, velocity: tuple[float, float], stamp: int) -> None:
+        """CameraInfo, Odometry, depth, colour of one frame, all with ``stamp`` (ns)."""
+        height, width = rgb.shape[:2]
+        self.info_pub.publish(conv.camera_info_msg(K, width, height, stamp, self.camera_frame))
+        self.odom_pub.publish(conv.odometry_msg(T_odom_base, stamp, self.odom_frame, self.base_frame, velocity))
+        if depth_m is not None:
+            self.depth_pub.publish(conv.depth_to_image_msg(depth_m, stamp, self.camera_frame, self.depth_encoding))
+        if self.compressed:
+            self.image_pub.publish(conv.rgb_to_compressed_msg(rgb, stamp, self.camera_frame, self.compressed))
+        else:
+            self.image_pub.publish(conv.rgb_to_image_msg(rgb, stamp, self.camera_frame))
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM so the replay loop ends between frames."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.event.set())
+
+    def sleep_until(self, t_monotonic: float) -> bool:
+        """Sleep until ``t_monotonic``; False if stopped meanwhile."""
+        remaining = t_monotonic - time.monotonic()
+        if remaining > 0:
+            return not self.event.wait(remaining)
+        return not self.event.is_set()
+
+
+def replay_episode(args: argparse.Namespace, cfg: VLNConfig, stop: _Stop) -> int:
+    episode = read_episode(args.source)
+    n = len(episode) if args.max_frames is None else min(len(episode), args.max_frames)
+    if n == 0:
+        raise InputError(f"episode {args.source} has no frames")
+    base_poses, pose_origin = base_poses_for_node(episode, mount_matrix(cfg))
+    velocities = episode.base_velocities
+    instruction = args.instruction if args.instruction is not None else (episode.instruction or "")
+    times = np.asarray(episode.timestamps[:n], dtype=np.float64) - float(episode.timestamps[0])
+    period = float(np.median(np.diff(times))) if n > 1 else 1.0 / 30.0
+    print(f"replay: {args.source}: {n} frames {episode.image_size[1]}x{episode.image_size[0]}, "
+          f"{1.0 / period:.1f} Hz recorded x {args.rate:g}, odometry: {pose_origin}", flush=True)
+
+    # decode once up front so the publishing rate is not limited by PNG decoding
+    frames = [(episode.color(i), episode.depth(i)) for i in range(n)]
+
+    rclpy.init(args=None, signal_handler_options=SignalHandlerOptions.NO)  # _Stop handles SIGINT/SIGTERM
+    publisher = EpisodePublisher(cfg, args.compressed, args.depth_encoding, args.camera_frame)
+    manifest: list[dict[str, Any]] = []
+    published = 0
+    try:
+        if args.wait_for_node > 0 and not publisher.wait_for_subscribers(args.wait_for_node):
+            print(f"replay: no subscriber on the input topics after {args.wait_for_node:g} s", file=sys.stderr)
+            return 3
+        if instruction:
+            publisher.publish_instruction(instruction)
+        loop_length_s = (times[-1] + period) / args.rate
+        stamp0 = time.time_ns()
+        t_start = time.monotonic()
+        passes = 0
+        last_instruction = time.monotonic()
+        while not stop.event.is_set():
+            for i in range(n):
+                offset_s = passes * loop_length_s + times[i] / args.rate
+                if not stop.sleep_until(t_start + offset_s):
+                    break
+                stamp = stamp0 + int(round(passes * (times[-1] + period) * 1e9 + times[i] * 1e9))
+                velocity = tuple(velocities[i]) if velocities is not None else (0.0, 0.0)
+                rgb, depth = frames[i]
+                publisher.publish_frame(rgb, depth, episode.K, base_poses[i], velocity, stamp)
+                manifest.append({"index": i, "frame_id": int(episode.frame_ids[i]), "stamp_ns": stamp, "pass": passes})
+                published += 1
+                if instruction and time.monotonic() - last_instruction > 5.0:
+                    publisher.publish_instruction(instruction)  # late joiners get it too
+                    last_instruction = time.monotonic()
+            passes += 1
+            if not args.loop:
+                break
+        elapsed = time.monotonic() - t_start
+        print(f"replay: published {published} frames in {elapsed:.2f} s "
+              f"({published / max(elapsed, 1e-9):.1f} Hz)", flush=True)
+        # give reliable writers time to deliver the tail before the process exits
+        time.sleep(args.linger)
+    finally:
+        if args.manifest:
+            atomic_write_text(args.manifest, json.dumps({"source": str(args.source), "frames": manifest}, indent=1))
+        publisher.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+# ------------------------------------------------------------------------------ rosbag2
+
+
+def _message_class(msgtype: str) -> Any:
+    """``"sensor_msgs/msg/Image"`` -> the rclpy message class."""
+    package, _, name = msgtype.partition("/msg/")
+    if not name:
+        raise InputError(f"cannot publish bag message type {msgtype!r} (expected pkg/msg/Name)")
+    return getattr(importlib.import_module(f"{package}.msg"), name)
+
+
+def _bag_messages(path: Path, topics: Optional[set[str]]) -> Iterator[tuple[str, str, int, bytes]]:
+    from rosbags.rosbag2 import Reader
+
+    with Reader(path) as reader:
+        connections = [c for c in reader.connections if topics is None or c.topic in topics]
+        for connection, timestamp, raw in reader.messages(connections=connections):
+            yield connection.topic, connection.msgtype, int(timestamp), bytes(raw)
+
+
+def replay_bag(args: argparse.Namespace, stop: _Stop) -> int:
+    remap = dict(r.split(":=", 1) for r in args.remap)
+    wanted = set(args.topics) if args.topics else None
+    rclpy.init(args=None, signal_handler_options=SignalHandlerOptions.NO)  # _Stop handles SIGINT/SIGTERM
+    node = rclpy.create_node("vln_heatmap_replay")
+    publishers: dict[str, Any] = {}
+    published = 0
+    try:
+        passes = 0
+        t_start = time.monotonic()
+        while not stop.event.is_set():
+            first_ts = None
+            pass_start = time.monotonic()
+            for topic, msgtype, timestamp, raw in _bag_messages(Path(args.source), wanted):
+                if first_ts is None:
+                    first_ts = timestamp
+                if topic not in publishers:
+                    try:
+                        cls = _message_class(msgtype)
+                    except (ImportError, AttributeError, InputError) as exc:
+                        print(f"replay: skipping {topic} ({msgtype}): {exc}", file=sys.stderr)
+                        publishers[topic] = None
+                        continue
+                    publishers[topic] = node.create_publisher(cls, remap.get(topic, topic), reliable_qos(10))
+                    if args.wait_for_node > 0:
+                        deadline = time.monotonic() + args.wait_for_node
+                        while publishers[topic].get_subscription_count() == 0 and time.monotonic() < deadline:
+                            time.sleep(0.05)
+                pub = publishers[topic]
+                if pub is None:
+                    continue
+                if not stop.sleep_until(pass_start + (timestamp - first_ts) * 1e-9 / args.rate):
+                    break
+                pub.publish(raw)  # serialized CDR, exactly as recorded
+                published += 1
+            passes += 1
+            if not args.loop or first_ts is None:
+                break
+        elapsed = time.monotonic() - t_start
+        print(f"replay: published {published} bag messages in {elapsed:.2f} s ({passes} passes)", flush=True)
+        time.sleep(args.linger)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def is_rosbag2(path: Path) -> bool:
+    return path.is_dir() and (path / "metadata.yaml").is_file() or path.suffix in (".db3", ".mcap")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="episode folder (episode.json or posed images) or rosbag2 directory")
+    parser.add_argument("--params-file", type=Path, default=None,
+                        help="the node's parameter file (topics, mount); default: the package's config/vln_heatmap.yaml")
+    parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (2 = twice as fast)")
+    parser.add_argument("--loop", action="store_true", help="start over at the end until interrupted")
+    parser.add_argument("--instruction", default=None, help="instruction to publish (default: the episode's)")
+    parser.add_argument("--max-frames", type=int, default=None, help="episodes: publish only the first N frames")
+    parser.add_argument("--compressed", choices=["jpeg", "png"], default="",
+                        help="episodes: publish colour as CompressedImage on node.topics.compressed_image")
+    parser.add_argument("--depth-encoding", choices=["16UC1", "32FC1"], default="16UC1")
+    parser.add_argument("--camera-frame", default="camera_color_optical_frame")
+    parser.add_argument("--wait-for-node", type=float, default=30.0,
+                        help="seconds to wait for a subscriber on the input topics (0: do not wait)")
+    parser.add_argument("--linger", type=float, default=1.0, help="seconds to keep publishers alive at the end")
+    parser.add_argument("--manifest", type=Path, default=None, help="episodes: write published stamps per frame (JSON)")
+    parser.add_argument("--remap", action="append", default=[], metavar="FROM:=TO", help="rosbag2: rename a topic")
+    parser.add_argument("--topics", nargs="*", default=None, help="rosbag2: only these topics")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of ``vln_heatmap_replay``."""
+    argv = sys.argv[1:] if argv is None else argv
+    argv = rclpy.utilities.remove_ros_args(["replay", *argv])[1:]  # tolerate --ros-args from launch
+    args = build_parser().parse_args(argv)
+    if args.rate <= 0:
+        print("replay: --rate must be > 0", file=sys.stderr)
+        return 2
+    stop = _Stop()
+    stop.install()
+    try:
+        if is_rosbag2(args.source):
+            return replay_bag(args, stop)
+        params = args.params_file or find_params_file()
+        cfg = load_config(params) if params else VLNConfig()
+        return replay_episode(args, cfg, stop)
+    except InputError as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -283,6 +283,40 @@ def test_llm_reasoner_with_real_qwen2_and_causal_lm_wrapper():
         r(torch.full((1, 2), 500), torch.ones(1, 2, dtype=torch.bool), torch.randn(1, 6, 16))
 
 
+def test_reasoners_ignore_instruction_padding():
+    torch.manual_seed(0)
+    visual = torch.randn(1, 5, 16)
+    ids = torch.tensor([[1, 5, 6, 2]])
+    padded = torch.tensor([[1, 5, 6, 2, 0, 0, 0]])
+    for reasoner in (EmbeddedReasoner(dim=16, vocab_size=64, depth=1, num_heads=2, max_instruction_length=8).eval(),
+                     LLMReasoner(tiny_qwen2(), dim=16).eval()):
+        instr_a, vis_a = reasoner(ids, ids != 0, visual)
+        instr_b, vis_b = reasoner(padded, padded != 0, visual)
+        assert torch.allclose(vis_a, vis_b, atol=1e-5), type(reasoner).__name__
+        assert torch.allclose(instr_a, instr_b[:, :4], atol=1e-5), type(reasoner).__name__
+
+
+def test_llm_reasoner_takes_the_language_model_of_qwen2_5_vl():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLTextModel
+
+    torch.manual_seed(0)
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, bos_token_id=1, eos_token_id=2,
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                           fullatt_block_indexes=[0]),
+        bos_token_id=1, eos_token_id=2,
+    )
+    vlm = Qwen2_5_VLForConditionalGeneration(cfg)
+    reasoner = LLMReasoner(vlm, dim=16, lora_rank=2)
+    assert isinstance(reasoner.llm, Qwen2_5_VLTextModel)
+    assert len(reasoner.lora_parameters()) == 8
+    ids = torch.tensor([[1, 5, 6, 2], [1, 9, 2, 0]])
+    instr, vis = reasoner(ids, ids != 0, torch.randn(2, 6, 16))
+    assert instr.shape == (2, 4, 16) and vis.shape == (2, 6, 16) and torch.isfinite(vis).all()
+
+
 def test_lora_adds_trainable_adapters_and_keeps_llm_base_frozen():
     model = tiny_base("model.lora_rank=4")
     lora = model.reasoner.lora_parameters()

@@ -73,14 +73,16 @@ class DepthHead(nn.Module):
     """DPT-lite: patch tokens from a few encoder layers -> full-resolution depth and confidence.
 
     Each selected layer's tokens are projected and summed, then upsampled in x2 steps with
-    convolutions and finally resized to exactly ``(H, W)``. Depth = softplus (metres, > 0);
-    confidence = 1 + softplus (>= 1, as in VGGT's aleatoric loss).
+    convolutions up to half the patch size (the last x2 and any non-power-of-two remainder are
+    a bilinear resize of the two output channels, which keeps the costly full-resolution
+    convolutions off a CPU). Depth = softplus (metres, > 0); confidence = 1 + softplus (>= 1, as
+    in VGGT's aleatoric loss).
     """
 
     def __init__(self, dim: int, num_layers_in: int, patch_size: int, hidden: int = 64) -> None:
         super().__init__()
         self.layer_proj = nn.ModuleList([nn.Linear(dim, hidden) for _ in range(num_layers_in)])
-        steps = max(1, int(math.ceil(math.log2(patch_size))))
+        steps = max(1, int(math.ceil(math.log2(patch_size))) - 1)
         self.up = nn.ModuleList()
         ch = hidden
         for i in range(steps):
@@ -109,8 +111,7 @@ class DepthHead(nn.Module):
         x = x.transpose(1, 2).reshape(M, -1, h, w)
         for block in self.up:
             x = block(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
-        x = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
-        raw = self.refine(x)
+        raw = F.interpolate(self.refine(x), size=out_size, mode="bilinear", align_corners=False)
         depth = F.softplus(raw[:, 0])
         conf = 1.0 + F.softplus(raw[:, 1])
         return depth, conf

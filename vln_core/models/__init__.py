@@ -6,6 +6,10 @@ positional encodings, reasoning (small transformer or LLM), heatmap / goal / way
     ids, mask = model.tokenizer.encode(["go to the kitchen"], cfg.model.max_instruction_length)
     out = model(ModelInputs(frames, ids, mask, past_trajectory, intent))
 """
+from vln_core.models.geometry_encoder import (
+    extrinsics_intrinsics_to_pose_encoding,
+    pose_encoding_to_extrinsics_intrinsics,
+)
 from vln_core.models.registry import ModelSpec, build_model, list_models, model_spec, register_model
 from vln_core.models.spatial_model import (
     NUM_WAYPOINTS,
@@ -19,6 +23,8 @@ from vln_core.models.spatial_model import (
 )
 
 __all__ = [
+    "extrinsics_intrinsics_to_pose_encoding",
+    "pose_encoding_to_extrinsics_intrinsics",
     "ModelSpec",
     "build_model",
     "list_models",

@@ -489,6 +489,23 @@ def test_geometry_backend_reports_no_waypoints_in_diagnostics():
     assert all(isinstance(v, str) for d in diag for v in d["values"].values())
 
 
+def test_uniform_sampling_spans_the_last_total_frames():
+    rt, feeder = new_runtime("frame_sampling.method=uniform", "video.total_frames=7", "video.keyframes=3")
+    for i in range(12):
+        _keeps_working(rt, feeder, i)
+    assert rt.keyframe_indices == [5, 8, 11]  # evenly over the last 7 processed frames, newest included
+
+
+def test_report_error_appears_in_diagnostics_with_text():
+    rt, feeder = new_runtime()
+    _keeps_working(rt, feeder, 0)
+    rt.report_error("image_decode", "compressed image could not be decoded: bad JPEG header")
+    errors = next(d for d in rt.diagnostics() if d["name"].endswith("errors"))
+    assert errors["level"] == "ERROR"
+    assert "1 x ERROR" in errors["values"]["image_decode"] and "bad JPEG header" in errors["values"]["image_decode"]
+    assert "UTC" in errors["values"]["image_decode"]
+
+
 # ------------------------------------------------------------------------------ recorder
 def _camera_frame(i: int, K=K_SYN) -> CameraFrame:
     T_wc = camera_pose_from_base(base_pose(i), pose_from_xyz_quat(torch.tensor((0.2, 0.0, 1.0, -0.5, 0.5, -0.5, 0.5), dtype=torch.float64))).numpy()

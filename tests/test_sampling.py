@@ -351,19 +351,31 @@ def _load_real(stride: int = 1):
 
 @pytest.mark.skipif(not REAL_DIR.is_dir(), reason=f"real RGB-D sequence not found at {REAL_DIR} (set VLN_REAL_RGBD_DIR)")
 def test_greedy_never_below_uniform_on_real_sequence():
+    from vln_core.geometry.reproject import unproject_depth
+
     depths, K, T_wc = _load_real()
-    assert depths.shape[0] >= 40
+    n = depths.shape[0]
+    assert n >= 40
     cfg = FrameSamplingConfig()
+    # the voxel sets sample_keyframes builds (same stride, divisions, subsampling seed)
+    points, valid = unproject_depth(depths, K, T_wc, stride=4)
+    sets, _ = frame_voxel_keys(points.reshape(n, -1, 3), valid.reshape(n, -1), voxel_divisions=cfg.voxel_divisions,
+                               max_points_per_frame=cfg.max_points_per_frame, seed=cfg.seed)
     lines = []
     for k in (2, 3, 4, 6, 8, 12):
-        g = sample_keyframes(depths, K, T_wc, k, cfg, stride=4)
-        u = sample_keyframes(depths, K, T_wc, k, FrameSamplingConfig(method="uniform"), stride=4)
-        r = sample_keyframes(depths, K, T_wc, k, FrameSamplingConfig(method="random"), stride=4)
-        lines.append(f"k={k}: greedy {g.coverage:.3f} uniform {u.coverage:.3f} random {r.coverage:.3f}")
-        assert g.total_voxels == u.total_voxels > 100
+        g = greedy_max_coverage(sets, k)
+        u = coverage_of(sets, uniform_sample(n, k))
+        r = np.mean([coverage_of(sets, random_sample(n, k, seed)).coverage for seed in range(10)])
+        lines.append(f"k={k}: greedy {g.coverage:.3f} uniform {u.coverage:.3f} random(mean of 10) {r:.3f}")
+        assert g.total_voxels > 1000
         assert g.coverage >= u.coverage, lines[-1]
-        assert g.coverage >= r.coverage, lines[-1]
+        assert g.coverage >= r, lines[-1]
     print("\n".join(lines))
+    for method in ("space_aware", "uniform"):  # the depth-in path gives the same numbers
+        via_depth = sample_keyframes(depths, K, T_wc, 4, FrameSamplingConfig(method=method), stride=4)
+        indices = greedy_max_coverage(sets, 4).indices if method == "space_aware" else uniform_sample(n, 4)
+        np.testing.assert_array_equal(via_depth.indices, indices)
+        assert via_depth.coverage == pytest.approx(coverage_of(sets, indices).coverage)
 
 
 # ------------------------------------------------------------------------------------------

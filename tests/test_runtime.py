@@ -16,7 +16,7 @@ from vln_core.data.episode import list_episodes, read_episode
 from vln_core.data.posed_images import load_posed_sequence
 from vln_core.errors import InputError
 from vln_core.geometry.camera import PinholeCamera
-from vln_core.geometry.transforms import camera_pose_from_base, matrix_to_quat, pose_from_xyz_quat
+from vln_core.geometry.transforms import camera_pose_from_base, pose_from_xyz_quat
 from vln_core.heatmaps import frame_indexed_heatmaps
 from vln_core.runtime import (
     BackendUnavailableError,

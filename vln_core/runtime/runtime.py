@@ -57,7 +57,6 @@ from vln_core.runtime.buffer import (
     FrameRing,
     StampedHistory,
     StreamClock,
-    nearest_index,
     pose_at,
 )
 from vln_core.runtime.diagnostics import (
@@ -838,8 +837,9 @@ class NavigationRuntime:
             "keyframe_seqs": ",".join(map(str, self._last_output_keyframes)) or "-",
             "voxel_size_m": "not fixed yet" if self._voxel_size is None else f"{self._voxel_size:.4f}",
         }
-        if self._memory is not None:
-            kf_values.update({f"memory_{k}": v for k, v in self._memory.stats().items()})
+        memory = self._memory  # the step thread may replace it meanwhile
+        if memory is not None:
+            kf_values.update({f"memory_{k}": v for k, v in memory.stats().items()})
         kf_values.update(self.backend.describe())
         waypoint_note = "" if self.backend.predicts_waypoints else "; predicts no waypoints (published as none)"
         out.append(status("vln_heatmap: keyframes and backend", OK, f"backend {self.backend.name}{waypoint_note}", kf_values))

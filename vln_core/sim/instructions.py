@@ -1,0 +1,189 @@
+"""Natural-language instructions from what the robot actually drove past and saw.
+
+Inputs are the scene semantics, the base trajectory and per-frame visibility of objects (pixel
+counts from the renderer's object-id buffer), so a landmark is only named when it was both
+near the path and visible in the video. Wording varies: several templates, synonyms for the
+verbs, room names, optional turn hints, goal disambiguation by colour and room.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from vln_core.sim.scene import Scene, SceneObject
+from vln_core.sim.trajectory import BaseTrajectory, wrap_angle
+
+__all__ = ["GOAL_CATEGORIES", "LANDMARK_CATEGORIES", "describe_object", "frame_intents", "make_instruction"]
+
+GOAL_CATEGORIES = ("chair", "sofa", "table", "coffee table", "bed", "lamp", "plant", "cabinet", "tv", "bookshelf",
+                   "fridge", "counter", "armchair", "door")
+LANDMARK_CATEGORIES = GOAL_CATEGORIES + ("rug", "painting")
+
+_LEAVE = ["leave the {room}", "exit the {room}", "go out of the {room}", "walk out of the {room}", "get out of the {room}"]
+_ENTER = ["go into the {room}", "enter the {room}", "head into the {room}", "walk into the {room}"]
+_THROUGH = ["go down the hallway", "follow the corridor", "walk along the hallway", "go through the hallway"]
+_PASS = ["pass the {lm}", "walk past the {lm}", "go by the {lm}", "continue past the {lm}", "move past the {lm}"]
+_STOP = ["stop at the {goal}", "stop next to the {goal}", "go to the {goal}", "walk up to the {goal}",
+         "approach the {goal}", "stop in front of the {goal}", "head to the {goal} and stop", "wait by the {goal}"]
+_TURN = {"left": ["turn left", "go left", "head left"], "right": ["turn right", "go right", "head right"]}
+_GOAL_FIRST = ["Find the {goal}.", "Go to the {goal}.", "Navigate to the {goal}.", "Your goal is the {goal}."]
+_NO_NAME = {"tv": "TV"}
+
+
+@dataclass
+class Landmark:
+    obj: SceneObject
+    frame: int  # frame of closest approach
+
+
+def _cat(category: str) -> str:
+    return _NO_NAME.get(category, category)
+
+
+def describe_object(scene: Scene, obj: SceneObject, rng: np.random.Generator | None = None) -> str:
+    """Shortest unambiguous name: "red chair", "red chair in the kitchen", "chair" (if unique)."""
+    same_cat = [o for o in scene.objects if o.category == obj.category]
+    same_name = [o for o in same_cat if o.color == obj.color]
+    cat = _cat(obj.category)
+    use_color = bool(obj.color) and (len(same_cat) > 1 or (rng is not None and rng.random() < 0.6))
+    name = f"{obj.color} {cat}" if use_color else cat
+    if len(same_name if use_color else same_cat) > 1:
+        rooms = [o.room_index for o in (same_name if use_color else same_cat)]
+        if rooms.count(obj.room_index) == 1:
+            name += f" in the {scene.room_name(obj.room_index)}"
+    return name
+
+
+def frame_intents(traj: BaseTrajectory, horizon_s: float, rate_hz: float) -> list[str]:
+    """Per-frame intent: where the robot will be ``horizon_s`` ahead, seen from its current pose.
+
+    Bearing of the future position in the current base frame (REP 103, positive = left) beyond
+    +-25 degrees -> "left"/"right", else "straight"; when the robot hardly moves over the horizon
+    the heading change decides (rotating in place towards the goal is a turn).
+    """
+    n = len(traj.yaw)
+    k = max(1, int(round(horizon_s * rate_hz)))
+    out = []
+    for i in range(n):
+        j = min(n - 1, i + k)
+        d = traj.xy[j] - traj.xy[i]
+        if float(np.hypot(*d)) > 0.3:
+            ang = wrap_angle(math.atan2(d[1], d[0]) - traj.yaw[i])
+        else:
+            ang = traj.yaw[j] - traj.yaw[i]
+        out.append("left" if ang > math.radians(25) else "right" if ang < -math.radians(25) else "straight")
+    return out
+
+
+def passed_landmarks(
+    scene: Scene, traj: BaseTrajectory, visible_pixels: np.ndarray, goal: SceneObject, image_pixels: int,
+    max_distance: float = 2.0,
+) -> list[Landmark]:
+    """Objects the robot passed (closest approach < ``max_distance``) and saw (>= 1 % of the image
+    in at least 3 frames), ordered by when they were closest; the goal is excluded.
+
+    Args:
+        visible_pixels: ``(F, num_objects)`` pixel count of each object in each frame.
+    """
+    end = traj.arrived_frame if traj.arrived_frame > 0 else len(traj.xy)
+    out: list[Landmark] = []
+    for obj in scene.objects:
+        if obj.index == goal.index or obj.category not in LANDMARK_CATEGORIES:
+            continue
+        seen = (visible_pixels[:end, obj.index] >= 0.01 * image_pixels).sum()
+        if seen < 3:
+            continue
+        d = np.linalg.norm(traj.xy[:end] - obj.position[:2], axis=1) - max(obj.size[0], obj.size[1]) / 2
+        k = int(np.argmin(d))
+        if d[k] > max_distance or k >= end - 5:
+            continue
+        # the goal's own neighbours (chairs at the goal table) are not "passed"
+        if np.linalg.norm(obj.position[:2] - goal.position[:2]) < 1.0:
+            continue
+        out.append(Landmark(obj, k))
+    out.sort(key=lambda lm: lm.frame)
+    return out
+
+
+def make_instruction(
+    scene: Scene,
+    traj: BaseTrajectory,
+    goal: SceneObject,
+    visible_pixels: np.ndarray,
+    image_pixels: int,
+    intent: str,
+    rng: np.random.Generator,
+) -> tuple[str, dict]:
+    """Compose the instruction.
+
+    Args:
+        scene, traj, goal: the episode.
+        visible_pixels: ``(F, num_objects)`` per-frame object pixel counts.
+        image_pixels: H * W.
+        intent: the episode's initial intent (left/straight/right).
+        rng: random generator (wording choices).
+
+    Returns:
+        ``(instruction, details)``; details lists rooms traversed and landmarks named.
+    """
+    rooms_seq: list[int] = []
+    end = traj.arrived_frame if traj.arrived_frame > 0 else len(traj.xy)
+    for r in scene.room_at(traj.xy[:end]):
+        r = int(r)
+        if r >= 0 and (not rooms_seq or rooms_seq[-1] != r):
+            rooms_seq.append(r)
+    start_room = rooms_seq[0] if rooms_seq else goal.room_index
+    goal_room = goal.room_index
+    goal_name = describe_object(scene, goal, rng)
+    landmarks = passed_landmarks(scene, traj, visible_pixels, goal, image_pixels)
+    named = []
+    if landmarks:
+        k = int(rng.integers(1, min(2, len(landmarks)) + 1))
+        idx = sorted(rng.choice(len(landmarks), size=k, replace=False).tolist())
+        named = [landmarks[i] for i in idx]
+        names = {describe_object(scene, lm.obj) for lm in named}
+        if len(names) < len(named) or goal_name in names:
+            named = named[:1] if describe_object(scene, named[0].obj) != goal_name else []
+
+    def pick(options: list[str], **kw) -> str:
+        return options[int(rng.integers(len(options)))].format(**kw)
+
+    clauses: list[str] = []
+    if intent in _TURN and rng.random() < 0.5:
+        clauses.append(pick(_TURN[intent]))
+    if start_room != goal_room:
+        if scene.rooms[start_room].kind == "hallway":
+            clauses.append(pick(_THROUGH) if rng.random() < 0.4 else pick(_ENTER, room=scene.room_name(goal_room)))
+        else:
+            clauses.append(pick(_LEAVE, room=scene.room_name(start_room)))
+            middle = [r for r in rooms_seq[1:-1] if scene.rooms[r].kind == "hallway"]
+            if middle and rng.random() < 0.5:
+                clauses.append(pick(_THROUGH))
+            if scene.rooms[goal_room].kind != "hallway" and rng.random() < 0.6:
+                clauses.append(pick(_ENTER, room=scene.room_name(goal_room)))
+    for lm in named:
+        clauses.append(pick(_PASS, lm=describe_object(scene, lm.obj)))
+    stop = pick(_STOP, goal=goal_name)
+    if clauses and rng.random() < 0.2:
+        text = pick(_GOAL_FIRST, goal=goal_name) + " " + _join(clauses, rng) + "."
+    elif clauses:
+        text = _join(clauses + [stop], rng) + "."
+    else:
+        text = stop + "."
+    text = ". ".join(part[:1].upper() + part[1:] for part in text.split(". "))
+    details = {
+        "rooms": [scene.room_name(r) for r in rooms_seq],
+        "landmarks": [{"object": describe_object(scene, lm.obj), "index": lm.obj.index, "frame": lm.frame} for lm in named],
+        "goal_name": goal_name,
+    }
+    return text, details
+
+
+def _join(clauses: list[str], rng: np.random.Generator) -> str:
+    if len(clauses) == 1:
+        return clauses[0]
+    if rng.random() < 0.5:
+        return ", ".join(clauses[:-1]) + " and " + clauses[-1]
+    return ", then ".join(clauses) if rng.random() < 0.5 else ", ".join(clauses[:-1]) + ", then " + clauses[-1]

@@ -455,5 +455,9 @@ def test_device_map_falls_back_to_cpu(caplog):
     assert "CUDA is not available" in caplog.text
     assert set(model.device_map.values()) == {torch.device("cpu")}
     assert all(p.device.type == "cpu" for p in model.parameters())
+    model.place_on_devices({"llm": "meta"})  # one stage elsewhere; the others stay
+    assert model.device_map == {"geometry": torch.device("cpu"), "semantic": torch.device("cpu"),
+                                "llm": torch.device("meta")}
+    assert all(p.device.type == "meta" for p in model.reasoner.parameters())
     with pytest.raises(InputError):
         resolve_device("not-a-device")

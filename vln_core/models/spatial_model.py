@@ -177,13 +177,29 @@ class VLNSpatialModel(nn.Module):
         self.heatmap_decoder = HeatmapDecoder(D, arch.decoder_heads, arch.geometry_patch_size, arch.decoder_layers)
         self.waypoint_head = WaypointHead(D, PAST_TRAJECTORY_LENGTH, 4, NUM_WAYPOINTS, NUM_INTENTS, arch.waypoint_hidden)
 
-        self.geometry_device = resolve_device(mcfg.geometry_device, arch.device_indices.get("geometry", 0))
-        self.semantic_device = resolve_device(mcfg.semantic_device, arch.device_indices.get("semantic", 0))
-        self.llm_device = resolve_device(mcfg.llm_device, arch.device_indices.get("llm", 0))
-        self.place_on_devices()
+        self.place_on_devices({
+            "geometry": resolve_device(mcfg.geometry_device, arch.device_indices.get("geometry", 0)),
+            "semantic": resolve_device(mcfg.semantic_device, arch.device_indices.get("semantic", 0)),
+            "llm": resolve_device(mcfg.llm_device, arch.device_indices.get("llm", 0)),
+        })
         self.stage: str | None = None
 
     # ------------------------------------------------------------------ devices
+    # Stage devices are read from where the parameters are, so ``model.to(device)`` (a trainer
+    # putting everything on one GPU) and :meth:`place_on_devices` (one GPU per stage) both work.
+    @property
+    def geometry_device(self) -> torch.device:
+        """Device of the geometry encoder, the fusion and the heads."""
+        return self.goal_query.device
+
+    @property
+    def semantic_device(self) -> torch.device:
+        return next(self.semantic.parameters()).device
+
+    @property
+    def llm_device(self) -> torch.device:
+        return next(self.reasoner.parameters()).device
+
     @property
     def device_map(self) -> dict[str, torch.device]:
         """Where each stage runs: ``{"geometry", "semantic", "llm"} -> torch.device``."""
@@ -192,13 +208,20 @@ class VLNSpatialModel(nn.Module):
     def _head_modules(self) -> list[nn.Module]:
         return [self.geometry, self.fusion, self.query_slot_embed, self.heatmap_decoder, self.waypoint_head]
 
-    def place_on_devices(self) -> "VLNSpatialModel":
-        """Move every stage to its device; pretrained backbones on CUDA take ``model.dtype``."""
-        for module in self._head_modules():
-            module.to(self.geometry_device)
-        self.goal_query.data = self.goal_query.data.to(self.geometry_device)
-        self.semantic.to(self.semantic_device)
-        self.reasoner.to(self.llm_device)
+    def place_on_devices(self, devices: dict[str, torch.device | str]) -> "VLNSpatialModel":
+        """Move each stage to its device (``{"geometry", "semantic", "llm"} -> device``);
+        pretrained backbones on CUDA take ``model.dtype``."""
+        unknown = set(devices) - {"geometry", "semantic", "llm"}
+        if unknown:
+            raise InputError(f"unknown stage(s) {sorted(unknown)}; stages are geometry, semantic, llm")
+        if "geometry" in devices:
+            for module in self._head_modules():
+                module.to(devices["geometry"])
+            self.goal_query.data = self.goal_query.data.to(devices["geometry"])
+        if "semantic" in devices:
+            self.semantic.to(devices["semantic"])
+        if "llm" in devices:
+            self.reasoner.to(devices["llm"])
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.model.dtype]
         if dtype != torch.float32:
             if self.semantic_pretrained and self.semantic_device.type == "cuda":

@@ -17,6 +17,7 @@ from vln_core.heatmaps import (
     frame_indexed_heatmaps,
     gaussian_blur,
     heatmaps_from_config,
+    pool_keyframe_points,
     splat_bilinear,
 )
 from vln_core.viz import blend_heatmap, colorize_heatmap, overlay_mosaic
@@ -93,6 +94,8 @@ def test_splat_bilinear_preserves_mass_and_centroid():
 
 
 def test_identity_pose_reproduces_own_valid_pixel_distribution():
+    """Current == keyframe (same pose, same K): the heatmap is the keyframe's own valid pixels,
+    splatted and blurred the same way."""
     g = torch.Generator().manual_seed(0)
     depth = 1.0 + 2.0 * torch.rand(3, H, W, generator=g)
     depth[0, :, :20] = 0.0
@@ -100,24 +103,72 @@ def test_identity_pose_reproduces_own_valid_pixel_distribution():
     depth[2] = torch.where(torch.rand(H, W, generator=g) < 0.5, depth[2], torch.zeros(()))
     pose = make_pose(_rot(30.0, -10.0), torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)).float()
     K = CAM.K_tensor()
-    for sigma, stride in [(0.0, 1), (2.0, 2), (1.5, 3)]:
+    valid = torch.isfinite(depth) & (depth > 0)
+    for sigma in (0.0, 2.0):
         res = frame_indexed_heatmaps(depth, K, pose.expand(3, 4, 4), K, pose, (H, W), cur_depth=depth[0],
-                                     sigma_px=sigma, source_stride=stride)
-        valid = torch.isfinite(depth) & (depth > 0)
-        indicator = torch.zeros(3, H, W)
-        indicator[:, ::stride, ::stride] = valid[:, ::stride, ::stride].float()
-        expected = gaussian_blur(indicator, sigma)
+                                     sigma_px=sigma, source_stride=1)
+        expected = gaussian_blur(valid.float(), sigma)
         expected = expected / expected.sum(dim=(-1, -2), keepdim=True)
         torch.testing.assert_close(res.heatmap, expected, atol=2e-6, rtol=1e-4)
         # everything lands inside; keyframes 1, 2 have other random depths than c, so part is hidden
         torch.testing.assert_close(res.in_view_fraction + res.occluded_fraction, torch.ones(3))
         assert float(res.in_view_fraction[0]) == 1.0
-        assert res.num_valid.tolist() == indicator.sum(dim=(-1, -2)).long().tolist()
+        assert res.num_valid.tolist() == valid.sum(dim=(-1, -2)).tolist()
         assert bool(res.has_overlap.all()) and bool((res.out_of_view_fraction == 0).all())
         assert bool(torch.isnan(res.out_of_view_bearing).all())
         # keyframe 0 is c's own depth: nothing can be hidden behind itself
         assert float(res.occluded_fraction[0]) == 0.0 and float(res.occluded[0].abs().max()) == 0.0
         assert bool((res.occluded <= res.heatmap).all()) and float(res.occluded[1:].sum()) > 0.1
+
+    # stride 4 on a constant-depth keyframe with holes: each 4x4 cell is one point at the mean of
+    # its valid pixels, weighted by their number
+    flat = torch.full((1, H, W), 2.0)
+    flat[0] = torch.where(torch.rand(H, W, generator=g) < 0.3, torch.zeros(()), flat[0])
+    res = frame_indexed_heatmaps(flat, K, pose[None], K, pose, (H, W), sigma_px=2.0, source_stride=4)
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    ok = (flat[0] > 0).float()
+    cells = lambda x: x.reshape(H // 4, 4, W // 4, 4).sum(dim=(1, 3)).reshape(1, -1)  # noqa: E731
+    count = cells(ok)
+    mean_uv = torch.stack([cells(u * ok), cells(v * ok)], dim=-1) / count.clamp(min=1)[..., None]
+    expected = gaussian_blur(splat_bilinear(mean_uv, count, (H, W)), 2.0)
+    torch.testing.assert_close(res.heatmap, expected / expected.sum(), atol=2e-6, rtol=1e-4)
+    assert int(res.num_valid[0]) == int(ok.sum())
+
+
+def test_stride_pooling_does_not_alias_hole_lattices():
+    """Real registered depth has invalid rows/columns every few pixels; plain strided sampling
+    would beat with that lattice into moire. Pooled cells keep the stride-1 heatmap."""
+    depth = torch.full((1, H, W), 2.0)
+    depth[0, ::5, :] = 0.0
+    depth[0, :, ::4] = 0.0
+    K = CAM.K_tensor()
+    T = make_pose(_rot(2.0, 1.0).float(), torch.tensor([0.05, 0.0, 0.1]))
+    fine = frame_indexed_heatmaps(depth, K, torch.eye(4)[None], K, T, (H, W), sigma_px=2.0, source_stride=1)
+    pooled = frame_indexed_heatmaps(depth, K, torch.eye(4)[None], K, T, (H, W), sigma_px=2.0, source_stride=2)
+    inner = (slice(None), slice(8, H - 8), slice(8, W - 8))
+    rel = (pooled.heatmap - fine.heatmap)[inner].abs().max() / fine.heatmap[inner].mean()
+    assert float(rel) < 0.1
+    assert float(pooled.in_view_fraction[0]) == pytest.approx(float(fine.in_view_fraction[0]), abs=0.01)
+    # what plain strided sampling would give: every 4th column is dropped entirely
+    strided = depth.clone()
+    keep = torch.zeros(H, W, dtype=torch.bool)
+    keep[::2, ::2] = True
+    strided[0, ~keep] = 0.0
+    naive = frame_indexed_heatmaps(strided, K, torch.eye(4)[None], K, T, (H, W), sigma_px=2.0, source_stride=1)
+    rel_naive = (naive.heatmap - fine.heatmap)[inner].abs().max() / fine.heatmap[inner].mean()
+    assert float(rel_naive) > 2 * float(rel)
+
+
+def test_pooling_keeps_depth_edges_sharp():
+    """A cell straddling a depth edge becomes its nearest point, not a point floating between."""
+    depth = torch.full((1, 4, 4), 5.0, dtype=torch.float64)
+    depth[0, :, :1] = 1.0  # the first cell (2x2) holds 1 m and 5 m pixels
+    points, weights = pool_keyframe_points(depth, K64[None], 2)
+    assert weights.tolist() == [[4.0, 4.0, 4.0, 4.0]]
+    assert float(points[0, 0, 2]) == 1.0  # nearest, not the mean 3 m
+    assert float(points[0, 1, 2]) == 5.0
+    torch.testing.assert_close(points[0, 1, :2], 5.0 * (torch.tensor([2.5, 0.5], dtype=torch.float64)
+                                                        - K64[:2, 2]) / torch.diagonal(K64)[:2])
 
 
 # ------------------------------------------------------------------------------- rotation, plane

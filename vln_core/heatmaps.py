@@ -1,9 +1,10 @@
 """Ground-truth frame-indexed inter-frame heatmaps from posed depth.
 
 For the current camera ``c`` and each keyframe ``k``, the heatmap over ``c``'s image says where
-``k``'s content lands: every valid depth pixel of ``k`` (every ``source_stride``-th in x and y)
-becomes a world point, is projected into ``c``, bilinearly splatted onto ``c``'s pixel grid and
-blurred with a Gaussian of ``sigma_px`` pixels. Points that land inside ``c``'s image are split
+``k``'s content lands: every valid depth pixel of ``k`` becomes a world point (pooled into one
+weighted point per ``source_stride x source_stride`` cell, see :func:`pool_keyframe_points`), is
+projected into ``c``, bilinearly splatted onto ``c``'s pixel grid and blurred with a Gaussian of
+``sigma_px`` pixels. All masses and fractions count keyframe pixels. Points that land inside ``c``'s image are split
 into *visible* (in front of ``c``'s own surfaces, or where ``c`` has no depth) and *hidden*
 (behind ``c``'s measured surface by more than ``occlusion_margin_m + occlusion_margin_rel * z``);
 the rest are *out of view* (outside the image or behind the camera) and summarised by a
@@ -34,6 +35,7 @@ __all__ = [
     "InterFrameHeatmaps",
     "gaussian_blur",
     "splat_bilinear",
+    "pool_keyframe_points",
     "frame_indexed_heatmaps",
     "heatmaps_from_config",
 ]
@@ -63,7 +65,7 @@ class InterFrameHeatmaps:
         out_of_view_bearing: ``(K,)`` radians, circular mean direction of the out-of-view points
             in c's horizontal plane (0 ahead, + left, +-pi behind); NaN when there are none.
         has_overlap: ``(K,)`` bool, see :data:`NO_OVERLAP_FRACTION`.
-        num_valid: ``(K,)`` int64 number of valid (strided) keyframe depth pixels used.
+        num_valid: ``(K,)`` int64 number of valid keyframe depth pixels (full resolution).
     """
 
     heatmap: Any
@@ -153,6 +155,53 @@ def splat_bilinear(uv: torch.Tensor, weights: torch.Tensor, size: Sequence[int])
     return out.view(B, H, W)
 
 
+def pool_keyframe_points(
+    depth: torch.Tensor, K: torch.Tensor, stride: int, edge_margin_m: float = 0.05, edge_margin_rel: float = 0.02
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keyframe depth -> one weighted 3D point per ``stride x stride`` cell (camera frame).
+
+    Plain strided sampling aliases: real depth maps have regular hole patterns (registration
+    leaves a lattice of invalid rows and columns) that beat with the stride into strong moire in
+    the heatmap. Instead every cell with at least one valid pixel becomes one point carrying the
+    number of its valid pixels as weight, so the total mass is the valid-pixel count. The point
+    is the mean of the cell's valid 3D points when they lie on one surface (depth spread within
+    ``edge_margin_m + edge_margin_rel * z_min``), else the nearest of them, so cells straddling
+    a depth edge do not invent a point floating between two surfaces. ``stride = 1`` is exactly
+    one point per valid pixel with weight 1.
+
+    Args:
+        depth: ``(B, h, w)`` depth in metres (0/NaN/inf invalid).
+        K: ``(B, 3, 3)`` intrinsics of the depth grid.
+        stride: cell size in pixels (the image is padded with invalid pixels to a multiple).
+
+    Returns:
+        ``(points, weights)``: ``points (B, N, 3)`` in the depth camera's optical frame,
+        ``N = ceil(h / stride) * ceil(w / stride)``; ``weights (B, N)`` valid-pixel counts (0 for
+        empty cells, whose points are 0).
+    """
+    B, h, w = depth.shape
+    if stride == 1:
+        points, valid = unproject_depth(depth, K)
+        return points.reshape(B, h * w, 3), valid.reshape(B, h * w).to(depth.dtype)
+    hp, wp = -(-h // stride) * stride, -(-w // stride) * stride
+    if (hp, wp) != (h, w):
+        depth = F.pad(depth, (0, wp - w, 0, hp - h))
+    points, valid = unproject_depth(depth, K)  # (B, hp, wp, 3)
+    hc, wc = hp // stride, wp // stride
+    cells = points.reshape(B, hc, stride, wc, stride, 3).permute(0, 1, 3, 2, 4, 5).reshape(B, hc * wc, stride * stride, 3)
+    cell_valid = valid.reshape(B, hc, stride, wc, stride).permute(0, 1, 3, 2, 4).reshape(B, hc * wc, stride * stride)
+    count = cell_valid.sum(dim=-1)
+    mean = cells.sum(dim=-2) / count.clamp(min=1)[..., None].to(depth.dtype)
+    z = cells[..., 2]
+    inf = torch.full_like(z, float("inf"))
+    z_near = torch.where(cell_valid, z, inf)
+    z_min, nearest = z_near.min(dim=-1)
+    z_max = torch.where(cell_valid, z, -inf).amax(dim=-1)
+    straddles = (count > 1) & (z_max - z_min > edge_margin_m + edge_margin_rel * z_min)
+    nearest_point = torch.gather(cells, 2, nearest[..., None, None].expand(B, hc * wc, 1, 3))[:, :, 0]
+    return torch.where(straddles[..., None], nearest_point, mean), count.to(depth.dtype)
+
+
 def _check_matrix(x: torch.Tensor, n: int, batch: int, name: str) -> torch.Tensor:
     if x.shape == (n, n):
         return x[None].expand(batch, n, n)
@@ -187,7 +236,9 @@ def frame_indexed_heatmaps(
         cur_depth: ``(H, W)`` current depth in metres for the visibility test, or None (then
             nothing counts as hidden). Pixels without a measurement never hide anything.
         sigma_px: Gaussian blur sigma in pixels of the current grid (0: plain bilinear splat).
-        source_stride: use keyframe pixels ``[::stride, ::stride]``.
+        source_stride: pool keyframe pixels in ``stride x stride`` cells, one weighted point
+            each (:func:`pool_keyframe_points`; the margins below also decide which cells
+            straddle a depth edge).
         occlusion_margin_m, occlusion_margin_rel: a point at depth ``z`` (in c) landing on a
             pixel where c measured ``d`` is hidden when ``z > d + margin_m + margin_rel * z``.
         min_overlap_fraction: see :data:`NO_OVERLAP_FRACTION`.
@@ -216,9 +267,10 @@ def frame_indexed_heatmaps(
         raise InputError(f"cur_T_wc must have shape (4, 4), got {tuple(cur_T_wc.shape)}")
 
     # keyframe pixels -> world -> current optical frame, all in one transform
-    points_k, valid = unproject_depth(key_depth, key_K, None, stride=source_stride)  # (K, h', w', 3)
-    points_k = points_k.reshape(num_key, -1, 3)
-    valid = valid.reshape(num_key, -1)
+    if int(source_stride) != source_stride or source_stride < 1:
+        raise InputError(f"source_stride must be a positive integer, got {source_stride}")
+    points_k, weight = pool_keyframe_points(key_depth, key_K, int(source_stride), occlusion_margin_m, occlusion_margin_rel)
+    valid = weight > 0
     T_ck = invert_pose(cur_T_wc)[None] @ key_T_wc  # (K, 4, 4): keyframe camera -> current camera
     p_c = transform_points(T_ck, points_k)  # (K, N, 3)
     x, z = p_c[..., 0], p_c[..., 2]
@@ -244,17 +296,22 @@ def frame_indexed_heatmaps(
         hidden = torch.zeros_like(inside)
     out_of_view = valid & ~inside
 
-    num_valid = valid.sum(dim=-1)
-    denom = num_valid.clamp(min=1).to(dtype)
-    inside_count = inside.sum(dim=-1)
-    hidden_count = hidden.sum(dim=-1)
-    in_view_fraction = (inside_count - hidden_count).to(dtype) / denom
-    occluded_fraction = hidden_count.to(dtype) / denom
-    out_of_view_fraction = out_of_view.sum(dim=-1).to(dtype) / denom
-    has_overlap = (inside_count > 0) & (inside_count.to(dtype) / denom >= min_overlap_fraction)
+    def mass(mask: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask, weight, torch.zeros_like(weight)).sum(dim=-1)
+
+    total_mass = mass(valid)
+    num_valid = total_mass.round().to(torch.int64)
+    denom = total_mass.clamp(min=1)
+    inside_mass = mass(inside)
+    hidden_mass = mass(hidden)
+    in_view_fraction = (inside_mass - hidden_mass) / denom
+    occluded_fraction = hidden_mass / denom
+    out_of_view_fraction = mass(out_of_view) / denom
+    has_overlap = (inside_mass > 0) & (inside_mass / denom >= min_overlap_fraction)
 
     # splat all inside points and the hidden ones in one pass, blur, share the normaliser
-    weights = torch.cat([inside.to(dtype), hidden.to(dtype)], dim=0)  # (2K, N)
+    zero = torch.zeros_like(weight)
+    weights = torch.cat([torch.where(inside, weight, zero), torch.where(hidden, weight, zero)], dim=0)  # (2K, N)
     maps = splat_bilinear(torch.cat([uv, uv], dim=0), weights, (H, W))
     maps = gaussian_blur(maps, sigma_px)
     heat, occ = maps[:num_key], maps[num_key:]
@@ -267,8 +324,8 @@ def frame_indexed_heatmaps(
     r = torch.sqrt(x * x + z * z)
     use = out_of_view & (r > MIN_POSITIVE_DEPTH_M)
     safe_r = torch.where(use, r, torch.ones_like(r))
-    sum_left = torch.where(use, -x / safe_r, torch.zeros_like(x)).sum(dim=-1)
-    sum_fwd = torch.where(use, z / safe_r, torch.zeros_like(z)).sum(dim=-1)
+    sum_left = torch.where(use, -x * weight / safe_r, torch.zeros_like(x)).sum(dim=-1)
+    sum_fwd = torch.where(use, z * weight / safe_r, torch.zeros_like(z)).sum(dim=-1)
     bearing = torch.atan2(sum_left, sum_fwd)
     bearing = torch.where(use.any(dim=-1), bearing, torch.full_like(bearing, float("nan")))
 

@@ -259,8 +259,11 @@ def overlay_mosaic(
             positive = hk[hk > 0]
             peak = float(np.percentile(positive, 99.0)) if positive.size else 0.0
             peak = peak if peak > 0 else float(hk.max())
-            footprint = cv2.resize((hk > FOOTPRINT_LEVEL * peak).astype(np.uint8), (W, H),
-                                   interpolation=cv2.INTER_NEAREST).astype(bool)
+            footprint = (hk > FOOTPRINT_LEVEL * peak).astype(np.uint8)
+            # drop single-pixel specks and pinholes so the outline reads as a region
+            kernel = np.ones((3, 3), np.uint8)
+            footprint = cv2.morphologyEx(cv2.morphologyEx(footprint, cv2.MORPH_CLOSE, kernel), cv2.MORPH_OPEN, kernel)
+            footprint = cv2.resize(footprint, (W, H), interpolation=cv2.INTER_LINEAR).astype(bool)
             dimmed = (base.astype(np.float32) * UNCOVERED_BRIGHTNESS).astype(np.uint8)
             tile = np.where(footprint[..., None], base, dimmed)
             visible = np.clip(hk - ok, 0.0, None) / peak

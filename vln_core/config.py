@@ -86,7 +86,7 @@ class HeatmapConfig:
     """Ground-truth frame-indexed heatmaps (geometry core)."""
 
     sigma_px: float = 2.0  # Gaussian splat standard deviation, pixels of the heatmap grid
-    source_stride: int = 2  # use every n-th keyframe pixel in x and y
+    source_stride: int = 2  # pool keyframe pixels in n x n cells, one weighted point each
     occlusion_margin_m: float = 0.05  # a point is hidden when it is this much behind c's depth
     occlusion_margin_rel: float = 0.02  # ... plus this fraction of its depth
     min_overlap_fraction: float = 1e-3  # below this fraction landing in view: no overlap, zero map

@@ -795,7 +795,7 @@ class NavigationRuntime:
                 problems.append(f"CameraInfo is {camera.width}x{camera.height} but images are {image_size[1]}x{image_size[0]}")
         input_values["image_size"] = "unknown" if image_size is None else f"{image_size[1]}x{image_size[0]}"
         bad, total = self._last_depth_invalid
-        input_values["depth_invalid_pixels_last"] = f"{bad}/{total}"
+        input_values["depth_nan_inf_negative_pixels_last"] = f"{bad}/{total}"
         input_values["instruction"] = instruction[:120] if instruction else "(none)"
         if node.backend != "geometry" and not instruction:
             levels.append(WARN)
@@ -812,14 +812,23 @@ class NavigationRuntime:
             "last_output_age_s": "never" if age is None else f"{age:.2f}",
             "waiting_for": self._waiting_reason or "-",
         }
-        for stage, (median, p95, n) in self._latency.summary().items():
+        latency = self._latency.summary()
+        for stage, (median, p95, n) in latency.items():
             values[f"latency_{stage}_ms"] = f"median {median:.1f} p95 {p95:.1f} (n={n})"
+        rate = out_meter.rate_hz(now)
+        # the output cannot be faster than the camera: judge the rate against what is possible
+        achievable = min(node.inference_rate_hz, self._rates["image"].rate_hz(now) or node.inference_rate_hz)
+        period_ms = 1e3 / node.inference_rate_hz
         if age is None:
             level, message = (STALE, f"no output yet: {self._waiting_reason}")
         elif age > max(STALE_AFTER_S, 3.0 / node.inference_rate_hz):
             level, message = (STALE, f"no output for {age:.1f} s: {self._waiting_reason or 'step() not called'}")
+        elif out_meter.count >= 5 and rate < 0.5 * achievable:
+            slow = "total" in latency and latency["total"][0] > period_ms
+            cause = f"step() takes {latency['total'][0]:.0f} ms median, more than the {period_ms:.0f} ms period" if slow else "inputs incomplete"
+            level, message = (WARN, f"publishing at {rate:.1f} Hz, below half of {achievable:.1f} Hz: {cause}")
         else:
-            level, message = (OK, f"publishing at {out_meter.rate_hz(now):.1f} Hz")
+            level, message = (OK, f"publishing at {rate:.1f} Hz")
         out.append(status("vln_heatmap: output", level, message, values))
 
         # --- drops and buffer

@@ -646,7 +646,6 @@ class NavigationRuntime:
         otherwise this falls back to ``uniform`` with a warning). ``uniform`` / ``random``: chosen
         from the last ``video.total_frames`` processed frames.
         """
-        self._recent.append(frame)
         fs = self.cfg.frame_sampling
         capacity = self.cfg.video.keyframes
         if fs.method == "space_aware":
@@ -665,6 +664,7 @@ class NavigationRuntime:
                 return [frame]
             if self._events.count("space_aware_unavailable") == 0:
                 self._warn("space_aware_unavailable", "space-aware sampling needs depth, CameraInfo and a pose; using uniform sampling")
+        self._recent.append(frame)  # only these methods need the recent frames kept
         recent = list(self._recent)
         if fs.method == "random":
             picks = random_sample(len(recent), capacity, seed=fs.seed + frame.seq)

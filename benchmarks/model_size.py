@@ -82,6 +82,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--lora-rank", type=int, default=0, help="count with LoRA adapters of this rank")
+    parser.add_argument("--count-only", action="store_true", help="count on the meta device, time nothing")
     parser.add_argument("--time-full", action="store_true", help="really build and time `full` (needs RAM)")
     parser.add_argument("--device", default="cpu", help="device for every stage (cpu, cuda, auto)")
     args = parser.parse_args()
@@ -91,7 +92,7 @@ def main() -> int:
     models = args.models or (["embedded", "base", "full"] if args.random_init else ["embedded"])
     size = tuple(args.size)
     for name in models:
-        on_meta = name == "full" and not args.time_full
+        on_meta = args.count_only or (name == "full" and not args.time_full)
         device = "meta" if on_meta else args.device
         overrides = [
             f"model.name={name}", f"video.total_frames={args.frames}", f"video.keyframes={args.keyframes}",
@@ -120,7 +121,7 @@ def main() -> int:
         for stage in STAGES:
             print(f"  trainable in {stage:<11} {_millions(counts['trainable:' + stage])}")
         if on_meta:
-            print("  forward: not timed (counted on the meta device; pass --time-full to build and time it)")
+            print("  forward: not timed (counted on the meta device; drop --count-only / pass --time-full to time it)")
             continue
         inputs = _inputs(model, args.frames, size, args.batch, model.geometry_device)
         times = _time_forward(model, inputs, args.repeats)

@@ -15,6 +15,7 @@ frames, keyframes, input size, threads.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -53,20 +54,23 @@ def _inputs(model, frames: int, size: tuple[int, int], batch: int, device: torch
     )
 
 
-def _time_forward(model, inputs: ModelInputs, repeats: int) -> list[float]:
+def _time_forward(model, inputs: ModelInputs, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and process CPU seconds per forward. On a shared, loaded machine the CPU time
+    (summed over threads) is the steadier figure; with one thread it approximates an idle wall time."""
     model.eval()
-    times = []
+    wall, cpu = [], []
     with torch.no_grad():
         model(inputs)  # warm-up (allocator, oneDNN kernels)
         for _ in range(repeats):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             model(inputs)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return times
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def main() -> int:
@@ -124,11 +128,13 @@ def main() -> int:
             print("  forward: not timed (counted on the meta device; drop --count-only / pass --time-full to time it)")
             continue
         inputs = _inputs(model, args.frames, size, args.batch, model.geometry_device)
-        times = _time_forward(model, inputs, args.repeats)
+        times, cpu_times = _time_forward(model, inputs, args.repeats)
         dev = str(model.geometry_device)
-        print(f"  forward on {dev}: median {statistics.median(times) * 1000:.0f} ms, min {min(times) * 1000:.0f} ms "
-              f"over {len(times)} runs (batch {args.batch}, N_m={args.frames}, N_k={args.keyframes}, "
-              f"{size[0]}x{size[1]}, {torch.get_num_threads()} CPU threads, keyframes sampled from predicted geometry)")
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"  forward on {dev}: wall median {statistics.median(times) * 1000:.0f} ms (min {min(times) * 1000:.0f}), "
+              f"process CPU median {statistics.median(cpu_times) * 1000:.0f} ms, over {len(times)} runs (batch {args.batch}, N_m={args.frames}, N_k={args.keyframes}, "
+              f"{size[0]}x{size[1]}, {torch.get_num_threads()} CPU threads, keyframes sampled from predicted geometry; "
+              f"1-min load average {load:.1f} on {os.cpu_count()} cores)")
         del model
     return 0
 

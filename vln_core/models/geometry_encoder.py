@@ -101,6 +101,7 @@ class GeometryEncoder(nn.Module):
         num_heads: attention heads.
         num_register_tokens: extra learned tokens per frame.
         depth_head_layers: how many of the last block pairs feed the DPT-lite depth head.
+        depth_head_hidden: channels of the depth head's first upsampling stage.
     """
 
     def __init__(self, image_size: tuple[int, int], patch_size: int = 14, dim: int = 192, depth: int = 4,

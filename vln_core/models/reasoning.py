@@ -15,8 +15,6 @@ Both reasoners take the same inputs and give the same outputs, in the fusion wid
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -160,8 +158,3 @@ class LLMReasoner(nn.Module):
         out = self.out(hidden.float())
         return out[:, :L], out[:, L:]
 
-
-def count_parameters(module: Any) -> tuple[int, int]:
-    """``(total, trainable)`` parameter counts of a module."""
-    params = list(module.parameters())
-    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)

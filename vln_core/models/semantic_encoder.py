@@ -10,8 +10,6 @@ prefix tokens (CLS, registers) are dropped.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -123,10 +121,3 @@ class SemanticEncoder(nn.Module):
             raise InputError(f"backbone gave {tokens.shape[1]} patch tokens, expected {h}x{w}={h * w}")
         return tokens.float(), (h, w)
 
-
-def describe_backbone(backbone: Any) -> str:
-    """One line naming the backbone and its width, for logs."""
-    cfg = getattr(backbone, "config", None)
-    if cfg is not None:
-        return f"{type(backbone).__name__}(hidden={cfg.hidden_size}, layers={cfg.num_hidden_layers})"
-    return f"{type(backbone).__name__}(hidden={getattr(backbone, 'hidden_size', '?')})"

@@ -36,7 +36,7 @@ from vln_core.errors import InputError
 from vln_core.models.fusion import TokenFusion, patch_world_coordinates, resample_token_grid
 from vln_core.models.geometry_encoder import GeometryEncoder, pose_encoding_to_extrinsics_intrinsics
 from vln_core.models.heads import HeatmapDecoder, WaypointHead
-from vln_core.models.reasoning import EmbeddedReasoner, LLMReasoner
+from vln_core.models.reasoning import LLMReasoner
 from vln_core.models.semantic_encoder import SemanticEncoder
 from vln_core.sampling import sample_keyframes
 

@@ -1,10 +1,9 @@
 """Training losses for the VLN spatial model, each a named, separately weighted term.
 
 Every term is reduced *per sample* first (a masked mean over that sample's keyframes, frames or
-waypoints) and then averaged over the samples that have anything to score. With equal per-rank
-batch sizes, the mean of per-rank losses that DDP's gradient averaging computes is then the loss
-of the global batch (up to samples with nothing valid), so multi-process training matches a single
-process on the same global batch.
+waypoints) and then averaged over the batch, a sample with nothing to score counting 0. With equal
+per-rank batch sizes, the mean of per-rank losses that DDP's gradient averaging computes is then
+exactly the loss of the global batch, so multi-process training matches a single process.
 
 Terms (names are the keys of ``training.loss_weights``):
 
@@ -116,9 +115,14 @@ def _masked_sample_mean(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch
 
 
 def _batch_mean(per_sample: torch.Tensor, has_any: torch.Tensor) -> torch.Tensor:
-    """Mean over samples that have something to score; 0 (keeping the graph) when none do."""
+    """Mean over *all* samples, those with nothing to score counting 0.
+
+    Dividing by the batch size rather than by the number of scored samples keeps every rank's
+    loss a fixed share of the global batch loss, so DDP's gradient average is exactly the
+    single-process gradient on the same global batch.
+    """
     weight = has_any.to(per_sample.dtype)
-    return (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
+    return (per_sample * weight).sum() / max(per_sample.shape[0], 1)
 
 
 def _fit_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -333,7 +337,8 @@ def pose_loss(pred: torch.Tensor, target: torch.Tensor, frame_mask: Optional[tor
 
 @dataclass
 class LossResult:
-    """``total``: the weighted sum to back-propagate; ``terms``: each unweighted term (detached)."""
+    """``total``: the weighted sum to back-propagate; ``terms``: each unweighted term (detached),
+    plus the unweighted diagnostic ``heatmap_kl`` (cross-entropy minus target entropy)."""
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
@@ -365,6 +370,7 @@ def compute_losses(outputs: Any, batch: Mapping[str, Any], weights: Mapping[str,
         raise ConfigError(f"training.stage must be one of {list(STAGE_TERMS)}, got {stage!r}")
     active = [t for t in STAGE_TERMS[stage] if weights.get(t, 0.0) > 0]
     terms: dict[str, torch.Tensor] = {}
+    diagnostics: dict[str, torch.Tensor] = {}
 
     heatmap_terms = {"heatmap", "smoothness", "distinctness", "temporal", "entropy"}
     if heatmap_terms & set(active):
@@ -376,6 +382,9 @@ def compute_losses(outputs: Any, batch: Mapping[str, Any], weights: Mapping[str,
         probs = F.softmax(logits.float().reshape(B, K, -1), dim=-1).reshape(logits.shape)
         if "heatmap" in active:
             terms["heatmap"] = _batch_mean(*heatmap_cross_entropy(logits, target, valid))
+            # diagnostic, not weighted: CE minus the targets' own entropy = KL(g || p) >= 0
+            target_entropy = _batch_mean(*_masked_sample_mean(_entropy(target), valid))
+            diagnostics["heatmap_kl"] = (terms["heatmap"] - target_entropy).detach()
         if "smoothness" in active:
             terms["smoothness"] = _batch_mean(*heatmap_smoothness(probs))
         if "distinctness" in active:
@@ -413,4 +422,4 @@ def compute_losses(outputs: Any, batch: Mapping[str, Any], weights: Mapping[str,
     if not terms:
         raise ConfigError(f"stage {stage!r} has no loss term with a weight > 0 (weights: {dict(weights)})")
     total = sum(weights[name] * value for name, value in terms.items())
-    return LossResult(total=total, terms={k: v.detach() for k, v in terms.items()})
+    return LossResult(total=total, terms={**{k: v.detach() for k, v in terms.items()}, **diagnostics})

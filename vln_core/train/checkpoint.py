@@ -1,0 +1,104 @@
+"""Checkpoints that survive crashes, and the RNG state that makes resumed runs exact.
+
+:func:`save_checkpoint` writes to a temporary file in the target folder, flushes and fsyncs it
+and only then renames it over the target (``os.replace`` is atomic on POSIX), so a crash or an
+exception while saving leaves the previous checkpoint intact and no partial file behind.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from vln_core.errors import InputError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "load_model_weights"]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` (anything ``torch.save`` takes) to ``path`` atomically.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(dict(state), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        InputError: the file is missing or unreadable (names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises several types for truncated / foreign files
+        raise InputError(f"checkpoint {path} is not a readable torch checkpoint: {exc}") from exc
+    if not isinstance(state, dict) or "model" not in state:
+        raise InputError(f"checkpoint {path} has no 'model' entry; not a vln_heatmap training checkpoint")
+    return state
+
+
+def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
+    """Load only the model weights of a checkpoint into ``model``; returns the checkpoint dict."""
+    state = load_checkpoint(path)
+    try:
+        model.load_state_dict(state["model"], strict=strict)
+    except RuntimeError as exc:
+        raise InputError(f"checkpoint {path} does not fit this model (model.name / sizes differ?): {exc}") from exc
+    return state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy (global), torch CPU and (if present) CUDA generator states."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -188,6 +188,66 @@ def test_patch_world_coordinates_of_a_fronto_parallel_plane():
     assert not valid[0, 0, 0] and valid.sum() == 3 and torch.equal(xyz[0, 0, 0], torch.zeros(3))
 
 
+def test_patch_world_coordinates_match_the_geometry_core_unprojection():
+    from vln_core.geometry.reproject import unproject_depth
+
+    torch.manual_seed(0)
+    depth = torch.rand(2, 12, 16) * 3 + 0.5
+    depth[0, :3, :5] = 0.0
+    depth[1, 7, 2] = float("nan")
+    K = torch.tensor([[9.0, 0, 7.5], [0, 8.0, 5.5], [0, 0, 1]]).expand(2, 3, 3)
+    T = make_pose(quat_to_matrix(torch.tensor([[0.1, 0.2, -0.1, 0.95], [0.0, 0.3, 0.0, 0.95]])),
+                  torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.2, -0.3]]))
+    xyz, valid = patch_world_coordinates(depth, K, T, (3, 4))
+    points, point_valid = unproject_depth(depth, K, T)
+    w = point_valid.float()
+    expected = (points * w[..., None]).view(2, 3, 4, 4, 4, 3).sum((2, 4)) / w.view(2, 3, 4, 4, 4).sum((2, 4))[..., None]
+    assert torch.allclose(xyz, expected, atol=1e-5)
+    assert valid.all()
+
+
+def test_embedded_model_exports_to_onnx_with_given_keyframes(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(), arch_overrides=TINY_ARCH).eval()
+
+    class Exported(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, frames, ids, mask, past, intent, keyframes, intrinsics):
+            out = self.net(ModelInputs(frames, ids, mask, past, intent, keyframes, intrinsics))
+            return out.depth, out.pose_enc, out.heatmap_logits, out.goal_logits, out.waypoints
+
+    inputs = make_inputs(model, batch=1, keyframes=torch.tensor([[0, 2]]))
+    args = (inputs.frames, inputs.instruction_ids, inputs.instruction_mask, inputs.past_trajectory, inputs.intent,
+            inputs.keyframe_indices, torch.tensor([[[40.0, 0, 27.5], [0, 40.0, 27.5], [0, 0, 1]]]))
+    names = ["frames", "instruction_ids", "instruction_mask", "past_trajectory", "intent", "keyframe_indices",
+             "intrinsics"]
+    path = tmp_path / "embedded.onnx"
+    with torch.no_grad():
+        torch.onnx.export(Exported(model), args, str(path), opset_version=17, dynamo=False, input_names=names)
+        reference = Exported(model)(*args)
+    session = ort.InferenceSession(str(path))
+    assert [i.name for i in session.get_inputs()] == names  # keyframes and intrinsics are real graph inputs
+    feeds = {name: a.numpy() for name, a in zip(names, args)}
+    for got, want in zip(session.run(None, feeds), reference):
+        assert got.shape == tuple(want.shape)
+        assert abs(got - want.numpy()).max() < 1e-3
+    # other inputs than the traced ones: nothing data-dependent was frozen into constants
+    other = list(args)
+    other[0] = torch.rand_like(args[0])
+    other[5] = torch.tensor([[1, 3]])
+    other[6] = torch.tensor([[[25.0, 0, 27.5], [0, 30.0, 27.5], [0, 0, 1]]])
+    with torch.no_grad():
+        reference = Exported(model)(*other)
+    feeds = {name: a.numpy() for name, a in zip(names, other)}
+    for got, want in zip(session.run(None, feeds), reference):
+        assert abs(got - want.numpy()).max() < 1e-3
+
+
 @pytest.mark.parametrize("pe_cls", [SinusoidalPositionalEncoding3D, MLPPositionalEncoding3D])
 def test_3d_positional_encodings_shapes_and_distinct_points(pe_cls):
     torch.manual_seed(0)

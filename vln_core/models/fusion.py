@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vln_core.errors import InputError
-from vln_core.geometry.reproject import unproject_depth
+from vln_core.geometry.reproject import pixel_grid, valid_depth_mask
+from vln_core.geometry.transforms import transform_points
 
 __all__ = [
     "resample_token_grid",
@@ -58,8 +59,11 @@ def patch_world_coordinates(depth: torch.Tensor, K: torch.Tensor, T_cur_cam: tor
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-patch 3D points in the current camera frame from depth and poses.
 
-    Every pixel is back-projected (:func:`vln_core.geometry.reproject.unproject_depth`) and moved
-    with ``T_cur_cam``; points are averaged over the valid pixels of each patch cell.
+    Every valid pixel is back-projected with the zero-skew pinhole ``K`` of the conventions
+    (``x = (u - cx) / fx * d``, ``y = (v - cy) / fy * d``, ``z = d``; written out instead of
+    :func:`vln_core.geometry.reproject.unproject_depth` because its general ``linalg.inv`` has no
+    ONNX export and this runs inside the exported network), moved with ``T_cur_cam``, and the
+    points are averaged over the valid pixels of each patch cell.
 
     Args:
         depth: ``(M, H, W)`` depth in metres (invalid = 0/NaN/inf).
@@ -73,7 +77,16 @@ def patch_world_coordinates(depth: torch.Tensor, K: torch.Tensor, T_cur_cam: tor
     """
     if depth.dim() != 3:
         raise InputError(f"depth must have shape (M, H, W), got {tuple(depth.shape)}")
-    points, valid = unproject_depth(depth, K, T_cur_cam)  # (M, H, W, 3), (M, H, W)
+    M, H, W = depth.shape
+    if K.shape != (M, 3, 3) or T_cur_cam.shape != (M, 4, 4):
+        raise InputError(f"K must be (M={M}, 3, 3) and T_cur_cam (M, 4, 4), got {tuple(K.shape)}, {tuple(T_cur_cam.shape)}")
+    valid = valid_depth_mask(depth)
+    d = torch.where(valid, depth, torch.zeros((), dtype=depth.dtype, device=depth.device))
+    u, v = pixel_grid(H, W, dtype=depth.dtype, device=depth.device)  # (H, W) each
+    fx, fy = K[:, 0, 0, None, None], K[:, 1, 1, None, None]
+    cx, cy = K[:, 0, 2, None, None], K[:, 1, 2, None, None]
+    cam = torch.stack([(u - cx) / fx * d, (v - cy) / fy * d, d], dim=-1)  # (M, H, W, 3)
+    points = transform_points(T_cur_cam, cam.reshape(M, H * W, 3)).reshape(M, H, W, 3)
     weights = valid.to(points.dtype)[:, None]  # (M, 1, H, W)
     summed = F.adaptive_avg_pool2d(points.permute(0, 3, 1, 2) * weights, grid)
     counts = F.adaptive_avg_pool2d(weights, grid)

@@ -74,9 +74,13 @@ def plan_episode(scene: Scene, cfg: SimConfig, rng: np.random.Generator, grid: O
     for gi in order[:10]:
         goal = goals[int(gi)]
         approach = None
-        for p in _approach_points(goal, r_plan + 0.1):
-            if grid.clearance_at(p) >= r_plan + 0.03:
-                approach = p
+        # stand far enough back that the camera frames the whole object, closer only if needed
+        for stand_off in (1.1, 0.8, r_plan + 0.1):
+            for p in _approach_points(goal, stand_off):
+                if grid.clearance_at(p) >= r_plan + 0.03:
+                    approach = p
+                    break
+            if approach is not None:
                 break
         if approach is None:
             continue

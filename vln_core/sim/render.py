@@ -87,6 +87,15 @@ class RayCaster:
         # (N, 8, 3) corners of every world AABB
         self._corners = np.where(ix[None, :, :] == 1, aabb[:, None, 1, :], aabb[:, None, 0, :])
         self._room_rects = np.array([r.rect for r in scene.rooms], dtype=np.float64)
+        # shadow casters: furniture primitives grouped by room, with bounding-sphere radii
+        self._bound_radius = np.where(
+            self._kind == BOX, np.linalg.norm(self._half, axis=1),
+            np.where(self._kind == CYLINDER, np.hypot(self._half[:, 0], self._half[:, 2]), self._half.max(axis=1)))
+        self._casters: dict[int, np.ndarray] = {}
+        for r in scene.rooms:
+            idx = [i for i, p in enumerate(prims) if p.object_index >= 0 and scene.objects[p.object_index].room_index == r.index
+                   and scene.objects[p.object_index].obstacle and p.material is not None and p.material.emissive == 0]
+            self._casters[r.index] = np.array(idx, dtype=np.int64)
         self._room_ambient = np.array([r.ambient for r in scene.rooms], dtype=np.float64)
 
     # ------------------------------------------------------------------ geometry pass
@@ -171,8 +180,10 @@ class RayCaster:
             np.copyto(ids[win], np.int32(i), where=better)
         return depth, ids
 
-    def _intersect(self, i: int, o: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz: np.ndarray) -> np.ndarray:
-        """Ray parameter (= z-depth) of the entry hit with primitive ``i``; inf where missed."""
+    def _intersect(self, i: int, o: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz: np.ndarray,
+                   near: float | None = None) -> np.ndarray:
+        """Ray parameter of the entry hit with primitive ``i`` (rays ``o + t * d``; for camera rays
+        ``t`` is the z-depth); inf where missed or where the entry lies at ``t <= near``."""
         c, s = math.cos(self._yaw[i]), math.sin(self._yaw[i])
         rel = o - self._center[i]
         ox, oy, oz = c * rel[0] + s * rel[1], -s * rel[0] + c * rel[1], rel[2]
@@ -181,7 +192,7 @@ class RayCaster:
         lz = dz
         hx, hy, hz = self._half[i]
         kind = self._kind[i]
-        near = self.near
+        near = self.near if near is None else near
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             if kind == BOX:
                 tmin = np.full(dx.shape, -np.inf)
@@ -286,6 +297,10 @@ class RayCaster:
                     albedo[sub] = evaluate_texture(m, U[sub], V[sub], footprint[sub])
                     gloss[sub] = m.gloss
                     emissive[sub] = m.emissive
+                    if mat == "wall" and self.scene.skirting_height > 0:
+                        base = sub[P[sub, 2] < self.scene.skirting_height]
+                        albedo[base] = np.asarray(self.scene.skirting_color)
+                        gloss[base] = 0.3
             else:
                 albedo[idx] = evaluate_texture(mat, U[idx], V[idx], footprint[idx])
                 gloss[idx] = mat.gloss
@@ -337,6 +352,36 @@ class RayCaster:
         n_w = np.stack([c * nl[:, 0] - s * nl[:, 1], s * nl[:, 0] + c * nl[:, 1], nl[:, 2]], axis=1)
         return n_w, u, v
 
+    def _shadowed(self, light_pos: np.ndarray, P: np.ndarray, N: np.ndarray, room: int) -> np.ndarray:
+        """``(M,)`` bool: the segment from ``light_pos`` to each surface point ``P`` ``(M, 3)`` is
+        blocked by a furniture primitive of ``room``. A bounding-cone test per primitive keeps the
+        exact intersection to the few pixels it can shadow."""
+        dirs = (P + 0.01 * N) - light_pos[None, :]
+        shadow = np.zeros(len(P), bool)
+        casters = self._casters.get(room)
+        if casters is None or len(casters) == 0 or len(P) == 0:
+            return shadow
+        len2 = np.einsum("ij,ij->i", dirs, dirs)
+        for i in casters:
+            CL = self._center[i] - light_pos
+            dcl2 = float(CL @ CL)
+            r = float(self._bound_radius[i])
+            if dcl2 <= r * r:
+                continue  # light inside the bounds (a lamp's own shade)
+            proj = dirs @ CL  # |CL| * distance along the axis
+            cand = proj > 0
+            # inside the cone of half-angle asin(r / |CL|) around CL, and beyond the sphere's near side
+            cand &= (len2 * dcl2 - proj * proj) * (dcl2 - r * r) <= r * r * proj * proj
+            near_side = math.sqrt(dcl2) - r
+            cand &= len2 >= near_side * near_side
+            idx = np.nonzero(cand & ~shadow)[0]
+            if idx.size == 0:
+                continue
+            d = dirs[idx]
+            t = self._intersect(int(i), light_pos, d[:, 0], d[:, 1], d[:, 2], near=1e-6)
+            shadow[idx[t < 0.999]] = True
+        return shadow
+
     def _light(self, P, N, D, albedo, gloss, emissive, room_px, ids) -> np.ndarray:
         """Linear radiance ``(M, 3)``: ambient x occlusion + room-gated point lights (Lambert and
         Blinn-Phong, inverse-square-like falloff) + emission."""
@@ -361,33 +406,59 @@ class RayCaster:
         hemi = 0.85 + 0.15 * N[:, 2]
         radiance = albedo * (amb * (ao * hemi)[:, None])
         direct_occ = 0.55 + 0.45 * ao
-        # group pixels by room once; each light then works on a contiguous slice of its room
+        # group pixels by room once; each light then works on a contiguous slice of its room.
+        # Structure-of-arrays float32 keeps the per-light arithmetic cheap.
         order = np.argsort(room_px, kind="stable")
         rooms_sorted = room_px[order]
-        P_s, N_s, alb_s, g_s, occ_s = P[order], N[order], albedo[order], gloss[order], direct_occ[order]
-        D_s = D[order]
-        view_s = -D_s / np.maximum(np.linalg.norm(D_s, axis=1, keepdims=True), 1e-12)
-        direct_s = np.zeros_like(P_s)
+        f32 = np.float32
+        Px, Py, Pz = (np.ascontiguousarray(P[order, k], dtype=f32) for k in range(3))
+        Nx, Ny, Nz = (np.ascontiguousarray(N[order, k], dtype=f32) for k in range(3))
+        Ds = D[order].astype(f32)
+        Ds /= np.maximum(np.linalg.norm(Ds, axis=1, keepdims=True), 1e-12)
+        Vx, Vy, Vz = (np.ascontiguousarray(-Ds[:, k]) for k in range(3))
+        occ_s = direct_occ[order].astype(f32)
+        g_s = gloss[order].astype(f32)
+        diffuse_s = np.zeros((len(order), 3), f32)  # multiplies the albedo
+        spec_s = np.zeros((len(order), 3), f32)  # added as is
         for light in scene.lights:
             a = int(np.searchsorted(rooms_sorted, light.room_index, side="left"))
             b = int(np.searchsorted(rooms_sorted, light.room_index, side="right"))
             if b <= a:
                 continue
-            Pp, Nn = P_s[a:b], N_s[a:b]
-            L = light.position[None, :] - Pp
-            d2 = np.einsum("ij,ij->i", L, L)
-            inv_d = 1.0 / np.sqrt(np.maximum(d2, 1e-12))
-            Ln = L * inv_d[:, None]
-            ndl = np.clip(np.einsum("ij,ij->i", Nn, Ln), 0, None)
-            att = 1.0 / (1.0 + d2 / light.falloff_m**2)
-            w = ndl * att * occ_s[a:b]
-            direct_s[a:b] += alb_s[a:b] * light.color[None, :] * w[:, None]
-            g = g_s[a:b]
-            if (g > 0).any():
-                Hv = Ln + view_s[a:b]
-                Hv /= np.maximum(np.linalg.norm(Hv, axis=1, keepdims=True), 1e-9)
-                spec = np.clip(np.einsum("ij,ij->i", Nn, Hv), 0, None) ** 40 * (ndl > 0)
-                direct_s[a:b] += light.color[None, :] * (g * spec * att * 0.5)[:, None]
-        radiance[order] += direct_s
+            sl = slice(a, b)
+            lx, ly, lz = (f32(v) for v in light.position)
+            Lx, Ly, Lz = lx - Px[sl], ly - Py[sl], lz - Pz[sl]
+            d2 = Lx * Lx + Ly * Ly + Lz * Lz
+            inv_d = 1.0 / np.sqrt(np.maximum(d2, f32(1e-12)))
+            Lx *= inv_d
+            Ly *= inv_d
+            Lz *= inv_d
+            ndl = np.maximum(Nx[sl] * Lx + Ny[sl] * Ly + Nz[sl] * Lz, f32(0))
+            att = 1.0 / (1.0 + d2 * f32(1.0 / light.falloff_m**2))
+            w = ndl * att * occ_s[sl]
+            if light.casts_shadows:
+                blocked = self._shadowed(light.position, P[order[sl]], N[order[sl]], light.room_index)
+                w *= np.where(blocked, f32(0.15), f32(1.0))
+            # one-bounce approximation: the floor and walls lit by this light light the ceiling
+            # and the undersides of things (otherwise only the weak ambient would)
+            w += f32(0.25) * np.maximum(-Nz[sl], f32(0)) / (1.0 + d2 * f32(1.0 / (2.0 * light.falloff_m) ** 2))
+            diffuse_s[sl] += w[:, None] * light.color.astype(f32)[None, :]
+            glossy = np.nonzero(g_s[sl] > 0)[0]
+            if glossy.size:
+                gi = glossy + a
+                hx, hy, hz = Lx[glossy] + Vx[gi], Ly[glossy] + Vy[gi], Lz[glossy] + Vz[gi]
+                inv_h = 1.0 / np.sqrt(np.maximum(hx * hx + hy * hy + hz * hz, f32(1e-12)))
+                x = np.maximum((Nx[gi] * hx + Ny[gi] * hy + Nz[gi] * hz) * inv_h, f32(0))
+                x2 = x * x
+                x4 = x2 * x2
+                x16 = x4 * x4
+                x16 *= x16
+                spec = x16 * x16 * x16 * x16 * x16 * (ndl[glossy] > 0)  # x ** 80
+                spec_s[gi] += (g_s[gi] * spec * att[glossy] * f32(0.35))[:, None] * light.color.astype(f32)[None, :]
+        direct = np.empty_like(diffuse_s)
+        direct[order] = diffuse_s
+        spec_all = np.empty_like(spec_s)
+        spec_all[order] = spec_s
+        radiance += albedo * direct + spec_all
         radiance += albedo * emissive[:, None]
         return radiance

@@ -163,6 +163,7 @@ class Light:
     color: np.ndarray  # (3,) linear RGB times intensity
     room_index: int
     falloff_m: float  # distance at which intensity has halved (1 / (1 + (d / falloff)^2))
+    casts_shadows: bool = False  # shadow rays against the room's furniture (ceiling lights)
 
 
 @dataclass
@@ -180,6 +181,8 @@ class Scene:
     room_labels: np.ndarray  # (Hg, Wg) int16 room index per cell, -1 outside
     floor_occlusion: np.ndarray  # (Hg, Wg) float32 ambient factor on the floor (contact shadows)
     sensor: dict = field(default_factory=dict)  # per-scene camera parameters (white balance...)
+    skirting_height: float = 0.0  # baseboard height on every wall (0 = none)
+    skirting_color: tuple[float, float, float] = (0.8, 0.8, 0.78)
 
     def room_at(self, xy: np.ndarray) -> np.ndarray:
         """Room index at world points ``xy`` ``(..., 2)`` (int array ``(...)``, -1 outside)."""
@@ -281,6 +284,40 @@ def _wood_mat(rng, texture="wood") -> Material:
 # --------------------------------------------------------------------------------------------
 
 
+def _clutter(b: "_Builder", rng, top_z: float, half_d: float, half_w: float, n_max: int = 3) -> None:
+    """Small unnamed items on a surface at ``top_z``: vases with flowers, bowls, cups, book stacks, laptops."""
+    n = int(rng.integers(0, n_max + 1))
+    placed: list[tuple[float, float, float]] = []
+    for _ in range(n):
+        kind = int(rng.integers(5))
+        r = 0.12 if kind in (3, 4) else 0.08
+        if half_d < r + 0.03 or half_w < r + 0.03:
+            return
+        x = float(rng.uniform(-half_d + r + 0.02, half_d - r - 0.02))
+        y = float(rng.uniform(-half_w + r + 0.02, half_w - r - 0.02))
+        if any((x - px) ** 2 + (y - py) ** 2 < (r + pr + 0.03) ** 2 for px, py, pr in placed):
+            continue
+        placed.append((x, y, r))
+        col = _lin(tuple(int(v) for v in rng.integers(20, 235, 3)))
+        if kind == 0:  # vase with flowers
+            h = float(rng.uniform(0.15, 0.3))
+            b.cylinder((x, y), top_z, top_z + h, float(rng.uniform(0.04, 0.07)), _mat(rng, "plain", col, gloss=0.6))
+            b.ellipsoid((x, y, top_z + h + 0.06), (0.09, 0.09, 0.08), _mat(rng, "leaves", _lin((200, 60, 80)), _lin((40, 110, 50))))
+        elif kind == 1:  # bowl
+            b.ellipsoid((x, y, top_z + 0.02), (0.1, 0.1, 0.05), _mat(rng, "plain", col, gloss=0.5))
+        elif kind == 2:  # cup
+            b.cylinder((x, y), top_z, top_z + 0.1, 0.04, _mat(rng, "plain", col, gloss=0.5))
+        elif kind == 3:  # stack of books
+            z = top_z
+            for _k in range(int(rng.integers(1, 4))):
+                th = float(rng.uniform(0.025, 0.05))
+                bc = _lin(tuple(int(v) for v in rng.integers(20, 200, 3)))
+                b.box((x, y, z + th / 2), (0.16, 0.23, th), _mat(rng, "plain", bc), yaw=float(rng.uniform(-0.3, 0.3)))
+                z += th
+        else:  # laptop
+            b.box((x, y, top_z + 0.01), (0.22, 0.32, 0.02), _mat(rng, "metal", (0.25, 0.25, 0.27), gloss=0.5))
+
+
 def _pick_color(rng, options) -> str:
     return str(options[rng.integers(len(options))])
 
@@ -331,12 +368,14 @@ def build_table(rng, color=None, kind=None):
         b.cylinder((0, 0), h - 0.04, h, r, top)
         b.cylinder((0, 0), 0.02, h - 0.04, 0.05, top)
         b.cylinder((0, 0), 0.0, 0.03, 0.28, top)
+        _clutter(b, rng, h, r * 0.65, r * 0.65, 2)
         return b, np.array([2 * r, 2 * r, h]), color
     d, w = rng.uniform(0.75, 0.95), rng.uniform(1.1, 1.7)
     b.box((0, 0, h - 0.02), (d, w, 0.04), top)
     for sx in (-1, 1):
         for sy in (-1, 1):
             b.box((sx * (d / 2 - 0.05), sy * (w / 2 - 0.05), (h - 0.04) / 2), (0.05, 0.05, h - 0.04), top)
+    _clutter(b, rng, h, d / 2, w / 2, 3)
     return b, np.array([d, w, h]), color
 
 
@@ -350,6 +389,7 @@ def build_coffee_table(rng, color=None):
     for sx in (-1, 1):
         for sy in (-1, 1):
             b.box((sx * (d / 2 - 0.04), sy * (w / 2 - 0.04), (h - 0.06) / 2), (0.04, 0.04, h - 0.06), top)
+    _clutter(b, rng, h, d / 2, w / 2, 2)
     return b, np.array([d, w, h]), color
 
 
@@ -420,6 +460,8 @@ def build_cabinet(rng, color=None):
     for k in range(n):
         y = -w / 2 + (k + 0.5) * w / n
         b.box((d / 2 + 0.01, y, h - 0.15), (0.02, 0.12, 0.02), handle)
+    if h < 1.0:
+        _clutter(b, rng, h, d / 2, w / 2, 2)
     return b, np.array([d + 0.02, w, h]), color
 
 
@@ -488,8 +530,9 @@ def build_counter(rng, color=None):
     b.box((-0.03, 0, 0.025), (d - 0.08, w, 0.05), _mat(rng, "plain", (0.02, 0.02, 0.02)))
     topc = _lin((int(rng.integers(40, 230)),) * 3)
     b.box((0, 0, h - 0.02), (d, w + 0.02, 0.04), _mat(rng, "tiles", topc, tuple(x * 0.8 for x in topc), scale=3.0, gloss=0.6))
-    # upper cabinets and a backsplash
+    # upper cabinets
     b.box((-d / 2 + 0.18, 0, 1.75), (0.35, w, 0.7), front)
+    _clutter(b, rng, h, d / 2 - 0.05, w / 2, 3)
     return b, np.array([d, w + 0.02, 2.1]), color
 
 
@@ -988,7 +1031,7 @@ def generate_scene(seed: int, rooms_range: tuple[int, int] = (2, 4), ceiling_ran
                 p = np.array([x0 + frac * (x1 - x0), room.center[1]]) if long_x else np.array([room.center[0], y0 + frac * (y1 - y0)])
             tint = kelvin_to_rgb(float(np.clip(kelvin + rng.uniform(-500, 500), 2500, 7000)))
             power = float(rng.uniform(0.7, 1.4)) * (1.0 + room.area / 25.0) / n_fix
-            lights.append(Light(np.array([p[0], p[1], height - 0.35]), tint * power, room.index, float(rng.uniform(1.8, 3.0))))
+            lights.append(Light(np.array([p[0], p[1], height - 0.45]), tint * power, room.index, float(rng.uniform(1.5, 2.6)), True))
             fix_mat = Material("plain", tuple(float(x) for x in tint), (0, 0, 0), 1.0, 0.0, 3.0, 0)
             r = float(rng.uniform(0.15, 0.3))
             if rng.random() < 0.6:
@@ -1028,4 +1071,25 @@ def generate_scene(seed: int, rooms_range: tuple[int, int] = (2, 4), ceiling_ran
         "contrast": float(rng.uniform(0.9, 1.1)),
         "saturation": float(rng.uniform(0.85, 1.15)),
     }
-    return Scene(seed, rooms, doors, objects, prims, lights, height, thickness, origin, res, labels, floor_occ, sensor)
+    skirting_h = float(rng.uniform(0.06, 0.12)) if rng.random() < 0.8 else 0.0
+    skirting_c = _lin((235, 235, 230)) if rng.random() < 0.6 else _lin(WOOD_SRGB[rng.integers(len(WOOD_SRGB))][1])
+    # door casings: trim around every opening, protruding a little from both wall faces
+    trim = Material("plain", skirting_c, (0, 0, 0), 1.0, 0.3, 0.0, 0)
+    cw, ct = 0.07, thickness / 2 + 0.015
+    for d in doors:
+        for side in (-1.0, 1.0):
+            along = d.width / 2 + cw / 2
+            if d.axis == "x":
+                c = np.array([d.center[0] + side * along, d.center[1], door_height / 2])
+                half = np.array([cw / 2, ct, door_height / 2])
+            else:
+                c = np.array([d.center[0], d.center[1] + side * along, door_height / 2])
+                half = np.array([ct, cw / 2, door_height / 2])
+            prims.append(Primitive(BOX, c, half, 0.0, trim))
+        top_len = d.width / 2 + cw
+        if d.axis == "x":
+            prims.append(Primitive(BOX, np.array([d.center[0], d.center[1], door_height + cw / 2]), np.array([top_len, ct, cw / 2]), 0.0, trim))
+        else:
+            prims.append(Primitive(BOX, np.array([d.center[0], d.center[1], door_height + cw / 2]), np.array([ct, top_len, cw / 2]), 0.0, trim))
+    return Scene(seed, rooms, doors, objects, prims, lights, height, thickness, origin, res, labels, floor_occ, sensor,
+                 skirting_h, skirting_c)

@@ -504,6 +504,54 @@ def test_registry_names_and_missing_paths_raise_clear_errors():
         build_model(tiny_cfg(), arch_overrides={"not_a_field": 1})
 
 
+def _save_tiny_tokenizer(path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "go": 4, "to": 5, "the": 6, "chair": 7}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                            eos_token="</s>").save_pretrained(str(path))
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen2_5_vl"])
+def test_base_and_full_load_pretrained_weights_from_local_paths(tmp_path, kind):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
+
+    from vln_core.models.tokenizer import HFTokenizerAdapter
+
+    torch.manual_seed(0)
+    dino = tiny_dinov3()
+    dino.save_pretrained(str(tmp_path / "dinov3"))
+    text = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, bos_token_id=1, eos_token_id=2)
+    if kind == "qwen2":  # a causal-LM checkpoint, as Qwen2-0.5B ships
+        checkpoint = Qwen2ForCausalLM(Qwen2Config(**text))
+        source = checkpoint.model
+    else:
+        checkpoint = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+            text_config=dict(text, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+            vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                               fullatt_block_indexes=[0]),
+            bos_token_id=1, eos_token_id=2))
+        source = checkpoint.model.language_model
+    checkpoint.save_pretrained(str(tmp_path / "llm"))
+    _save_tiny_tokenizer(tmp_path / "llm")
+    name = "base" if kind == "qwen2" else "full"
+    cfg = tiny_cfg(name, f"model.dinov3_path={tmp_path / 'dinov3'}", f"model.llm_path={tmp_path / 'llm'}")
+    model = build_model(cfg, arch_overrides=TINY_ARCH)
+    assert isinstance(model.tokenizer, HFTokenizerAdapter)
+    loaded_llm = dict(model.reasoner.llm.named_parameters())
+    for key, value in source.named_parameters():
+        assert torch.equal(loaded_llm[key], value), key  # real weights, not a fresh random init
+    loaded_dino = dict(model.semantic.backbone.named_parameters())
+    for key, value in dino.named_parameters():
+        assert torch.equal(loaded_dino[key], value), key
+    model.tokenizer = HashedWordTokenizer(128)  # the stand-in tokenizer files only exist to be loadable
+    check_output_shapes(model(make_inputs(model)), 2)
+
+
 def test_device_map_falls_back_to_cpu(caplog):
     model = build_model(tiny_cfg("embedded", "model.llm_device=cuda:0", "model.geometry_device=auto"),
                         arch_overrides=TINY_ARCH)

@@ -210,7 +210,8 @@ class VLNSpatialModel(nn.Module):
 
     def place_on_devices(self, devices: dict[str, torch.device | str]) -> "VLNSpatialModel":
         """Move each stage to its device (``{"geometry", "semantic", "llm"} -> device``);
-        pretrained backbones on CUDA take ``model.dtype``."""
+        pretrained backbones on CUDA take ``model.dtype`` (LoRA adapters, projectors and our own
+        modules stay float32)."""
         unknown = set(devices) - {"geometry", "semantic", "llm"}
         if unknown:
             raise InputError(f"unknown stage(s) {sorted(unknown)}; stages are geometry, semantic, llm")
@@ -227,7 +228,8 @@ class VLNSpatialModel(nn.Module):
             if self.semantic_pretrained and self.semantic_device.type == "cuda":
                 self.semantic.backbone.to(dtype)
             if isinstance(self.reasoner, LLMReasoner) and self.llm_device.type == "cuda":
-                self.reasoner.llm.to(dtype)
+                for p in self.reasoner.base_parameters():  # LoRA adapters stay float32 for training
+                    p.data = p.data.to(dtype)
         return self
 
     # ------------------------------------------------------------------ parameter groups

@@ -213,6 +213,20 @@ def test_greedy_accepts_unsorted_keys_with_duplicates():
     np.testing.assert_array_equal(greedy_max_coverage(messy, 1).gains, [4])
 
 
+def test_greedy_independent_of_key_values(room_sweep):
+    # packed voxel keys take the occupancy-table path, negated / scattered keys the sort path
+    depths, K, T_wc = room_sweep
+    points, valid = _points(depths, K, T_wc)
+    sets, _ = frame_voxel_keys(points, valid, voxel_size=0.2)
+    for relabel in (lambda s: -s, lambda s: s * 3 + 12345):
+        other = [relabel(s) for s in sets]
+        for k in (3, 7):
+            a, b = greedy_max_coverage(sets, k), greedy_max_coverage(other, k)
+            np.testing.assert_array_equal(a.indices, b.indices)
+            np.testing.assert_array_equal(a.gains, b.gains)
+            assert a.total_voxels == b.total_voxels
+
+
 def test_exhaustive_beats_greedy_on_the_classic_counterexample():
     # greedy takes the biggest set {1,2,5,6,7} and then can add only 2 more; the optimum is 8
     sets = [np.array([1, 2, 3, 4]), np.array([5, 6, 7, 8]), np.array([1, 2, 5, 6, 7])]

@@ -267,24 +267,44 @@ def _check_k(k: Any, n: int) -> int:
 
 
 def _dense_sets(voxel_sets: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
-    """Map every key to a dense id ``0..U-1`` (one sort over all keys); per-frame duplicates removed.
+    """Map every key to a dense id ``0..U-1``, ordered like the keys; per-frame duplicates removed.
+
+    Packed voxel keys (:func:`pack_voxel_coords`) of one scene span a small box of voxel
+    coordinates, so the ids come from an occupancy table over that box (linear time); other
+    keys fall back to one sort of all keys (``np.unique``). Numpy only: torch's threaded
+    ``unique`` stalls badly on a loaded 2-core machine.
 
     Returns ``(ids, U)``: ``ids[i]`` int64 unique dense ids of frame ``i``; ``U`` = union size.
     """
     sizes = np.array([s.size for s in voxel_sets], dtype=np.int64)
-    if sizes.sum() == 0:
+    total_keys = int(sizes.sum())
+    if total_keys == 0:
         return [np.zeros(0, dtype=np.int64) for _ in voxel_sets], 0
     concatenated = np.concatenate(voxel_sets)
-    unique, inverse = torch.unique(torch.from_numpy(concatenated), sorted=True, return_inverse=True)
+    dense, union = None, 0
+    if concatenated.min() >= 0:
+        fields = [(concatenated >> (2 * _BITS_PER_AXIS)) & _AXIS_MASK,
+                  (concatenated >> _BITS_PER_AXIS) & _AXIS_MASK, concatenated & _AXIS_MASK]
+        lows = [int(f.min()) for f in fields]
+        spans = [int(f.max()) - low + 1 for f, low in zip(fields, lows)]
+        if spans[0] * spans[1] * spans[2] <= 4 * total_keys + 65536:
+            linear = ((fields[0] - lows[0]) * spans[1] + (fields[1] - lows[1])) * spans[2] + (fields[2] - lows[2])
+            occupied = np.zeros(spans[0] * spans[1] * spans[2], dtype=bool)
+            occupied[linear] = True
+            rank = np.cumsum(occupied, dtype=np.int64)
+            dense, union = rank[linear] - 1, int(rank[-1])
+    if dense is None:
+        unique, dense = np.unique(concatenated, return_inverse=True)
+        union = int(unique.size)
     ends = np.cumsum(sizes)
-    ids = np.split(inverse.numpy(), ends[:-1])
+    ids = np.split(dense, ends[:-1])
     # inputs are normally sorted and duplicate-free already (frame_voxel_keys); check in one pass
     increasing = np.diff(concatenated) > 0
     boundaries = ends[:-1]
     increasing[boundaries[(boundaries > 0) & (boundaries < concatenated.size)] - 1] = True  # not compared
     if not increasing.all():
         ids = [np.unique(frame_ids) for frame_ids in ids]
-    return ids, int(unique.numel())
+    return ids, union
 
 
 def _result(indices: Sequence[int], gains: Sequence[int], covered: int, total: int, method: str) -> SamplingResult:

@@ -71,6 +71,12 @@ def test_gaussian_blur_matches_cv2_and_keeps_mass_inside():
     out = gaussian_blur(img, 2.0)
     ref = cv2.GaussianBlur(img[0].numpy(), (13, 13), 2.0, borderType=cv2.BORDER_CONSTANT)
     np.testing.assert_allclose(out[0].numpy(), ref, atol=1e-12)
+    # large grids take the convolution path instead of banded matrix products: same result
+    big = torch.zeros(1, 330, 340, dtype=torch.float64)
+    big[0, 100, 7] = 1.0
+    big[0, 329, 200] = 2.0
+    ref = cv2.GaussianBlur(big[0].numpy(), (19, 19), 3.0, borderType=cv2.BORDER_CONSTANT)
+    np.testing.assert_allclose(gaussian_blur(big, 3.0)[0].numpy(), ref, atol=1e-12)
     centre = torch.zeros(1, 40, 50, dtype=torch.float64)
     centre[0, 20, 25] = 1.0
     blurred = gaussian_blur(centre, 2.0)[0]

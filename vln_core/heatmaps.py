@@ -17,6 +17,7 @@ plane): 0 straight ahead, positive to the left, range (-pi, pi], near +-pi behin
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from vln_core.config import HeatmapConfig
 from vln_core.errors import InputError
 from vln_core.geometry.reproject import MIN_POSITIVE_DEPTH_M, unproject_depth, valid_depth_mask
-from vln_core.geometry.transforms import as_float_tensor, invert_pose, transform_points
+from vln_core.geometry.transforms import as_float_tensor, invert_pose
 
 __all__ = [
     "NO_OVERLAP_FRACTION",
@@ -94,6 +95,30 @@ class InterFrameHeatmaps:
         return InterFrameHeatmaps(**out)
 
 
+#: Grids up to this many pixels per side are blurred with banded matrix products (BLAS is much
+#: faster than single-channel convolution there); larger grids use ``F.conv2d``.
+_MATMUL_BLUR_MAX_SIDE = 320
+
+
+@functools.lru_cache(maxsize=32)
+def _gaussian_kernel(sigma_px: float, dtype: torch.dtype, device: str) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3.0 * sigma_px)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / sigma_px) ** 2)
+    return (kernel / kernel.sum()).to(dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def _blur_matrix(n: int, sigma_px: float, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """(n, n) banded matrix M with ``(M @ x)`` = zero-padded 1D Gaussian blur of x (M symmetric)."""
+    kernel = _gaussian_kernel(sigma_px, torch.float64, "cpu")
+    radius = (kernel.numel() - 1) // 2
+    offset = torch.arange(n)[:, None] - torch.arange(n)[None, :]
+    band = offset.abs() <= radius
+    m = torch.where(band, kernel[(offset + radius).clamp(0, 2 * radius)], torch.zeros((), dtype=torch.float64))
+    return m.to(dtype=dtype, device=device)
+
+
 def gaussian_blur(maps: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """Separable Gaussian blur with zero padding (mass near the border leaks out).
 
@@ -109,10 +134,15 @@ def gaussian_blur(maps: torch.Tensor, sigma_px: float) -> torch.Tensor:
         raise InputError(f"sigma_px must be >= 0, got {sigma_px}")
     if sigma_px == 0:
         return maps
-    radius = max(1, int(math.ceil(3.0 * sigma_px)))
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (x / sigma_px) ** 2)
-    kernel = kernel / kernel.sum()
+    H, W = maps.shape[-2:]
+    sigma_px = float(sigma_px)
+    device = str(maps.device)
+    if max(H, W) <= _MATMUL_BLUR_MAX_SIDE:
+        rows = _blur_matrix(H, sigma_px, maps.dtype, device)
+        cols = _blur_matrix(W, sigma_px, maps.dtype, device)
+        return rows @ (maps @ cols)
+    kernel = _gaussian_kernel(sigma_px, maps.dtype, device)
+    radius = (kernel.numel() - 1) // 2
     out = maps[:, None]
     out = F.conv2d(out, kernel.view(1, 1, 1, -1), padding=(0, radius))
     out = F.conv2d(out, kernel.view(1, 1, -1, 1), padding=(radius, 0))
@@ -127,16 +157,22 @@ def splat_bilinear(uv: torch.Tensor, weights: torch.Tensor, size: Sequence[int])
 
     Args:
         uv: ``(B, N, 2)`` pixel coordinates (column, row); entries with weight 0 may be NaN.
-        weights: ``(B, N)`` non-negative weights.
+        weights: ``(B, N)`` non-negative weights, or ``(C, B, N)`` for C weight channels that
+            share the positions (one scatter for all of them).
         size: ``(H, W)`` of the grid, both >= 2.
 
     Returns:
-        ``(B, H, W)`` maps; map b sums to ``weights[b].sum()``.
+        ``(B, H, W)`` maps (``(C, B, H, W)`` for channelled weights); map b sums to
+        ``weights[..., b, :].sum()``.
     """
     H, W = (int(s) for s in size)
     if H < 2 or W < 2:
         raise InputError(f"splat grid must be at least 2x2, got {H}x{W}")
-    B, N = weights.shape
+    channelled = weights.dim() == 3
+    weights_c = weights if channelled else weights[None]
+    C, B, N = weights_c.shape
+    if uv.shape != (B, N, 2):
+        raise InputError(f"uv must have shape (B={B}, N={N}, 2) to match weights, got {tuple(uv.shape)}")
     uv = torch.nan_to_num(uv, nan=0.0, posinf=0.0, neginf=0.0)
     u = uv[..., 0].clamp(0.0, W - 1.0)
     v = uv[..., 1].clamp(0.0, H - 1.0)
@@ -146,13 +182,13 @@ def splat_bilinear(uv: torch.Tensor, weights: torch.Tensor, size: Sequence[int])
     fv = v - v0
     base = (torch.arange(B, device=uv.device) * (H * W))[:, None]
     i00 = base + v0.long() * W + u0.long()
-    index = torch.cat([i00, i00 + 1, i00 + W, i00 + W + 1], dim=1).reshape(-1)
-    w = torch.cat(
-        [weights * (1 - fu) * (1 - fv), weights * fu * (1 - fv), weights * (1 - fu) * fv, weights * fu * fv], dim=1
-    ).reshape(-1)
-    out = torch.zeros(B * H * W, dtype=weights.dtype, device=weights.device)
-    out.index_add_(0, index, w)
-    return out.view(B, H, W)
+    index = torch.stack([i00, i00 + 1, i00 + W, i00 + W + 1]).reshape(-1)  # (4 B N,)
+    corner = torch.stack([(1 - fu) * (1 - fv), fu * (1 - fv), (1 - fu) * fv, fu * fv])  # (4, B, N)
+    src = (weights_c[:, None] * corner[None]).reshape(C, -1)
+    out = torch.zeros(C, B * H * W, dtype=weights.dtype, device=weights.device)
+    out.index_add_(1, index, src)
+    out = out.view(C, B, H, W)
+    return out if channelled else out[0]
 
 
 def pool_keyframe_points(
@@ -185,21 +221,44 @@ def pool_keyframe_points(
         return points.reshape(B, h * w, 3), valid.reshape(B, h * w).to(depth.dtype)
     hp, wp = -(-h // stride) * stride, -(-w // stride) * stride
     if (hp, wp) != (h, w):
-        depth = F.pad(depth, (0, wp - w, 0, hp - h))
-    points, valid = unproject_depth(depth, K)  # (B, hp, wp, 3)
+        depth = F.pad(depth, (0, wp - w, 0, hp - h))  # padding is invalid (0)
+    dtype = depth.dtype
+    valid = valid_depth_mask(depth)
+    d = depth.masked_fill(~valid, 0.0)
     hc, wc = hp // stride, wp // stride
-    cells = points.reshape(B, hc, stride, wc, stride, 3).permute(0, 1, 3, 2, 4, 5).reshape(B, hc * wc, stride * stride, 3)
-    cell_valid = valid.reshape(B, hc, stride, wc, stride).permute(0, 1, 3, 2, 4).reshape(B, hc * wc, stride * stride)
-    count = cell_valid.sum(dim=-1)
-    mean = cells.sum(dim=-2) / count.clamp(min=1)[..., None].to(depth.dtype)
-    z = cells[..., 2]
-    inf = torch.full_like(z, float("inf"))
-    z_near = torch.where(cell_valid, z, inf)
-    z_min, nearest = z_near.min(dim=-1)
-    z_max = torch.where(cell_valid, z, -inf).amax(dim=-1)
+    n_off = stride * stride
+
+    def by_offset(t: torch.Tensor) -> torch.Tensor:
+        """(B, hp, wp) -> (B, stride^2, hc, wc): slot j holds pixel (dy, dx) = divmod(j, stride) of each cell."""
+        return t.reshape(B, hc, stride, wc, stride).permute(0, 2, 4, 1, 3).reshape(B, n_off, hc, wc)
+
+    d_off = by_offset(d)
+    valid_off = by_offset(valid)
+    offset = torch.arange(n_off, device=depth.device)
+    off_x = (offset % stride).to(dtype)[None, :, None, None]
+    off_y = (offset // stride).to(dtype)[None, :, None, None]
+    cell_u = (torch.arange(wc, device=depth.device) * stride).to(dtype)[None, None, :]  # (1, 1, wc)
+    cell_v = (torch.arange(hc, device=depth.device) * stride).to(dtype)[None, :, None]  # (1, hc, 1)
+    count = valid_off.sum(dim=1).to(dtype)  # (B, hc, wc)
+    sum_z = d_off.sum(dim=1)
+    sum_zu = (d_off * off_x).sum(dim=1) + cell_u * sum_z
+    sum_zv = (d_off * off_y).sum(dim=1) + cell_v * sum_z
+    invalid_off = ~valid_off
+    z_min, nearest = d_off.masked_fill(invalid_off, float("inf")).min(dim=1)
+    z_max = d_off.masked_fill(invalid_off, float("-inf")).amax(dim=1)
+    near_u = cell_u + (nearest % stride).to(dtype)
+    near_v = cell_v + (nearest // stride).to(dtype)
+    # a 3D point is z * K^-1 [u, v, 1], linear in (z u, z v, z): pool those, unproject once per cell
+    mean_zuv = torch.stack([sum_zu, sum_zv, sum_z], dim=1) / count.clamp(min=1)[:, None]
     straddles = (count > 1) & (z_max - z_min > edge_margin_m + edge_margin_rel * z_min)
-    nearest_point = torch.gather(cells, 2, nearest[..., None, None].expand(B, hc * wc, 1, 3))[:, :, 0]
-    return torch.where(straddles[..., None], nearest_point, mean), count.to(depth.dtype)
+    near_zuv = torch.stack([z_min * near_u, z_min * near_v, z_min], dim=1)
+    zuv = torch.where(straddles[:, None], near_zuv, mean_zuv)  # (B, 3, hc, wc)
+    K_inv = torch.linalg.inv(K)[:, :, :, None]  # (B, 3, 3, 1)
+    zuv = zuv.reshape(B, 3, -1)
+    # K^-1 @ zuv elementwise: a batched matmul with inner size 3 is much slower on CPU
+    points = torch.stack([K_inv[:, i, 0] * zuv[:, 0] + K_inv[:, i, 1] * zuv[:, 1] + K_inv[:, i, 2] * zuv[:, 2]
+                          for i in range(3)], dim=-1)
+    return points, count.reshape(B, -1)
 
 
 def _check_matrix(x: torch.Tensor, n: int, batch: int, name: str) -> torch.Tensor:
@@ -272,14 +331,19 @@ def frame_indexed_heatmaps(
     points_k, weight = pool_keyframe_points(key_depth, key_K, int(source_stride), occlusion_margin_m, occlusion_margin_rel)
     valid = weight > 0
     T_ck = invert_pose(cur_T_wc)[None] @ key_T_wc  # (K, 4, 4): keyframe camera -> current camera
-    p_c = transform_points(T_ck, points_k)  # (K, N, 3)
-    x, z = p_c[..., 0], p_c[..., 2]
+    P = cur_K[None] @ T_ck[:, :3, :]  # (K, 3, 4) projection of keyframe-camera points into c
+    X, Y, Z = points_k.unbind(-1)  # (K, N) each
 
+    def row(M: torch.Tensor, i: int) -> torch.Tensor:
+        # elementwise 3x4 row times [X, Y, Z, 1]: much faster than a matmul with inner size 3
+        return M[:, i, 0, None] * X + M[:, i, 1, None] * Y + M[:, i, 2, None] * Z + M[:, i, 3, None]
+
+    x, z = row(T_ck, 0), row(T_ck, 2)  # current optical frame
     in_front = valid & (z > MIN_POSITIVE_DEPTH_M)
-    safe_z = torch.where(in_front, z, torch.ones_like(z))
-    pix = p_c @ cur_K.T
-    uv = pix[..., :2] / safe_z[..., None]
-    u, v = uv[..., 0], uv[..., 1]
+    w_proj = row(P, 2)  # equals z for a pinhole K with last row (0, 0, 1)
+    safe_w = torch.where(in_front, w_proj, torch.ones_like(w_proj))
+    u = row(P, 0) / safe_w
+    v = row(P, 1) / safe_w
     inside = in_front & (u >= -0.5) & (u < W - 0.5) & (v >= -0.5) & (v < H - 0.5)
 
     if cur_depth is not None:
@@ -311,8 +375,8 @@ def frame_indexed_heatmaps(
 
     # splat all inside points and the hidden ones in one pass, blur, share the normaliser
     zero = torch.zeros_like(weight)
-    weights = torch.cat([torch.where(inside, weight, zero), torch.where(hidden, weight, zero)], dim=0)  # (2K, N)
-    maps = splat_bilinear(torch.cat([uv, uv], dim=0), weights, (H, W))
+    weights = torch.stack([torch.where(inside, weight, zero), torch.where(hidden, weight, zero)])  # (2, K, N)
+    maps = splat_bilinear(torch.stack([u, v], dim=-1), weights, (H, W)).reshape(2 * num_key, H, W)
     maps = gaussian_blur(maps, sigma_px)
     heat, occ = maps[:num_key], maps[num_key:]
     total = heat.sum(dim=(-1, -2))

@@ -325,9 +325,9 @@ def frame_indexed_heatmaps(
     if cur_T_wc.shape != (4, 4):
         raise InputError(f"cur_T_wc must have shape (4, 4), got {tuple(cur_T_wc.shape)}")
 
-    # keyframe pixels -> world -> current optical frame, all in one transform
     if int(source_stride) != source_stride or source_stride < 1:
         raise InputError(f"source_stride must be a positive integer, got {source_stride}")
+    # keyframe pixels -> weighted points in each keyframe's camera -> current optical frame
     points_k, weight = pool_keyframe_points(key_depth, key_K, int(source_stride), occlusion_margin_m, occlusion_margin_rel)
     valid = weight > 0
     T_ck = invert_pose(cur_T_wc)[None] @ key_T_wc  # (K, 4, 4): keyframe camera -> current camera

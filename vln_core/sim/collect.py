@@ -57,6 +57,17 @@ def _approach_points(obj: SceneObject, stand_off: float) -> list[np.ndarray]:
     return [obj.position[:2] + np.array([c * lx - s * ly, s * lx + c * ly]) for lx, ly in local]
 
 
+def _goal_in_final_view(scene: Scene, goal: SceneObject, traj: BaseTrajectory, cfg: SimConfig,
+                        min_fraction: float = 0.02) -> bool:
+    """Whether the goal covers at least ``min_fraction`` of a low-resolution view from the last pose."""
+    camera = PinholeCamera.from_hfov(cfg.hfov_deg, 40, max(8, int(round(40 * cfg.image_size[0] / cfg.image_size[1]))))
+    T_odom_base = base_poses(traj.xy[-1:], traj.yaw[-1:])
+    T_wc = camera_poses(T_odom_base, camera_mount(cfg.camera_height_m, cfg.camera_forward_m, cfg.camera_pitch_deg))[0]
+    _, prim_ids = RayCaster(scene, camera).cast(T_wc)
+    goal_prims = np.asarray(goal.primitives, dtype=np.int64)
+    return bool(np.isin(prim_ids, goal_prims).mean() >= min_fraction)
+
+
 def plan_episode(scene: Scene, cfg: SimConfig, rng: np.random.Generator, grid: OccupancyGrid | None = None) -> EpisodePlan | None:
     """Choose a goal object, an approach point, a start about one episode's drive away, and drive.
 
@@ -77,7 +88,8 @@ def plan_episode(scene: Scene, cfg: SimConfig, rng: np.random.Generator, grid: O
         # stand far enough back that the camera frames the whole object, closer only if needed
         for stand_off in (1.1, 0.8, r_plan + 0.1):
             for p in _approach_points(goal, stand_off):
-                if grid.clearance_at(p) >= r_plan + 0.03:
+                # same room: a free cell behind a wall would hide the goal
+                if grid.clearance_at(p) >= r_plan + 0.03 and int(scene.room_at(p)) == goal.room_index:
                     approach = p
                     break
             if approach is not None:
@@ -93,7 +105,7 @@ def plan_episode(scene: Scene, cfg: SimConfig, rng: np.random.Generator, grid: O
         rows, cols = np.nonzero(finite)
         centres = grid.center_of(np.stack([rows * step + step // 2, cols * step + step // 2], axis=1))
         rooms = scene.room_at(centres)
-        for fraction in (0.7, 0.55, 0.4, 0.28):
+        for fraction in (1.0, 0.85, 0.7, 0.55, 0.4, 0.28):
             want = fraction * cfg.max_speed_mps * duration
             band = (cost[rows, cols] > max(0.75 * want, 0.3)) & (cost[rows, cols] < max(1.2 * want, 1.0))
             if band.sum() == 0:
@@ -117,6 +129,8 @@ def plan_episode(scene: Scene, cfg: SimConfig, rng: np.random.Generator, grid: O
             if traj.arrived_frame < 0 or traj.arrived_frame > cfg.frames_per_episode - 3:
                 if fallback is None:
                     fallback = plan  # e.g. a 12-frame clip: too short to arrive anywhere
+                continue
+            if not _goal_in_final_view(scene, goal, traj, cfg):
                 continue
             return plan
     return fallback

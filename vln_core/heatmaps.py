@@ -374,15 +374,22 @@ def frame_indexed_heatmaps(
     has_overlap = (inside_mass > 0) & (inside_mass / denom >= min_overlap_fraction)
 
     # splat all inside points and the hidden ones in one pass, blur, share the normaliser
+    # (without current depth nothing is hidden: skip the second channel)
     zero = torch.zeros_like(weight)
-    weights = torch.stack([torch.where(inside, weight, zero), torch.where(hidden, weight, zero)])  # (2, K, N)
-    maps = splat_bilinear(torch.stack([u, v], dim=-1), weights, (H, W)).reshape(2 * num_key, H, W)
+    channels = [torch.where(inside, weight, zero)]
+    if cur_depth is not None:
+        channels.append(torch.where(hidden, weight, zero))
+    weights = torch.stack(channels)  # (C, K, N)
+    maps = splat_bilinear(torch.stack([u, v], dim=-1), weights, (H, W)).reshape(len(channels) * num_key, H, W)
     maps = gaussian_blur(maps, sigma_px)
-    heat, occ = maps[:num_key], maps[num_key:]
+    heat = maps[:num_key]
     total = heat.sum(dim=(-1, -2))
     scale = torch.where(has_overlap & (total > 0), 1.0 / total.clamp(min=torch.finfo(dtype).tiny), torch.zeros_like(total))
     heatmap = heat * scale[:, None, None]
-    occluded = torch.minimum(occ * scale[:, None, None], heatmap)
+    if cur_depth is not None:
+        occluded = torch.minimum(maps[num_key:] * scale[:, None, None], heatmap)
+    else:
+        occluded = torch.zeros_like(heatmap)
 
     # circular mean of out-of-view directions in c's x-z plane (bearing = atan2(-x, z))
     r = torch.sqrt(x * x + z * z)

@@ -142,6 +142,7 @@ def test_weights_reject_unknown_terms_and_stage_selects_terms():
         "heatmap_logits": torch.zeros(B, K, H, W, requires_grad=True),
         "out_of_view_logit": torch.zeros(B, K),
         "out_of_view_bearing": torch.tensor([1.0, 0.0]).expand(B, K, 2),
+        "goal_logits": torch.zeros(B, H, W),
         "waypoints": torch.zeros(B, 20, 2),
         "depth": torch.ones(B, N, H, W),
         "depth_conf": torch.ones(B, N, H, W),
@@ -154,7 +155,8 @@ def test_weights_reject_unknown_terms_and_stage_selects_terms():
         "key_has_depth": torch.ones(B, K, dtype=torch.bool), "out_of_view_fraction": torch.zeros(B, K),
         "out_of_view_bearing": torch.full((B, K), float("nan")), "waypoints": torch.ones(B, 20, 2),
         "waypoint_mask": torch.ones(B, 20, dtype=torch.bool), "depth": torch.ones(B, N, H, W),
-        "pose_enc": torch.zeros(B, N, 9),
+        "pose_enc": torch.zeros(B, N, 9), "goal_heatmap": target[:, 0],
+        "goal_valid": torch.tensor([True, False]),
     }
     weights = L.resolve_loss_weights({})
     geo = L.compute_losses(outputs, batch, weights, "geometry")
@@ -162,6 +164,10 @@ def test_weights_reject_unknown_terms_and_stage_selects_terms():
     heat = L.compute_losses(outputs, batch, weights, "heatmap")
     assert "waypoint" not in heat.terms and "heatmap" in heat.terms
     assert heat.terms["heatmap"].item() == pytest.approx(math.log(36), rel=1e-5)
+    assert heat.terms["heatmap_kl"].item() == pytest.approx(math.log(36), rel=1e-5)  # one-hot target: H(g) = 0
+    # goal: only sample 0 has a visible goal; a sample without one counts 0 in the batch mean
+    assert heat.terms["goal"].item() == pytest.approx(math.log(36) / 2, rel=1e-5)
+    assert {"depth", "pose"} <= set(heat.terms)  # the geometry encoder still trains in later stages
     fine = L.compute_losses(outputs, batch, weights, "finetune")
     assert fine.terms["waypoint"].item() == pytest.approx(math.sqrt(2), rel=1e-4)
     expected = sum(weights[k] * v for k, v in fine.terms.items() if k != "heatmap_kl")

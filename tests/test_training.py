@@ -24,6 +24,7 @@ from vln_core.train.dataset import (
     collate_samples,
     find_episodes,
     future_waypoints,
+    goal_heatmap,
     past_trajectory,
 )
 from vln_core.train.trainer import Trainer, warmup_cosine
@@ -157,6 +158,24 @@ def test_motion_targets_hand_computed():
     past = past_trajectory(poses, np.arange(5.0), 2, None, steps=4)
     assert np.allclose(past[:, :2], [[-2, 0], [-2, 0], [-1, 0], [0, 0]])
     assert np.allclose(past[:, 2:], [[0, 0], [0, 0], [1, 0], [1, 0]])
+
+
+def test_goal_heatmap_projects_the_goal_and_respects_occlusion():
+    K = torch.tensor([[20.0, 0, 15.5], [0, 20.0, 11.5], [0, 0, 1]])
+    T_wc = torch.eye(4)  # camera at the origin looking along world +z
+    goal_map, valid = goal_heatmap([0.0, 0.0, 2.0], K, T_wc, None, (24, 32))
+    assert valid and goal_map.sum().item() == pytest.approx(1.0, abs=1e-5)
+    row, col = divmod(int(goal_map.argmax()), 32)
+    assert (row, col) in {(11, 15), (11, 16), (12, 15), (12, 16)}  # around (cx, cy) = (15.5, 11.5)
+    right, _ = goal_heatmap([1.0, 0.0, 2.0], K, T_wc, None, (24, 32))  # u = 15.5 + 20 * 0.5 = 25.5
+    assert divmod(int(right.argmax()), 32)[1] in (25, 26)
+    assert not goal_heatmap([0.0, 0.0, -2.0], K, T_wc, None, (24, 32))[1]  # behind
+    assert not goal_heatmap([5.0, 0.0, 2.0], K, T_wc, None, (24, 32))[1]  # outside the image
+    wall_near = torch.full((24, 32), 1.0)
+    assert not goal_heatmap([0.0, 0.0, 2.0], K, T_wc, wall_near, (24, 32))[1]  # hidden 1 m in front
+    surface = torch.full((24, 32), 1.6)  # the object's own surface, in front of its centre
+    assert goal_heatmap([0.0, 0.0, 2.0], K, T_wc, surface, (24, 32))[1]
+    assert not goal_heatmap(None, K, T_wc, None, (24, 32))[1]
 
 
 def test_temporal_pairs_share_keyframes(episodes_root, tmp_path):

@@ -16,7 +16,10 @@ episode's depth and poses it carries:
   base frame (REP 103: x forward, y left; padded with the last pose and masked past the end);
 * ``past_trajectory (16, 4)``: the last 16 base poses (oldest first, the current one last, so its
   x, y are 0) as ``[x, y, v, w]`` in the same frame, ``v`` m/s forward, ``w`` rad/s yaw rate;
-* ``intent ()``: 0 left / 1 straight / 2 right (the episode's, else from the future route);
+* ``intent ()``: 0 left / 1 straight / 2 right: the simulator's per-frame intent
+  (``extra["intents"]``), else the episode's, else from the future route;
+* ``goal_heatmap (H, W)`` + ``goal_valid ()``: a Gaussian at the goal's projection into the
+  current frame when the episode has a goal position that is in view and not hidden;
 * ``instruction`` (str).
 
 The "base" of an episode is its ``base_poses`` (odometry) when recorded; otherwise the camera
@@ -59,6 +62,7 @@ __all__ = [
     "future_waypoints",
     "past_trajectory",
     "intent_from_waypoints",
+    "goal_heatmap",
     "EpisodeWindowDataset",
     "collate_samples",
     "SampleStream",
@@ -71,6 +75,11 @@ INTENT_IDS = {"left": 0, "straight": 1, "right": 2}
 INTENT_TURN_THRESHOLD_RAD = math.radians(20.0)
 #: ... and a route shorter than this (metres) is "straight".
 INTENT_MIN_TRAVEL_M = 0.2
+#: The goal position is an object's centre: it counts as hidden only when the current depth at its
+#: pixel is this much (metres) in front of it.
+GOAL_OCCLUSION_MARGIN_M = 0.75
+#: Goal heatmap sigma as a fraction of min(H, W).
+GOAL_SIGMA_FRACTION = 0.04
 
 
 # --------------------------------------------------------------------------------- episodes
@@ -202,6 +211,55 @@ def intent_from_waypoints(waypoints: np.ndarray, mask: np.ndarray) -> int:
     return INTENT_IDS["straight"]
 
 
+def goal_heatmap(goal_position_w: Optional[Sequence[float]], K: torch.Tensor, T_wc: torch.Tensor,
+                 depth: Optional[torch.Tensor], size: Sequence[int]) -> tuple[torch.Tensor, bool]:
+    """Target map of where the goal is in the current image.
+
+    Args:
+        goal_position_w: ``(3,)`` goal position in the world (odom) frame, metres, or None.
+        K: ``(3, 3)`` current intrinsics at ``size``.
+        T_wc: ``(4, 4)`` current camera-to-world pose.
+        depth: ``(H, W)`` current depth (0 invalid) for the occlusion test, or None.
+        size: ``(H, W)``.
+
+    Returns:
+        ``(map (H, W) float32 summing to 1, True)`` when the goal projects inside the image in front
+        of the camera and is not hidden; ``(zeros, False)`` otherwise.
+    """
+    H, W = int(size[0]), int(size[1])
+    empty = torch.zeros(H, W)
+    if goal_position_w is None:
+        return empty, False
+    p_w = torch.tensor([*map(float, goal_position_w), 1.0], dtype=torch.float64)
+    p_c = invert_pose(T_wc.to(torch.float64)) @ p_w
+    z = float(p_c[2])
+    if z < 0.1:
+        return empty, False
+    Kd = K.to(torch.float64)
+    u = float(Kd[0, 0] * p_c[0] / z + Kd[0, 2])
+    v = float(Kd[1, 1] * p_c[1] / z + Kd[1, 2])
+    if not (-0.5 <= u < W - 0.5 and -0.5 <= v < H - 0.5):
+        return empty, False
+    if depth is not None:
+        d = float(depth[int(round(v)), int(round(u))])
+        if d > 0 and d < z - GOAL_OCCLUSION_MARGIN_M:
+            return empty, False
+    sigma = GOAL_SIGMA_FRACTION * min(H, W)
+    ys = torch.arange(H, dtype=torch.float32)[:, None]
+    xs = torch.arange(W, dtype=torch.float32)[None, :]
+    g = torch.exp(-((xs - u) ** 2 + (ys - v) ** 2) / (2 * sigma**2))
+    return g / g.sum(), True
+
+
+def _intent_at(episode: Episode, t: int, waypoints: np.ndarray, mask: np.ndarray) -> int:
+    per_frame = episode.extra.get("intents") if isinstance(episode.extra, dict) else None
+    if isinstance(per_frame, list) and len(per_frame) == len(episode) and per_frame[t] in INTENT_IDS:
+        return INTENT_IDS[per_frame[t]]
+    if episode.intent is not None:
+        return INTENT_IDS[episode.intent]
+    return intent_from_waypoints(waypoints, mask)
+
+
 # --------------------------------------------------------------------------------- dataset
 @dataclass
 class _EpisodeEntry:
@@ -314,10 +372,9 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
                                                           self.frame_size)
         waypoints, wp_mask = future_waypoints(entry.base_poses, t)
         past = past_trajectory(entry.base_poses, episode.timestamps, t, episode.base_velocities)
-        if episode.intent is not None:
-            intent = INTENT_IDS[episode.intent]
-        else:
-            intent = intent_from_waypoints(waypoints, wp_mask)
+        intent = _intent_at(episode, t, waypoints, wp_mask)
+        goal_position = (episode.goal or {}).get("position")
+        goal_map, goal_valid = goal_heatmap(goal_position, pre.K, T_wc[-1], pre.depths[-1], self.frame_size)
         return {
             "frames": pre.frames,
             "depth": pre.depths,
@@ -333,6 +390,8 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
             "waypoint_mask": torch.from_numpy(wp_mask),
             "past_trajectory": torch.from_numpy(past),
             "intent": torch.tensor(intent, dtype=torch.long),
+            "goal_heatmap": goal_map,
+            "goal_valid": torch.tensor(goal_valid),
             "instruction": episode.instruction,
             "episode": str(episode.path),
             "frame_index": int(t),
@@ -356,7 +415,7 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
 _TENSOR_KEYS = (
     "frames", "depth", "intrinsics", "pose_enc", "keyframe_indices", "heatmap", "has_overlap",
     "key_has_depth", "out_of_view_fraction", "out_of_view_bearing", "waypoints", "waypoint_mask",
-    "past_trajectory", "intent",
+    "past_trajectory", "intent", "goal_heatmap", "goal_valid",
 )
 
 

@@ -17,6 +17,8 @@ temporal       two windows one frame apart: the change of a keyframe's predicted
 entropy        ``|H(p) - H(g)|``: predicted maps as sharp as the targets
 out_of_view    BCE of ``out_of_view_logit`` against the out-of-view fraction (soft target)
 bearing        ``1 - cos`` between predicted and target bearing where out-of-view mass exists
+goal           soft-target cross-entropy of ``goal_logits`` against a Gaussian at the goal's
+               projection, where the goal is in view
 waypoint       mean Euclidean distance of predicted and target waypoints (masked at episode end)
 depth          confidence-weighted, scale-normalised L1 on valid target depth ``c|d-g|/s - a log c``
 pose           L1 on relative translation + sign-aligned L1 on quaternions + L1 on the two FoVs
@@ -55,31 +57,38 @@ __all__ = [
 
 LOSS_TERMS = (
     "heatmap", "smoothness", "distinctness", "temporal", "entropy",
-    "out_of_view", "bearing", "waypoint", "depth", "pose",
+    "out_of_view", "bearing", "goal", "waypoint", "depth", "pose",
 )
 
-#: Defaults from a measurement of the terms' magnitudes on simulated episodes at the start of
-#: heatmap training (see training/README or the trainer report): the cross-entropy is O(log HW)
-#: ~ 6-8 nats and dominates; each regulariser is weighted to contribute roughly 5-15 % of it.
+#: Defaults from a measurement (finetune stage, embedded model at initialisation, 12 windows of
+#: simulated episodes at 112x112, 8 frames, 4 keyframes): the gradient norm of each term with
+#: weight 1 was heatmap 0.25, smoothness 0.036, distinctness 0.25, temporal 0.033, entropy 0.021,
+#: out_of_view 1.04, bearing 12.4, goal 1.03, waypoint 3.29, depth 1.40, pose 5.01. The
+#: supervised heads are weighted to about the heatmap's gradient (so none drowns it, and the sum
+#: stays under the clipping norm instead of being scaled down 14x), the regularisers to 5-20 % of it.
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "heatmap": 1.0,
-    "smoothness": 0.1,
-    "distinctness": 0.5,
-    "temporal": 0.0,  # needs pair batches (twice the forward cost): opt in with a weight > 0
-    "entropy": 0.05,
-    "out_of_view": 0.5,
-    "bearing": 0.2,
-    "waypoint": 1.0,
-    "depth": 1.0,
-    "pose": 1.0,
+    "smoothness": 0.5,
+    "distinctness": 0.2,
+    "temporal": 0.0,  # needs pair batches (twice the forward cost): opt in, 1.0 gives ~13 %
+    "entropy": 1.0,
+    "out_of_view": 0.25,
+    "bearing": 0.02,
+    "goal": 0.25,
+    "waypoint": 0.1,
+    "depth": 0.2,
+    "pose": 0.05,
 }
 
 #: Which terms each training stage optimises (others are not computed).
+#: The geometry encoder keeps training in the later stages (``VLNSpatialModel.stage_groups``), so
+#: its depth and pose supervision stays on there; set their weights to 0 to drop it.
 STAGE_TERMS: dict[str, tuple[str, ...]] = {
     "geometry": ("depth", "pose"),
-    "heatmap": ("heatmap", "smoothness", "distinctness", "temporal", "entropy", "out_of_view", "bearing"),
+    "heatmap": ("heatmap", "smoothness", "distinctness", "temporal", "entropy", "out_of_view", "bearing",
+                "goal", "depth", "pose"),
     "finetune": ("heatmap", "smoothness", "distinctness", "temporal", "entropy", "out_of_view", "bearing",
-                 "waypoint"),
+                 "goal", "waypoint", "depth", "pose"),
 }
 
 #: ``a`` in the depth term ``c |d - g| / s - a log c``: the confidence a pixel with relative error
@@ -354,10 +363,12 @@ def compute_losses(outputs: Any, batch: Mapping[str, Any], weights: Mapping[str,
     Args:
         outputs: the model's ``ModelOutputs`` (or a dict with the same fields): ``heatmap_logits
             (B, K, H, W)``, ``out_of_view_logit (B, K)``, ``out_of_view_bearing (B, K, 2)``,
-            ``waypoints (B, 20, 2)``, ``depth / depth_conf (B, N, H, W)``, ``pose_enc (B, N, 9)``.
+            ``goal_logits (B, H, W)``, ``waypoints (B, 20, 2)``, ``depth / depth_conf (B, N, H, W)``,
+            ``pose_enc (B, N, 9)``.
         batch: targets from :func:`vln_core.train.dataset.collate_samples`: ``heatmap (B, K, H, W)``,
             ``has_overlap (B, K)``, ``key_has_depth (B, K)``, ``out_of_view_fraction (B, K)``,
-            ``out_of_view_bearing (B, K)`` radians/NaN, ``waypoints (B, 20, 2)``,
+            ``out_of_view_bearing (B, K)`` radians/NaN, ``goal_heatmap (B, H, W)``, ``goal_valid (B,)``,
+            ``waypoints (B, 20, 2)``,
             ``waypoint_mask (B, 20)``, ``depth (B, N, H, W)``, ``pose_enc (B, N, 9)`` and, for pair
             batches, ``temporal_pairs (P, 2)`` long (earlier, later) sample indices.
         weights: ``{term: weight}`` (see :func:`resolve_loss_weights`).
@@ -407,6 +418,12 @@ def compute_losses(outputs: Any, batch: Mapping[str, Any], weights: Mapping[str,
     if "bearing" in active:
         pred = _get(outputs, "out_of_view_bearing")
         terms["bearing"] = _batch_mean(*bearing_loss(pred, batch["out_of_view_bearing"].to(pred.device)))
+    if "goal" in active:
+        goal_logits = _get(outputs, "goal_logits")
+        goal_target = _fit_target(batch["goal_heatmap"][:, None].to(goal_logits.device, torch.float32),
+                                  tuple(goal_logits.shape[-2:]))
+        terms["goal"] = _batch_mean(*heatmap_cross_entropy(
+            goal_logits[:, None], goal_target, batch["goal_valid"][:, None].to(goal_logits.device)))
     if "waypoint" in active:
         pred = _get(outputs, "waypoints")
         terms["waypoint"] = _batch_mean(*waypoint_loss(

@@ -134,13 +134,16 @@ def _text_box(img: np.ndarray, text: str, org: tuple[int, int], scale: float, co
     return x, y, x + bw, y + bh
 
 
-def _hatch(img: np.ndarray, mask: np.ndarray, color: tuple[int, int, int], spacing: int, thickness: int) -> None:
-    """Diagonal stripes of ``color`` inside ``mask`` plus the mask's outline."""
+def _stripes(height: int, width: int, spacing: int, thickness: int) -> np.ndarray:
+    """(H, W) bool diagonal stripe pattern."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    return ((xx + yy) % spacing) < thickness
+
+
+def _hatch(img: np.ndarray, mask: np.ndarray, color: tuple[int, int, int], stripes: np.ndarray, thickness: int) -> None:
+    """Diagonal ``stripes`` of ``color`` inside ``mask`` plus the mask's outline."""
     if not mask.any():
         return
-    H, W = mask.shape
-    yy, xx = np.mgrid[0:H, 0:W]
-    stripes = ((xx + yy) % spacing) < thickness
     img[mask & stripes] = color
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(img, contours, -1, color, max(1, thickness), cv2.LINE_AA)
@@ -249,6 +252,8 @@ def overlay_mosaic(
     base = cv2.resize(current_rgb, (W, H), interpolation=cv2.INTER_AREA if zoom < 1 else cv2.INTER_LINEAR) if zoom != 1.0 else current_rgb.copy()
     scale = max(0.45, 0.55 * W / 640.0)
 
+    hatch_thickness = max(1, int(2 * scale))
+    stripes = _stripes(H, W, spacing=max(6, int(10 * scale)), thickness=hatch_thickness)
     tiles = []
     for k in range(num_key):
         hk = heat[k].astype(np.float32)
@@ -272,7 +277,7 @@ def overlay_mosaic(
             cv2.drawContours(tile, contours, -1, (255, 255, 255), 1, cv2.LINE_AA)
             occ_img = cv2.resize(ok / peak, (W, H), interpolation=cv2.INTER_LINEAR)
             hidden_mask = occ_img > HIDDEN_LEVEL
-            _hatch(tile, hidden_mask, HIDDEN_COLOR, spacing=max(6, int(10 * scale)), thickness=max(1, int(2 * scale)))
+            _hatch(tile, hidden_mask, HIDDEN_COLOR, stripes, hatch_thickness)
         else:
             tile = (base.astype(np.float32) * 0.35).astype(np.uint8)
             _text_box(tile, "no overlap with current view", (W // 2, H // 2), scale * 1.1, anchor="c")

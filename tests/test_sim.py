@@ -15,7 +15,6 @@ from vln_core.data.episode import PARTIAL_SUFFIX, is_complete_episode, read_epis
 from vln_core.geometry.camera import PinholeCamera
 from vln_core.geometry.reproject import reproject_depth
 from vln_core.sim.collect import build_episode, drive_limits, generate_episode, plan_episode
-from vln_core.sim.instructions import describe_object
 from vln_core.sim.planner import build_occupancy_grid, plan_path, segment_is_free
 from vln_core.sim.render import CEILING_ID, FLOOR_ID, RayCaster
 from vln_core.sim.scene import BOX, CYLINDER, ELLIPSOID, Primitive, Room, Scene, generate_scene
@@ -186,6 +185,7 @@ def test_instruction_mentions_goal(seed):
     goal_word = "TV" if plan.goal.category == "tv" else plan.goal.category
     assert goal_word in text
     assert details["goal_name"] in text
+    assert details["landmarks"] == []  # nothing was visible: no landmark may be named
     assert text[0].isupper() and text.endswith(".")
 
 
@@ -224,3 +224,24 @@ def test_sim_config_rejects_bad_values():
         load_config(None, ["sim.robot_radius_m=0.9"])
     with pytest.raises(ConfigError, match="sim.rooms"):
         load_config(None, ["sim.rooms=[3, 2]"])
+
+
+def test_frame_intents_from_future_position_and_heading():
+    from vln_core.sim.instructions import frame_intents
+    from vln_core.sim.trajectory import BaseTrajectory
+
+    n = 40
+    t = np.arange(n) / 10.0
+    # straight along +x for 2 s, then a left arc at 1.2 rad/s: over a 1 s horizon the chord bears 0.6 rad (34 deg) left
+    xy = np.stack([np.minimum(t, 2.0) * 0.5 + np.where(t > 2, np.sin((t - 2) * 1.2) * 0.6, 0),
+                   np.where(t > 2, (1 - np.cos((t - 2) * 1.2)) * 0.6, 0.0)], axis=1)
+    yaw = np.where(t > 2, (t - 2) * 1.2, 0.0)
+    traj = BaseTrajectory(xy, yaw, np.full(n, 0.5), np.zeros(n), t, -1)
+    intents = frame_intents(traj, 1.0, 10.0)
+    assert intents[0] == "straight"
+    assert intents[25] == "left"
+    mirrored = BaseTrajectory(xy * [1, -1], -yaw, np.full(n, 0.5), np.zeros(n), t, -1)
+    assert frame_intents(mirrored, 1.0, 10.0)[25] == "right"
+    # turning in place: the heading change decides
+    spin = BaseTrajectory(np.zeros((n, 2)), -np.linspace(0, 2, n), np.zeros(n), np.full(n, -0.5), t, -1)
+    assert frame_intents(spin, 1.0, 10.0)[0] == "right"

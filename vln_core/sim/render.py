@@ -26,7 +26,7 @@ import numpy as np
 
 from vln_core.errors import InputError
 from vln_core.geometry.camera import PinholeCamera
-from vln_core.sim.scene import BOX, CYLINDER, ELLIPSOID, Scene
+from vln_core.sim.scene import BOX, CYLINDER, Scene
 from vln_core.sim.textures import evaluate_texture
 
 __all__ = ["RenderResult", "RayCaster", "FLOOR_ID", "CEILING_ID", "NO_HIT_ID"]

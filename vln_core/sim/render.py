@@ -91,11 +91,15 @@ class RayCaster:
         self._bound_radius = np.where(
             self._kind == BOX, np.linalg.norm(self._half, axis=1),
             np.where(self._kind == CYLINDER, np.hypot(self._half[:, 0], self._half[:, 2]), self._half.max(axis=1)))
-        self._casters: dict[int, np.ndarray] = {}
-        for r in scene.rooms:
-            idx = [i for i, p in enumerate(prims) if p.object_index >= 0 and scene.objects[p.object_index].room_index == r.index
-                   and scene.objects[p.object_index].obstacle and p.material is not None and p.material.emissive == 0]
-            self._casters[r.index] = np.array(idx, dtype=np.int64)
+        # per room: (object bounding-sphere centre, radius, primitive indices) of shadow casters
+        self._casters: dict[int, list[tuple[np.ndarray, float, np.ndarray]]] = {r.index: [] for r in scene.rooms}
+        for obj in scene.objects:
+            idx = np.array([i for i in obj.primitives if prims[i].material is not None and prims[i].material.emissive == 0],
+                           dtype=np.int64)
+            if not obj.obstacle or idx.size == 0 or obj.room_index not in self._casters:
+                continue
+            lo, hi = aabb[idx, 0].min(axis=0), aabb[idx, 1].max(axis=0)
+            self._casters[obj.room_index].append(((lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2), idx))
         self._room_ambient = np.array([r.ambient for r in scene.rooms], dtype=np.float64)
 
     # ------------------------------------------------------------------ geometry pass
@@ -354,32 +358,43 @@ class RayCaster:
 
     def _shadowed(self, light_pos: np.ndarray, P: np.ndarray, N: np.ndarray, room: int) -> np.ndarray:
         """``(M,)`` bool: the segment from ``light_pos`` to each surface point ``P`` ``(M, 3)`` is
-        blocked by a furniture primitive of ``room``. A bounding-cone test per primitive keeps the
-        exact intersection to the few pixels it can shadow."""
+        blocked by a furniture primitive of ``room``.
+
+        Culling is hierarchical: the cone from the light around each object's bounding sphere
+        selects the pixels that object can shadow, the cone around each primitive's sphere
+        narrows them further, and only those rays are intersected exactly."""
         dirs = (P + 0.01 * N) - light_pos[None, :]
         shadow = np.zeros(len(P), bool)
-        casters = self._casters.get(room)
-        if casters is None or len(casters) == 0 or len(P) == 0:
+        casters = self._casters.get(room) or []
+        if not casters or len(P) == 0:
             return shadow
         len2 = np.einsum("ij,ij->i", dirs, dirs)
-        for i in casters:
-            CL = self._center[i] - light_pos
+
+        def in_cone(center: np.ndarray, r: float, d: np.ndarray, l2: np.ndarray) -> np.ndarray | None:
+            CL = center - light_pos
             dcl2 = float(CL @ CL)
-            r = float(self._bound_radius[i])
             if dcl2 <= r * r:
-                continue  # light inside the bounds (a lamp's own shade)
-            proj = dirs @ CL  # |CL| * distance along the axis
-            cand = proj > 0
-            # inside the cone of half-angle asin(r / |CL|) around CL, and beyond the sphere's near side
-            cand &= (len2 * dcl2 - proj * proj) * (dcl2 - r * r) <= r * r * proj * proj
+                return None  # light inside the bounds (a lamp's own shade): no cone
+            proj = d @ CL
             near_side = math.sqrt(dcl2) - r
-            cand &= len2 >= near_side * near_side
-            idx = np.nonzero(cand & ~shadow)[0]
-            if idx.size == 0:
+            return (proj > 0) & ((l2 * dcl2 - proj * proj) * (dcl2 - r * r) <= r * r * proj * proj) & (l2 >= near_side**2)
+
+        for center, radius, prim_idx in casters:
+            obj_mask = in_cone(center, radius, dirs, len2)
+            cand_obj = np.nonzero(~shadow if obj_mask is None else obj_mask & ~shadow)[0]
+            if cand_obj.size == 0:
                 continue
-            d = dirs[idx]
-            t = self._intersect(int(i), light_pos, d[:, 0], d[:, 1], d[:, 2], near=1e-6)
-            shadow[idx[t < 0.999]] = True
+            d_obj, l2_obj = dirs[cand_obj], len2[cand_obj]
+            for i in prim_idx:
+                m = in_cone(self._center[i], float(self._bound_radius[i]), d_obj, l2_obj)
+                if m is None:
+                    continue
+                sel = np.nonzero(m)[0]
+                if sel.size == 0:
+                    continue
+                d = d_obj[sel]
+                t = self._intersect(int(i), light_pos, d[:, 0], d[:, 1], d[:, 2], near=1e-6)
+                shadow[cand_obj[sel[t < 0.999]]] = True
         return shadow
 
     def _light(self, P, N, D, albedo, gloss, emissive, room_px, ids) -> np.ndarray:

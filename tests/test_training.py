@@ -316,3 +316,66 @@ def test_a_failed_save_never_replaces_a_good_checkpoint(tmp_path, monkeypatch):
     (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(InputError, match="broken.pt"):
         ckpt_mod.load_checkpoint(tmp_path / "broken.pt")
+
+
+# ----------------------------------------------------------------------------- real data, CLIs
+REAL_RGBD = Path(os.environ.get("VLN_REAL_RGBD_DIR", Path(__file__).resolve().parents[1].parent / "shared/data/real_rgbd_box"))
+
+
+@pytest.mark.skipif(not REAL_RGBD.is_dir(), reason=f"real RGB-D sequence not found at {REAL_RGBD} (set VLN_REAL_RGBD_DIR)")
+def test_posed_folder_windows_on_the_real_sequence(tmp_path):
+    cfg = tiny_cfg(REAL_RGBD, tmp_path, "training.frame_stride=3", "video.total_frames=4")
+    ds = EpisodeWindowDataset(find_episodes([REAL_RGBD]), cfg)
+    assert len(ds) == 50 - 9
+    s = ds[20]
+    # a hand-held sweep over a box: consecutive keyframes overlap the current view
+    assert s["has_overlap"].any()
+    assert torch.allclose(s["heatmap"][s["has_overlap"]].sum((1, 2)), torch.ones(int(s["has_overlap"].sum())), atol=1e-4)
+    # no odometry: the camera with body axes is the base; its own position is the origin
+    assert s["past_trajectory"][-1, :2].abs().max() < 1e-6
+    assert s["waypoint_mask"].all() and torch.isfinite(s["waypoints"]).all()
+    assert not s["goal_valid"] and s["instruction"] == ""
+    # ~35 % of the sensor's pixels have depth (box at 0.3-1 m); nearest resizing keeps that share
+    valid = s["depth"] > 0
+    assert 0.25 < valid.float().mean() < 0.45
+    assert 0.2 < s["depth"][valid].median() < 1.5
+
+
+def _run(script: str, *args: str) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(root / script), *args], capture_output=True, text=True,
+                          cwd=root, env=env, timeout=600)
+
+
+def test_finetune_and_evaluate_clis(episodes_root, tmp_path):
+    out = tmp_path / "run"
+    overrides = [
+        "video.total_frames=3", "video.keyframes=2", f"video.frame_size=[{SIZE},{SIZE}]",
+        "frame_sampling.max_points_per_frame=512", "training.device=cpu", "training.num_workers=0",
+        f"training.data_dirs=[{episodes_root}]", f"training.output_dir={out}", "training.eval_fraction=0.34",
+        "training.batch_size=2", "training.max_steps=2", "training.eval_max_samples=2",
+    ]
+    done = _run("training/finetune.py", "--config", "configs/train_embedded.yaml", "--no-progress", *overrides)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "best eval loss" in done.stdout and (out / "last.pt").is_file() and (out / "config.yaml").is_file()
+    again = _run("training/finetune.py", "--config", "configs/train_embedded.yaml", "--no-progress", *overrides)
+    assert again.returncode == 0 and "already at step 2" in again.stdout  # resumed from last.pt
+    report = tmp_path / "eval.json"
+    done = _run("training/evaluate.py", "--config", "configs/train_embedded.yaml", "--checkpoint", str(out / "last.pt"),
+                "--data", str(episodes_root), "--max-samples", "4", "--out", str(report), *overrides)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import json
+
+    result = json.loads(report.read_text())
+    assert set(result["heatmap"]) == {"model", "uniform", "center_gaussian"}
+    assert result["heatmap"]["uniform"]["kl"] > 0 and 0 <= result["heatmap"]["model"]["auc_judd"] <= 1
+    assert result["num_windows"] == 4 and "constant_velocity" in result["waypoints"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = _run("training/finetune.py", "--config", "configs/train_embedded.yaml", *overrides[:-4],
+               f"training.data_dirs=[{empty}]", f"training.output_dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and "no episodes found" in bad.stderr

@@ -120,7 +120,7 @@ def plan_episode(scene: Scene, cfg: SimConfig, rng: np.random.Generator, grid: O
             if len(path) < 2:
                 continue
             heading = math.atan2(path[1, 1] - path[0, 1], path[1, 0] - path[0, 0])
-            offset = rng.uniform(-0.35, 0.35) if rng.random() < 0.6 else rng.uniform(-1.8, 1.8)
+            offset = rng.uniform(-0.35, 0.35) if rng.random() < 0.75 else rng.uniform(-1.3, 1.3)
             traj = drive_path(path, heading + offset, goal.position[:2], limits, cfg.frames_per_episode, rng,
                               cfg.pause_prob, cfg.lookaround_prob)
             if (grid.clearance_at(traj.xy) < cfg.robot_radius_m).any():

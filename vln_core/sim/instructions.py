@@ -166,7 +166,8 @@ def make_instruction(
     for lm in named:
         clauses.append(pick(_PASS, lm=describe_object(scene, lm.obj)))
     stop = pick(_STOP, goal=goal_name)
-    if clauses and rng.random() < 0.2:
+    turn_only = len(clauses) == 1 and intent in _TURN and clauses[0] in _TURN[intent]
+    if clauses and not turn_only and rng.random() < 0.2:
         text = pick(_GOAL_FIRST, goal=goal_name) + " " + _join(clauses, rng) + "."
     elif clauses:
         text = _join(clauses + [stop], rng) + "."

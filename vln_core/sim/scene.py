@@ -1062,7 +1062,8 @@ def generate_scene(seed: int, rooms_range: tuple[int, int] = (2, 4), ceiling_ran
     floor_occ = np.clip(1.0 - 0.6 * np.maximum(blurred, 0.8 * mask), 0.25, 1.0).astype(np.float32)
 
     sensor = {
-        "white_balance": [float(x) for x in (1.0 + rng.normal(0, 0.05, 3))],
+        "white_balance": [float(x) for x in (1.0 + rng.normal(0, 0.04, 3))],
+        "awb_strength": float(rng.uniform(0.55, 0.9)),
         "exposure_bias": float(rng.uniform(-0.4, 0.4)),
         "noise_std": float(rng.uniform(0.004, 0.015)),
         "vignette": float(rng.uniform(0.1, 0.35)),

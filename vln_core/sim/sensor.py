@@ -1,7 +1,8 @@
 """Camera sensor model: linear scene radiance -> 8-bit sRGB image, as a cheap real camera shows it.
 
 Steps (all parameters per scene, drawn by :func:`vln_core.sim.scene.generate_scene`):
-auto exposure with temporal lag, imperfect white balance, lens vignetting, a soft tone curve,
+auto exposure with temporal lag, partial grey-world auto white balance with lag plus a residual
+white-balance error, lens vignetting, a soft tone curve,
 contrast/saturation jitter, the sRGB transfer curve, slight lens blur, signal-dependent (shot)
 and read noise, 8-bit quantisation and (for half of the scenes) JPEG compression artefacts.
 The geometry (depth, poses) is untouched; only colour is degraded.
@@ -22,6 +23,7 @@ class SensorState:
 
     log_gain: float | None = None
     history: list[float] = field(default_factory=list)
+    wb_gains: np.ndarray | None = None  # (3,) auto-white-balance gains
 
 
 def _linear_to_srgb(x: np.ndarray) -> np.ndarray:
@@ -34,7 +36,7 @@ def apply_sensor(radiance: np.ndarray, params: dict, rng: np.random.Generator, s
 
     Args:
         radiance: ``(H, W, 3)`` float linear RGB radiance.
-        params: scene sensor parameters (``white_balance``, ``exposure_bias``, ``noise_std``,
+        params: scene sensor parameters (``white_balance``, ``awb_strength``, ``exposure_bias``, ``noise_std``,
             ``vignette``, ``blur_sigma_px``, ``jpeg_quality`` (0 = none), ``contrast``, ``saturation``).
         rng: random generator for the noise (seeded per episode: deterministic output).
         state: auto-exposure state, updated in place.
@@ -52,7 +54,14 @@ def apply_sensor(radiance: np.ndarray, params: dict, rng: np.random.Generator, s
         state.log_gain += 0.35 * (target - state.log_gain)
     state.history.append(state.log_gain)
     img = radiance * np.float32(np.exp(state.log_gain))
-    img = img * np.asarray(params["white_balance"], dtype=np.float32)[None, None, :]
+    # auto white balance (grey world, partial and slow like a real camera's), then the
+    # per-scene residual error of the white balance
+    means = radiance.reshape(-1, 3).mean(axis=0) + 1e-6
+    target_wb = np.clip(means.mean() / means, 0.6, 1.7)
+    target_wb = 1.0 + params.get("awb_strength", 0.8) * (target_wb - 1.0)
+    state.wb_gains = target_wb if state.wb_gains is None else state.wb_gains + 0.3 * (target_wb - state.wb_gains)
+    gains = state.wb_gains * np.asarray(params["white_balance"])
+    img = img * gains.astype(np.float32)[None, None, :]
     # vignetting (cos^4-like radial falloff)
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     r2 = ((xx - (W - 1) / 2) ** 2 + (yy - (H - 1) / 2) ** 2) / (((W - 1) / 2) ** 2 + ((H - 1) / 2) ** 2)

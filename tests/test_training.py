@@ -194,8 +194,9 @@ def test_sample_stream_is_seeded_and_covers_every_item_each_epoch():
     assert sorted(stream.items(0, 5)) == list(range(5)) and sorted(stream.items(5, 5)) == list(range(5))
     assert stream.items(3, 4) == SampleStream(5, seed=3).items(3, 4)
     assert stream.items(0, 10) != SampleStream(5, seed=4).items(0, 10)
-    ranks = [next(iter(stream.rank_batches(2, 2, r, 2))) for r in range(2)]
-    assert ranks[0] + ranks[1] == stream.items(2 * 4, 4)
+    ranks = [next(iter(stream.rank_batches(8, 2, r, 2))) for r in range(2)]
+    assert ranks[0] + ranks[1] == stream.items(8, 4)
+    assert stream.position(12) == (2, 2)
 
 
 def test_no_episodes_is_a_clear_error(tmp_path):
@@ -239,7 +240,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(episodes_root,
     torch.rand(17)
     np.random.rand(3)
     resumed = Trainer(tiny_cfg(episodes_root, tmp_path / "b", *extra), resume="auto", progress=False)
-    assert resumed.step == k and resumed.micro_batches == 2 * k
+    assert resumed.step == k and resumed.samples_seen == 2 * k * 2  # accumulation 2, batch 2
     resumed.fit(2 * k)
     a, b = _params(straight), _params(resumed)
     assert a.keys() == b.keys()

@@ -446,10 +446,10 @@ def collate_samples(items: Sequence[Any]) -> dict[str, Any]:
 class SampleStream:
     """The seeded data order: an endless concatenation of per-epoch permutations.
 
-    Micro-batch ``m`` of the whole job is ``stream[m * G:(m + 1) * G]`` with ``G`` the global
-    micro-batch size (per-rank batch x world size); rank ``r`` takes the ``r``-th slice of
-    ``B`` items. The data position is therefore one integer (micro-batches consumed), which is
-    what checkpoints store; resuming restarts the stream there.
+    The job consumes the stream front to back, one global micro-batch of ``G`` items (per-rank
+    batch x world size) at a time; rank ``r`` takes the ``r``-th slice of ``B`` items of each. The
+    data position is therefore one integer, the number of items consumed, which checkpoints store;
+    resuming restarts the stream there (also with another batch size or number of processes).
 
     Args:
         num_items: dataset length.
@@ -482,25 +482,26 @@ class SampleStream:
             pos += take
         return out
 
-    def epoch_of(self, micro_batch: int, global_batch: int) -> int:
-        return (micro_batch * global_batch) // self.num_items
+    def position(self, items_consumed: int) -> tuple[int, int]:
+        """``(epoch, index in that epoch's permutation)`` after ``items_consumed`` items."""
+        return divmod(int(items_consumed), self.num_items)
 
-    def rank_batches(self, start_micro_batch: int, batch_size: int, rank: int, world_size: int) -> Iterator[list[int]]:
-        """Endless per-rank index lists from micro-batch ``start_micro_batch`` on (a DataLoader
-        ``batch_sampler``)."""
-        m = start_micro_batch
+    def rank_batches(self, start_item: int, batch_size: int, rank: int, world_size: int) -> Iterator[list[int]]:
+        """Endless per-rank index lists of the global micro-batches from stream position
+        ``start_item`` on (a DataLoader ``batch_sampler``)."""
         G = batch_size * world_size
+        pos = int(start_item)
         while True:
-            items = self.items(m * G, G)
+            items = self.items(pos, G)
             yield items[rank * batch_size:(rank + 1) * batch_size]
-            m += 1
+            pos += G
 
 
 class RankBatchSampler:
     """DataLoader ``batch_sampler`` over :meth:`SampleStream.rank_batches` (endless)."""
 
-    def __init__(self, stream: SampleStream, start_micro_batch: int, batch_size: int, rank: int, world_size: int) -> None:
-        self.stream, self.start = stream, start_micro_batch
+    def __init__(self, stream: SampleStream, start_item: int, batch_size: int, rank: int, world_size: int) -> None:
+        self.stream, self.start = stream, start_item
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
 
     def __iter__(self) -> Iterator[list[int]]:

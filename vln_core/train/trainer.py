@@ -10,7 +10,7 @@ Stages (``training.stage``):
 ``model.trainable_parameters(stage)`` (vln_core.models) decides which parameters train.
 
 Exact resume: ``last.pt`` holds the model, optimiser, scheduler, the python / numpy / torch RNG
-states and the data position (micro-batches consumed from the seeded :class:`SampleStream`), so a
+states and the data position (items consumed from the seeded :class:`SampleStream`), so a
 run stopped after ``k`` steps and resumed reaches the same parameters as an uninterrupted run.
 Checkpoints are written atomically (:func:`vln_core.train.checkpoint.save_checkpoint`); ``best.pt``
 follows the lowest evaluation loss.
@@ -208,7 +208,7 @@ class Trainer:
                     dist.broadcast(tensor.data, src=0)
 
         self.step = 0
-        self.micro_batches = 0
+        self.samples_seen = 0  # stream items consumed by the whole job (all ranks)
         self.best_eval = math.inf
         self.history: list[StepRecord] = []
         ckpt = self._resume_path(resume)
@@ -231,7 +231,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
-            "micro_batches": self.micro_batches,
+            "samples_seen": self.samples_seen,
+            "data_position": dict(zip(("epoch", "index"), self.stream.position(self.samples_seen))),
             "best_eval": self.best_eval,
             "rng": capture_rng_state(),
             "stage": self.stage,
@@ -250,7 +251,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
-        self.micro_batches = int(state["micro_batches"])
+        self.samples_seen = int(state["samples_seen"])
         self.best_eval = float(state["best_eval"])
         restore_rng_state(state["rng"])
 
@@ -270,7 +271,7 @@ class Trainer:
         tc = self.cfg.training
         return torch.utils.data.DataLoader(
             self.train_set,
-            batch_sampler=RankBatchSampler(self.stream, self.micro_batches, tc.batch_size, self.rank, self.world_size),
+            batch_sampler=RankBatchSampler(self.stream, self.samples_seen, tc.batch_size, self.rank, self.world_size),
             collate_fn=collate_samples,
             num_workers=tc.num_workers,
             pin_memory=self.device.type == "cuda",
@@ -298,7 +299,7 @@ class Trainer:
             batch = next(batches)
             result = self._forward_losses(batch)
             (result.total / tc.grad_accum_steps).backward()
-            self.micro_batches += 1
+            self.samples_seen += tc.batch_size * self.world_size
             total += float(result.total.detach()) / tc.grad_accum_steps
             for k, v in result.terms.items():
                 terms[k] = terms.get(k, 0.0) + float(v) / tc.grad_accum_steps
@@ -377,6 +378,7 @@ class Trainer:
             self.writer.add_scalar("train/lr", record.lr, record.step)
             self.writer.add_scalar("train/seconds_per_step", record.seconds, record.step)
             self.writer.add_scalar("train/grad_norm", record.grad_norm, record.step)
+            self.writer.add_scalar("train/epoch", self.samples_seen / len(self.train_set), record.step)
         line = {"step": record.step, "loss": record.loss, "lr": record.lr, "seconds": record.seconds,
                 "grad_norm": record.grad_norm, **record.terms}
         with open(self.output_dir / "train_log.jsonl", "a") as fh:

@@ -25,6 +25,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_SRC = REPO_ROOT / "ros2_ws" / "src" / "vln_heatmap"
+if str(PACKAGE_SRC) not in sys.path:  # the ROS package's Python modules, without a colcon build
+    sys.path.insert(0, str(PACKAGE_SRC))
 _domain_counter = itertools.count()
 
 
@@ -42,7 +45,7 @@ def ros_env(domain_id: int, base: dict[str, str] | None = None) -> dict[str, str
     env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated since Jazzy; the range above replaces it
     env.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
     env["PYTHONUNBUFFERED"] = "1"
-    pythonpath = [str(REPO_ROOT), str(REPO_ROOT / "ros2_ws" / "src" / "vln_heatmap")]
+    pythonpath = [str(REPO_ROOT), str(PACKAGE_SRC)]
     if env.get("PYTHONPATH"):
         pythonpath.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(pythonpath)

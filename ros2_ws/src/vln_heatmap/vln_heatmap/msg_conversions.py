@@ -174,6 +174,8 @@ def odometry_msg_to_pose(msg: Odometry) -> tuple[int, np.ndarray, tuple[float, f
 
 def heatmaps_to_image_msg(heatmaps: np.ndarray, stamp: int, frame_id: str) -> Image:
     """``(K, H, W)`` float -> one ``32FC1`` ``sensor_msgs/Image`` of height ``K * H`` (keyframes stacked)."""
+    if hasattr(heatmaps, "detach"):  # torch tensor, possibly on a GPU
+        heatmaps = heatmaps.detach().cpu().numpy()
     heatmaps = np.asarray(heatmaps, dtype=np.float32)
     if heatmaps.ndim != 3 or heatmaps.shape[0] == 0:
         raise InputError(f"heatmaps must be (K, H, W) with K >= 1, got {heatmaps.shape}")

@@ -4,9 +4,10 @@ Thin by design: callbacks convert messages (``vln_core.ros_codec`` via :mod:`msg
 and hand numpy arrays to :class:`vln_core.runtime.NavigationRuntime`, which owns buffering,
 keyframe selection, inference, diagnostics figures and error accounting.
 
-Threads: a ``MultiThreadedExecutor`` runs the input subscriptions in one callback group,
-inference (a timer at ``node.inference_rate_hz``) in its own mutually exclusive group and the
-1 Hz diagnostics timer in a third, so an input callback never waits for inference.
+Threads: a ``MultiThreadedExecutor`` runs colour + depth in one callback group, odometry +
+CameraInfo + instruction in a second (poses never queue behind image conversions), inference (a
+timer at ``node.inference_rate_hz``) in its own mutually exclusive group and the 1 Hz
+diagnostics timer in a fourth, so an input callback never waits for inference.
 
 Subscribes (names from the ``node.topics`` parameters, remappable):
     colour ``sensor_msgs/Image`` (or ``CompressedImage`` when ``node.topics.compressed_image`` is
@@ -118,30 +119,33 @@ class VLNHeatmapNode(Node):
         topics = self.cfg.node.topics
         self._last_camera_info: tuple | None = None
 
-        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._image_group = MutuallyExclusiveCallbackGroup()  # colour and depth: the heavy conversions
+        self._pose_group = MutuallyExclusiveCallbackGroup()  # odometry, CameraInfo, instruction: never behind images
         self._inference_group = MutuallyExclusiveCallbackGroup()
         self._diagnostics_group = MutuallyExclusiveCallbackGroup()
 
+        # Poses have their own callback group so they are never queued behind image conversions,
+        # and within a group the executor serves ready subscriptions in creation order: depth
+        # before colour. The runtime's input methods are thread-safe.
         qos = sensor_qos(self.cfg)
-        if topics.compressed_image:
-            self.create_subscription(CompressedImage, topics.compressed_image, self._on_image, qos,
-                                     callback_group=self._input_group)
-            image_topic = topics.compressed_image
-        else:
-            self.create_subscription(Image, topics.image, self._on_image, qos, callback_group=self._input_group)
-            image_topic = topics.image
-        self.create_subscription(Image, topics.depth, self._on_depth, qos, callback_group=self._input_group)
-        self.create_subscription(CameraInfo, topics.camera_info, self._on_camera_info, qos,
-                                 callback_group=self._input_group)
-        self.create_subscription(String, topics.instruction, self._on_instruction, output_qos(10),
-                                 callback_group=self._input_group)
-
         self._tf_buffer = None
         if self.cfg.node.pose_source == "tf":
             self._start_tf()
         if self._tf_buffer is None:
             self.create_subscription(Odometry, topics.odometry, self._on_odometry, output_qos(50),
-                                     callback_group=self._input_group)
+                                     callback_group=self._pose_group)
+        self.create_subscription(CameraInfo, topics.camera_info, self._on_camera_info, qos,
+                                 callback_group=self._pose_group)
+        self.create_subscription(String, topics.instruction, self._on_instruction, output_qos(10),
+                                 callback_group=self._pose_group)
+        self.create_subscription(Image, topics.depth, self._on_depth, qos, callback_group=self._image_group)
+        if topics.compressed_image:
+            self.create_subscription(CompressedImage, topics.compressed_image, self._on_image, qos,
+                                     callback_group=self._image_group)
+            image_topic = topics.compressed_image
+        else:
+            self.create_subscription(Image, topics.image, self._on_image, qos, callback_group=self._image_group)
+            image_topic = topics.image
 
         self._heatmap_pub = self.create_publisher(Image, "~/heatmaps", output_qos())
         self._keyframe_index_pub = self.create_publisher(Int32MultiArray, "~/keyframe_indices", output_qos())
@@ -311,7 +315,7 @@ def main(args: list[str] | None = None) -> int:
         print(f"vln_heatmap_node: configuration error: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = MultiThreadedExecutor(num_threads=4)  # images, poses, inference, diagnostics
     executor.add_node(node)
     try:
         executor.spin()

@@ -11,6 +11,9 @@ Stamps are "now" at start plus the recorded time offsets, and keep increasing ac
 passes; ``--manifest FILE`` writes which stamp each published frame got (JSON), so outputs can be
 matched back to episode frames.
 
+Images follow their odometry by ``--camera-latency`` seconds (default 0.04 s), as a real camera
+driver delivers them after exposure and transfer while odometry is prompt.
+
 Odometry is ``T_odom_base``: the episode's base poses when it has them and its camera mount equals
 the node's ``node.camera_mount``; otherwise derived from the camera poses as
 ``T_wc @ inv(T_base_cam)`` with the node's mount, so that the node reconstructs exactly the
@@ -35,6 +38,7 @@ import numpy as np
 import rclpy
 import torch
 from nav_msgs.msg import Odometry
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -96,7 +100,8 @@ class EpisodePublisher(Node):
                  camera_frame: str = "camera_color_optical_frame") -> None:
         super().__init__("vln_heatmap_replay")
         topics = cfg.node.topics
-        qos = reliable_qos(cfg.node.sensor_qos_depth)
+        # a deep writer queue: a busy subscriber (the node under load) gets frames late rather than never
+        qos = reliable_qos(max(cfg.node.sensor_qos_depth, 30))
         self.compressed = compressed
         if compressed:
             if not topics.compressed_image:
@@ -122,15 +127,26 @@ class EpisodePublisher(Node):
             time.sleep(0.05)
         return False
 
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every subscriber acknowledged everything published (reliable QoS)."""
+        deadline = time.monotonic() + timeout_s
+        publishers = (self.info_pub, self.odom_pub, self.depth_pub, self.image_pub, self.instruction_pub)
+        return all(
+            pub.wait_for_all_acked(Duration(seconds=max(deadline - time.monotonic(), 0.0))) for pub in publishers
+        )
+
     def publish_instruction(self, text: str) -> None:
         self.instruction_pub.publish(String(data=text))
 
-    def publish_frame(self, rgb: np.ndarray, depth_m: Optional[np.ndarray], K: np.ndarray,
-                      T_odom_base: np.ndarray, velocity: tuple[float, float], stamp: int) -> None:
-        """CameraInfo, Odometry, depth, colour of one frame, all with ``stamp`` (ns)."""
-        height, width = rgb.shape[:2]
+    def publish_pose(self, K: np.ndarray, image_size: tuple[int, int], T_odom_base: np.ndarray,
+                     velocity: tuple[float, float], stamp: int) -> None:
+        """CameraInfo (``K (3, 3)`` of the ``(H, W)`` image) and Odometry (``T_odom_base (4, 4)``) at ``stamp`` (ns)."""
+        height, width = image_size
         self.info_pub.publish(conv.camera_info_msg(K, width, height, stamp, self.camera_frame))
         self.odom_pub.publish(conv.odometry_msg(T_odom_base, stamp, self.odom_frame, self.base_frame, velocity))
+
+    def publish_images(self, rgb: np.ndarray, depth_m: Optional[np.ndarray], stamp: int) -> None:
+        """Depth (``(H, W)`` metres, if any) then colour (``(H, W, 3)`` uint8 RGB) at ``stamp`` (ns)."""
         if depth_m is not None:
             self.depth_pub.publish(conv.depth_to_image_msg(depth_m, stamp, self.camera_frame, self.depth_encoding))
         if self.compressed:
@@ -167,6 +183,7 @@ def replay_episode(args: argparse.Namespace, cfg: VLNConfig, stop: _Stop) -> int
     instruction = args.instruction if args.instruction is not None else (episode.instruction or "")
     times = np.asarray(episode.timestamps[:n], dtype=np.float64) - float(episode.timestamps[0])
     period = float(np.median(np.diff(times))) if n > 1 else 1.0 / 30.0
+    latency_s = args.camera_latency * args.rate  # in recorded time (events are scaled by 1 / rate)
     print(f"replay: {args.source}: {n} frames {episode.image_size[1]}x{episode.image_size[0]}, "
           f"{1.0 / period:.1f} Hz recorded x {args.rate:g}, odometry: {pose_origin}", flush=True)
 
@@ -181,6 +198,7 @@ def replay_episode(args: argparse.Namespace, cfg: VLNConfig, stop: _Stop) -> int
         if args.wait_for_node > 0 and not publisher.wait_for_subscribers(args.wait_for_node):
             print(f"replay: no subscriber on the input topics after {args.wait_for_node:g} s", file=sys.stderr)
             return 3
+        print("replay: publishing", flush=True)
         if instruction:
             publisher.publish_instruction(instruction)
         loop_length_s = (times[-1] + period) / args.rate
@@ -189,14 +207,19 @@ def replay_episode(args: argparse.Namespace, cfg: VLNConfig, stop: _Stop) -> int
         passes = 0
         last_instruction = time.monotonic()
         while not stop.event.is_set():
-            for i in range(n):
-                offset_s = passes * loop_length_s + times[i] / args.rate
-                if not stop.sleep_until(t_start + offset_s):
+            # per frame two events: its pose (CameraInfo + Odometry) at the recorded time, its
+            # depth + colour images --camera-latency later, as a real camera delivers them
+            events = sorted([(times[i], 0, i) for i in range(n)] + [(times[i] + latency_s, 1, i) for i in range(n)])
+            for t_event, kind, i in events:
+                if not stop.sleep_until(t_start + passes * loop_length_s + t_event / args.rate):
                     break
                 stamp = stamp0 + int(round(passes * (times[-1] + period) * 1e9 + times[i] * 1e9))
-                velocity = tuple(velocities[i]) if velocities is not None else (0.0, 0.0)
+                if kind == 0:
+                    velocity = tuple(velocities[i]) if velocities is not None else (0.0, 0.0)
+                    publisher.publish_pose(episode.K, episode.image_size, base_poses[i], velocity, stamp)
+                    continue
                 rgb, depth = frames[i]
-                publisher.publish_frame(rgb, depth, episode.K, base_poses[i], velocity, stamp)
+                publisher.publish_images(rgb, depth, stamp)
                 manifest.append({"index": i, "frame_id": int(episode.frame_ids[i]), "stamp_ns": stamp, "pass": passes})
                 published += 1
                 if instruction and time.monotonic() - last_instruction > 5.0:
@@ -208,8 +231,9 @@ def replay_episode(args: argparse.Namespace, cfg: VLNConfig, stop: _Stop) -> int
         elapsed = time.monotonic() - t_start
         print(f"replay: published {published} frames in {elapsed:.2f} s "
               f"({published / max(elapsed, 1e-9):.1f} Hz)", flush=True)
-        # give reliable writers time to deliver the tail before the process exits
-        time.sleep(args.linger)
+        # deliver the tail (a busy subscriber may be a queue behind) before the process exits
+        if not publisher.flush(args.linger):
+            print(f"replay: subscribers did not acknowledge every frame within {args.linger:g} s", flush=True)
     finally:
         if args.manifest:
             atomic_write_text(args.manifest, json.dumps({"source": str(args.source), "frames": manifest}, indent=1))
@@ -302,9 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="episodes: publish colour as CompressedImage on node.topics.compressed_image")
     parser.add_argument("--depth-encoding", choices=["16UC1", "32FC1"], default="16UC1")
     parser.add_argument("--camera-frame", default="camera_color_optical_frame")
+    parser.add_argument("--camera-latency", type=float, default=0.04,
+                        help="episodes: seconds between a frame's odometry and its images (camera transfer delay)")
     parser.add_argument("--wait-for-node", type=float, default=30.0,
                         help="seconds to wait for a subscriber on the input topics (0: do not wait)")
-    parser.add_argument("--linger", type=float, default=1.0, help="seconds to keep publishers alive at the end")
+    parser.add_argument("--linger", type=float, default=5.0,
+                        help="at the end, wait up to this long for subscribers to acknowledge every message")
     parser.add_argument("--manifest", type=Path, default=None, help="episodes: write published stamps per frame (JSON)")
     parser.add_argument("--remap", action="append", default=[], metavar="FROM:=TO", help="rosbag2: rename a topic")
     parser.add_argument("--topics", nargs="*", default=None, help="rosbag2: only these topics")

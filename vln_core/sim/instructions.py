@@ -129,11 +129,13 @@ def make_instruction(
         ``(instruction, details)``; details lists rooms traversed and landmarks named.
     """
     rooms_seq: list[int] = []
+    room_frames: list[int] = []  # frame at which each room of rooms_seq is entered
     end = traj.arrived_frame if traj.arrived_frame > 0 else len(traj.xy)
-    for r in scene.room_at(traj.xy[:end]):
+    for f, r in enumerate(scene.room_at(traj.xy[:end])):
         r = int(r)
         if r >= 0 and (not rooms_seq or rooms_seq[-1] != r):
             rooms_seq.append(r)
+            room_frames.append(f)
     start_room = rooms_seq[0] if rooms_seq else goal.room_index
     goal_room = goal.room_index
     goal_name = describe_object(scene, goal, rng)
@@ -150,21 +152,26 @@ def make_instruction(
     def pick(options: list[str], **kw) -> str:
         return options[int(rng.integers(len(options)))].format(**kw)
 
-    clauses: list[str] = []
-    if intent in _TURN and rng.random() < 0.5:
-        clauses.append(pick(_TURN[intent]))
-    if start_room != goal_room:
+    # (frame, clause) events, told in the order they happen along the drive
+    events: list[tuple[int, str]] = []
+    if start_room != goal_room and len(rooms_seq) > 1:
         if scene.rooms[start_room].kind == "hallway":
-            clauses.append(pick(_THROUGH) if rng.random() < 0.4 else pick(_ENTER, room=scene.room_name(goal_room)))
+            if rng.random() < 0.4:
+                events.append((room_frames[1] - 1, pick(_THROUGH)))
         else:
-            clauses.append(pick(_LEAVE, room=scene.room_name(start_room)))
-            middle = [r for r in rooms_seq[1:-1] if scene.rooms[r].kind == "hallway"]
-            if middle and rng.random() < 0.5:
-                clauses.append(pick(_THROUGH))
-            if scene.rooms[goal_room].kind != "hallway" and rng.random() < 0.6:
-                clauses.append(pick(_ENTER, room=scene.room_name(goal_room)))
+            events.append((room_frames[1], pick(_LEAVE, room=scene.room_name(start_room))))
+            for r, f in zip(rooms_seq[1:-1], room_frames[1:-1]):
+                if scene.rooms[r].kind == "hallway" and rng.random() < 0.5:
+                    events.append((f + 1, pick(_THROUGH)))
+                    break
+        if scene.rooms[goal_room].kind != "hallway" and goal_room in rooms_seq and rng.random() < 0.6:
+            events.append((room_frames[rooms_seq.index(goal_room)], pick(_ENTER, room=scene.room_name(goal_room))))
     for lm in named:
-        clauses.append(pick(_PASS, lm=describe_object(scene, lm.obj)))
+        events.append((lm.frame, pick(_PASS, lm=describe_object(scene, lm.obj))))
+    events.sort(key=lambda e: e[0])
+    clauses = [c for _, c in events]
+    if intent in _TURN and rng.random() < 0.5:
+        clauses.insert(0, pick(_TURN[intent]))
     stop = pick(_STOP, goal=goal_name)
     turn_only = len(clauses) == 1 and intent in _TURN and clauses[0] in _TURN[intent]
     if clauses and not turn_only and rng.random() < 0.2:

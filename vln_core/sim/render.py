@@ -363,7 +363,7 @@ class RayCaster:
         Culling is hierarchical: the cone from the light around each object's bounding sphere
         selects the pixels that object can shadow, the cone around each primitive's sphere
         narrows them further, and only those rays are intersected exactly."""
-        dirs = (P + 0.01 * N) - light_pos[None, :]
+        dirs = ((P + 0.01 * N) - light_pos[None, :]).astype(np.float32)
         shadow = np.zeros(len(P), bool)
         casters = self._casters.get(room) or []
         if not casters or len(P) == 0:
@@ -371,7 +371,7 @@ class RayCaster:
         len2 = np.einsum("ij,ij->i", dirs, dirs)
 
         def in_cone(center: np.ndarray, r: float, d: np.ndarray, l2: np.ndarray) -> np.ndarray | None:
-            CL = center - light_pos
+            CL = (center - light_pos).astype(np.float32)
             dcl2 = float(CL @ CL)
             if dcl2 <= r * r:
                 return None  # light inside the bounds (a lamp's own shade): no cone
@@ -392,7 +392,7 @@ class RayCaster:
                 sel = np.nonzero(m)[0]
                 if sel.size == 0:
                     continue
-                d = d_obj[sel]
+                d = d_obj[sel].astype(np.float64)
                 t = self._intersect(int(i), light_pos, d[:, 0], d[:, 1], d[:, 2], near=1e-6)
                 shadow[cand_obj[sel[t < 0.999]]] = True
         return shadow
@@ -452,8 +452,11 @@ class RayCaster:
             att = 1.0 / (1.0 + d2 * f32(1.0 / light.falloff_m**2))
             w = ndl * att * occ_s[sl]
             if light.casts_shadows:
-                blocked = self._shadowed(light.position, P[order[sl]], N[order[sl]], light.room_index)
-                w *= np.where(blocked, f32(0.15), f32(1.0))
+                lit = np.nonzero(w > 1e-4)[0]  # surfaces facing away need no shadow ray
+                if lit.size:
+                    px = order[a + lit]
+                    blocked = self._shadowed(light.position, P[px], N[px], light.room_index)
+                    w[lit[blocked]] *= f32(0.15)
             # one-bounce approximation: the floor and walls lit by this light light the ceiling
             # and the undersides of things (otherwise only the weak ambient would)
             w += f32(0.25) * np.maximum(-Nz[sl], f32(0)) / (1.0 + d2 * f32(1.0 / (2.0 * light.falloff_m) ** 2))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -190,12 +189,13 @@ def test_instruction_mentions_goal(seed):
 
 
 def _run_collect(args: list[str]) -> int:
-    sys.path.insert(0, str(REPO / "training"))
-    try:
-        import collect as collect_cli
-    finally:
-        sys.path.pop(0)
-    return collect_cli.main(args)
+    """Run ``training/collect.py``'s ``main`` in-process (loaded under a unique module name)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("training_collect_cli", REPO / "training" / "collect.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args)
 
 
 def test_collect_cli_resumes_and_redoes_stale_partials(tmp_path):

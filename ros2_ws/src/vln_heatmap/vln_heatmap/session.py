@@ -1,0 +1,206 @@
+"""Run the node and a replay as processes and collect what the node publishes (demo, benchmarks).
+
+Everything goes over real ROS 2 middleware: the node and the replay are separate processes on an
+isolated ``ROS_DOMAIN_ID`` with localhost-only discovery; :class:`OutputCollector` is an rclpy node
+in the calling process.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+PACKAGE_SRC = Path(__file__).resolve().parents[1]
+NODE_NAME = "vln_heatmap_node"
+
+
+def isolated_ros_env(domain_id: int) -> dict[str, str]:
+    """Environment for child processes: ``domain_id``, localhost discovery, this package importable."""
+    env = dict(os.environ)
+    env["ROS_DOMAIN_ID"] = str(domain_id)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    repo_root = PACKAGE_SRC.parents[2]
+    paths = [str(repo_root), str(PACKAGE_SRC)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def pick_domain_id() -> int:
+    """A ROS domain id in 1..101 unlikely to be in use by other runs on this machine."""
+    return random.Random(os.getpid() ^ time.time_ns()).randint(1, 101)
+
+
+class ChildProcess:
+    """A Python module run as a child process (the same interpreter), output to a log file."""
+
+    def __init__(self, module_args: list[str], domain_id: int, log_path: Path):
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, *module_args], env=isolated_ros_env(domain_id),
+                                         stdout=log, stderr=subprocess.STDOUT)
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        """SIGINT (clean rclpy shutdown), then SIGKILL after ``timeout_s``; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout_s)
+        return self.proc.returncode
+
+
+def start_node(params_file: Path, overrides: dict[str, Any], domain_id: int, log_path: Path) -> ChildProcess:
+    """``python -m vln_heatmap.node --ros-args --params-file FILE -p key:=value ...``."""
+    args = ["-m", "vln_heatmap.node", "--ros-args", "--params-file", str(params_file)]
+    for key, value in overrides.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        args += ["-p", f"{key}:={text}"]
+    return ChildProcess(args, domain_id, log_path)
+
+
+def start_replay(source: Path, params_file: Path, domain_id: int, log_path: Path, manifest: Path,
+                 extra: Optional[list[str]] = None) -> ChildProcess:
+    """``python -m vln_heatmap.replay SOURCE --params-file FILE --manifest MANIFEST ...``."""
+    args = ["-m", "vln_heatmap.replay", str(source), "--params-file", str(params_file), "--manifest", str(manifest)]
+    return ChildProcess(args + list(extra or []), domain_id, log_path)
+
+
+@dataclass
+class CollectedOutput:
+    """One heatmap output as received: arrival time (wall clock ns), stamp, the maps, keyframes."""
+
+    received_ns: int
+    stamp_ns: int
+    frame_id: str
+    heatmaps: np.ndarray  # (K, H, W) float32
+    keyframe_stamps: list[int] = field(default_factory=list)
+    keyframe_indices: list[int] = field(default_factory=list)
+
+
+class OutputCollector:
+    """rclpy node (own context) that records the vln_heatmap node's outputs and diagnostics."""
+
+    def __init__(self, domain_id: int, node_name: str = NODE_NAME, keep_overlays: bool = True):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Int32MultiArray, Int64MultiArray
+
+        from vln_heatmap import msg_conversions as conv
+
+        self._conv = conv
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        os.environ.pop("ROS_LOCALHOST_ONLY", None)
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node("vln_heatmap_collector", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+        self.outputs: list[CollectedOutput] = []
+        self.overlays: list[tuple[int, np.ndarray]] = []  # (stamp_ns, (H, W, 3) uint8 RGB)
+        self.diagnostics: list[list[dict]] = []
+        self._keyframe_stamps: dict[int, list[int]] = {}
+        self._keyframe_indices: dict[int, list[int]] = {}
+        self._pending: list[tuple[int, Any]] = []
+        self.keep_overlays = keep_overlays
+        self.node.create_subscription(Image, f"/{node_name}/heatmaps", self._on_heatmaps, qos)
+        self.node.create_subscription(Int64MultiArray, f"/{node_name}/keyframe_stamps", self._on_keyframe_stamps, qos)
+        self.node.create_subscription(Int32MultiArray, f"/{node_name}/keyframe_indices", self._on_keyframe_indices, qos)
+        self.node.create_subscription(Image, f"/{node_name}/overlay", self._on_overlay, qos)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics",
+                                      lambda m: self.diagnostics.append(conv.diagnostic_array_to_dicts(m)), qos)
+
+    # -------------------------------------------------------------- callbacks
+    def _on_heatmaps(self, msg: Any) -> None:
+        self._pending.append((time.time_ns(), msg))
+        self._pair()
+
+    def _on_keyframe_stamps(self, msg: Any) -> None:
+        self._keyframe_stamps[self._conv.keyframe_label_stamp(msg)] = list(msg.data)
+        self._pair()
+
+    def _on_keyframe_indices(self, msg: Any) -> None:
+        self._keyframe_indices[self._conv.keyframe_label_stamp(msg)] = list(msg.data)
+        self._pair()
+
+    def _pair(self) -> None:
+        """Turn heatmap images into :class:`CollectedOutput` once their keyframe arrays arrived."""
+        still = []
+        for received_ns, msg in self._pending:
+            stamp = self._conv.stamp_ns(msg)
+            if stamp in self._keyframe_stamps and stamp in self._keyframe_indices:
+                kf_stamps = self._keyframe_stamps.pop(stamp)
+                self.outputs.append(CollectedOutput(
+                    received_ns, stamp, msg.header.frame_id,
+                    self._conv.image_msg_to_heatmaps(msg, len(kf_stamps)), kf_stamps,
+                    self._keyframe_indices.pop(stamp),
+                ))
+            else:
+                still.append((received_ns, msg))
+        self._pending = still
+
+    def _on_overlay(self, msg: Any) -> None:
+        if self.keep_overlays:
+            from vln_core.ros_codec import image_msg_to_rgb
+
+            self.overlays.append((self._conv.stamp_ns(msg), image_msg_to_rgb(msg)))
+
+    # -------------------------------------------------------------- queries
+    def spin_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            self.executor.spin_once(timeout_sec=0.05)
+        return predicate()
+
+    def spin_for(self, seconds: float) -> None:
+        self.spin_until(lambda: False, seconds)
+
+    def latest_status(self, name_part: str) -> Optional[dict]:
+        """Newest diagnostics entry whose name contains ``name_part``."""
+        for array in reversed(self.diagnostics):
+            for status in array:
+                if name_part in status["name"]:
+                    return status
+        return None
+
+    def status_history(self, name_part: str) -> list[dict]:
+        return [s for array in self.diagnostics for s in array if name_part in s["name"]]
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+def percentile_summary(values_ms: list[float]) -> dict[str, float]:
+    """``{"median_ms", "p95_ms", "max_ms", "n"}`` of a list of milliseconds (NaN when empty)."""
+    if not values_ms:
+        return {"median_ms": float("nan"), "p95_ms": float("nan"), "max_ms": float("nan"), "n": 0}
+    arr = np.asarray(values_ms, dtype=np.float64)
+    return {"median_ms": float(np.median(arr)), "p95_ms": float(np.percentile(arr, 95)),
+            "max_ms": float(arr.max()), "n": int(arr.size)}

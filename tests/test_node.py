@@ -341,3 +341,70 @@ def test_missing_camera_info_and_compressed_input(tmp_path):
     finally:
         code = stop_process(proc, timeout=20)
     assert code in (0, -2, 130), log.read_text()[-3000:]
+
+
+@pytest.mark.parametrize(
+    "parameter, message",
+    [
+        ("video.keyframs:=3", "unknown key(s) ['keyframs'] in video"),
+        ("node.inference_rate_hz:=-1.0", "node.inference_rate_hz must be > 0"),
+        ("video.keyframes:=many", "video.keyframes must be an integer"),
+    ],
+)
+def test_config_errors_stop_the_node_naming_the_key(tmp_path, parameter, message):
+    """A typo or a wrong value in the parameters fails at start-up with the dotted key, exit code 2."""
+    log = tmp_path / "node.log"
+    proc = start_process(node_command(parameter), unique_domain_id(), log)
+    try:
+        code = proc.wait(timeout=120)
+    finally:
+        stop_process(proc)
+    text = log.read_text(errors="replace")
+    assert code == 2, f"exit code {code}:\n{text}"
+    assert "configuration error" in text and message in text, text
+
+
+def test_rosbag_replay_republishes_recorded_messages(tmp_path):
+    """vln_heatmap_replay on a rosbag2: CDR bytes republished unchanged, topics remapped, order kept."""
+    from rclpy.serialization import serialize_message
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import Image
+
+    typestore = get_typestore(Stores.ROS2_HUMBLE)
+    bag = tmp_path / "bag"
+    stamps = [1_700_000_000_000_000_000 + i * 50_000_000 for i in range(4)]
+    images = [conv.rgb_to_image_msg(np.full((6, 8, 3), 40 * i, np.uint8), s, CAMERA_FRAME) for i, s in enumerate(stamps)]
+    poses = []
+    for i, s in enumerate(stamps):
+        T = np.eye(4)
+        T[0, 3] = 0.1 * i
+        poses.append(conv.odometry_msg(T, s))
+    with Writer(bag, version=9) as writer:
+        image_conn = writer.add_connection("/camera/color/image_raw", "sensor_msgs/msg/Image", typestore=typestore)
+        odom_conn = writer.add_connection("/odom", "nav_msgs/msg/Odometry", typestore=typestore)
+        for s, image, odom in zip(stamps, images, poses):
+            writer.write(odom_conn, s, serialize_message(odom))
+            writer.write(image_conn, s + 1_000_000, serialize_message(image))
+
+    domain_id = unique_domain_id()
+    received_images: list = []
+    received_odom: list = []
+    with RosTestNode("bag_replay_probe", domain_id) as ros:
+        ros.node.create_subscription(Image, "/robot/rgb", received_images.append, reliable_qos(10))
+        ros.node.create_subscription(Odometry, "/odom", received_odom.append, reliable_qos(10))
+        log = tmp_path / "replay.log"
+        proc = start_process(["-m", "vln_heatmap.replay", str(bag), "--remap", "/camera/color/image_raw:=/robot/rgb",
+                              "--wait-for-node", "30", "--linger", "5"], domain_id, log)
+        try:
+            ros.spin_until(lambda: len(received_images) == 4 and len(received_odom) == 4 or proc.poll() not in (None, 0), 90)
+            ros.spin_until(lambda: proc.poll() is not None, 30)
+        finally:
+            code = stop_process(proc)
+    assert code == 0, log.read_text()
+    assert [conv.stamp_ns(m) for m in received_images] == stamps
+    assert [conv.stamp_ns(m) for m in received_odom] == stamps
+    for i, msg in enumerate(received_images):
+        assert np.all(conv.color_msg_to_rgb(msg) == 40 * i)
+    assert [m.pose.pose.position.x for m in received_odom] == pytest.approx([0.0, 0.1, 0.2, 0.3])

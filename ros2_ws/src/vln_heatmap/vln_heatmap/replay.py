@@ -190,7 +190,7 @@ def replay_episode(args: argparse.Namespace, cfg: VLNConfig, stop: _Stop) -> int
     # decode once up front so the publishing rate is not limited by PNG decoding
     frames = [(episode.color(i), episode.depth(i)) for i in range(n)]
 
-    rclpy.init(args=None, signal_handler_options=SignalHandlerOptions.NO)  # _Stop handles SIGINT/SIGTERM
+    rclpy.init(args=args.ros_args, signal_handler_options=SignalHandlerOptions.NO)  # _Stop handles SIGINT/SIGTERM
     publisher = EpisodePublisher(cfg, args.compressed, args.depth_encoding, args.camera_frame)
     manifest: list[dict[str, Any]] = []
     published = 0
@@ -265,7 +265,7 @@ def _bag_messages(path: Path, topics: Optional[set[str]]) -> Iterator[tuple[str,
 def replay_bag(args: argparse.Namespace, stop: _Stop) -> int:
     remap = dict(r.split(":=", 1) for r in args.remap)
     wanted = set(args.topics) if args.topics else None
-    rclpy.init(args=None, signal_handler_options=SignalHandlerOptions.NO)  # _Stop handles SIGINT/SIGTERM
+    rclpy.init(args=args.ros_args, signal_handler_options=SignalHandlerOptions.NO)  # _Stop handles SIGINT/SIGTERM
     node = rclpy.create_node("vln_heatmap_replay")
     publishers: dict[str, Any] = {}
     published = 0
@@ -341,8 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``vln_heatmap_replay``."""
     argv = sys.argv[1:] if argv is None else argv
-    argv = rclpy.utilities.remove_ros_args(["replay", *argv])[1:]  # tolerate --ros-args from launch
+    # "--ros-args ..." (as launch passes it) goes to rclpy, the rest is ours; no legacy "a:=b"
+    # parsing, so "--remap FROM:=TO" reaches argparse intact
+    ros_args: list[str] = []
+    if "--ros-args" in argv:
+        cut = argv.index("--ros-args")
+        end = argv.index("--", cut) if "--" in argv[cut:] else len(argv)
+        ros_args, argv = argv[cut:end], argv[:cut] + argv[end + 1:]
     args = build_parser().parse_args(argv)
+    args.ros_args = ["vln_heatmap_replay", *ros_args]
     if args.rate <= 0:
         print("replay: --rate must be > 0", file=sys.stderr)
         return 2

@@ -171,6 +171,8 @@ def summarize(collector: OutputCollector, manifest: list[dict], stamp_to_index: 
         "backend": cfg.node.backend,
         "frames_published": len(manifest),
         "frames_received_by_node": int((collector.latest_status("inputs") or {"values": {}})["values"].get("image_count", 0)),
+        # frames a busy node could not take from its subscription queue (node.sensor_qos_depth)
+        "frames_lost_before_node": len(manifest) - int((collector.latest_status("inputs") or {"values": {}})["values"].get("image_count", 0)),
         "input_rate_hz": (len(stamps) - 1) / duration_s if duration_s > 0 else 0.0,
         "node_measured_input_rate_hz_median": float(np.median(streaming)) if streaming else 0.0,
         "outputs": len(outputs),
@@ -186,7 +188,6 @@ def summarize(collector: OutputCollector, manifest: list[dict], stamp_to_index: 
             "last_output_frame": stamp_to_index.get(last.stamp_ns) if last else None,
             "last_output_keyframe_frames": [stamp_to_index.get(s) for s in last.keyframe_stamps] if last else [],
             "last_output_keyframe_seqs": last.keyframe_indices if last else [],
-            "in_view_share_note": "see the overlay tiles: in view / hidden / out of view per keyframe",
         },
         "frames": {k: int(v) for k, v in frames_status["values"].items() if k.startswith("dropped")} or {"dropped_total": 0},
         "errors": errors_status["values"],

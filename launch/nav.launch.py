@@ -11,13 +11,14 @@ parameter file's topic.
 """
 from pathlib import Path
 
-import yaml
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from vln_core.config import load_config
 
 PACKAGE = "vln_heatmap"
 NODE_NAME = "vln_heatmap_node"
@@ -31,31 +32,17 @@ TOPIC_ARGUMENTS = {
 }
 
 
-def _parameter_file_topics(params_file: str) -> dict:
-    """``node.topics`` of a ROS parameter file whose body is the vln_core config tree."""
-    data = yaml.safe_load(Path(params_file).read_text()) or {}
-    if len(data) == 1:
-        (body,) = data.values()
-        if isinstance(body, dict) and "ros__parameters" in body:
-            data = body["ros__parameters"] or {}
-    topics = dict((data.get("node") or {}).get("topics") or {})
-    for key, value in data.items():  # flattened form: node.topics.image: ...
-        if key.startswith("node.topics."):
-            topics[key[len("node.topics."):]] = value
-    return topics
-
-
 def _launch_node(context, *args, **kwargs):
     params_file = LaunchConfiguration("params_file").perform(context)
-    file_topics = _parameter_file_topics(params_file)
+    # the node subscribes to the topics of its config (the parameter file over the defaults):
+    # read them the way the node does, which also validates the file before anything starts
+    topics = load_config(params_file).node.topics
     remappings = []
     for argument, key in TOPIC_ARGUMENTS.items():
         wanted = LaunchConfiguration(argument).perform(context)
-        # the node subscribes to the parameter file's topic (or the built-in default when the
-        # file leaves it out); remap that name to the one given on the command line
-        declared = file_topics.get(key) or DEFAULT_TOPICS[key]
-        if wanted and wanted != declared:
-            remappings.append((declared, wanted))
+        subscribed = getattr(topics, key)
+        if wanted and wanted != subscribed:
+            remappings.append((subscribed, wanted))
     overrides = {"node.backend": LaunchConfiguration("backend").perform(context)}
     model_path = LaunchConfiguration("model_path").perform(context)
     if model_path:
@@ -70,15 +57,6 @@ def _launch_node(context, *args, **kwargs):
         remappings=remappings,
     )
     return [node]
-
-
-# defaults of vln_core.config.TopicsConfig (the node uses them when the file leaves a topic out)
-DEFAULT_TOPICS = {
-    "image": "/camera/color/image_raw",
-    "depth": "/camera/depth/image_raw",
-    "camera_info": "/camera/color/camera_info",
-    "odometry": "/odom",
-}
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -7,13 +7,14 @@ declare the launch arguments the README documents.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-from vln_core.config import NodeConfig, TopicsConfig, load_config
+from vln_core.config import NodeConfig, TopicsConfig
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "nav.launch.py"
@@ -130,30 +131,12 @@ def test_referenced_files_exist_and_are_installed(launch_tree):
     assert "/vln_heatmap_node/overlay" in topics and "/vln_heatmap_node/waypoints" in topics
 
 
-def test_default_topics_match_the_config_defaults(launch_tree):
+def test_remapped_topics_are_config_topics(launch_tree):
+    """The launch file remaps the topics the node subscribes to: read with the config system."""
     constants = _module_constants(launch_tree)
-    defaults = TopicsConfig()
-    for key, topic in constants["DEFAULT_TOPICS"].items():
-        assert getattr(defaults, key) == topic
-    assert set(constants["TOPIC_ARGUMENTS"].values()) == set(constants["DEFAULT_TOPICS"])
-
-
-def _parameter_file_topics_function(launch_tree):
-    fn = next(n for n in launch_tree.body if isinstance(n, ast.FunctionDef) and n.name == "_parameter_file_topics")
-    namespace = {"yaml": yaml, "Path": Path}
-    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(LAUNCH), "exec"), namespace)
-    return namespace["_parameter_file_topics"]
-
-
-def test_remapping_source_names_come_from_the_parameter_file(launch_tree, tmp_path):
-    """The launch file remaps the topics the node actually subscribes to: those of the params file."""
-    read_topics = _parameter_file_topics_function(launch_tree)
-    params = PACKAGE_DIR / "config" / "vln_heatmap.yaml"
-    topics = read_topics(str(params))
-    cfg_topics = load_config(params).node.topics
-    for key in ("image", "depth", "camera_info", "odometry"):
-        assert topics[key] == getattr(cfg_topics, key)
-    flat = tmp_path / "flat.yaml"
-    flat.write_text("vln_heatmap_node:\n  ros__parameters:\n    node.topics.image: /robot/rgb\n")
-    assert read_topics(str(flat)) == {"image": "/robot/rgb"}
-    assert load_config(flat).node.topics.image == "/robot/rgb"
+    topic_fields = {f.name for f in dataclasses.fields(TopicsConfig)}
+    assert set(constants["TOPIC_ARGUMENTS"].values()) <= topic_fields
+    assert set(constants["TOPIC_ARGUMENTS"]) == {"camera_topic", "depth_topic", "camera_info_topic", "odometry_topic"}
+    imports = [n for n in launch_tree.body if isinstance(n, ast.ImportFrom) and n.module == "vln_core.config"]
+    assert imports and "load_config" in {a.name for a in imports[0].names}
+    assert _calls(launch_tree, "load_config"), "launch file does not read the parameter file with load_config"

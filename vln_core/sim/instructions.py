@@ -167,7 +167,15 @@ def make_instruction(
         if scene.rooms[goal_room].kind != "hallway" and goal_room in rooms_seq and rng.random() < 0.6:
             events.append((room_frames[rooms_seq.index(goal_room)], pick(_ENTER, room=scene.room_name(goal_room))))
     for lm in named:
-        events.append((lm.frame, pick(_PASS, lm=describe_object(scene, lm.obj))))
+        # tell a landmark inside the room the drive leaves before leaving it, and one inside the
+        # goal room after entering it, even if the closest approach happened at the doorway
+        frame = lm.frame
+        room = lm.obj.room_index
+        if room == start_room and len(room_frames) > 1:
+            frame = min(frame, room_frames[1] - 1)
+        elif room == goal_room and goal_room in rooms_seq and rooms_seq.index(goal_room) > 0:
+            frame = max(frame, room_frames[rooms_seq.index(goal_room)] + 1)
+        events.append((frame, pick(_PASS, lm=describe_object(scene, lm.obj))))
     events.sort(key=lambda e: e[0])
     clauses = [c for _, c in events]
     if intent in _TURN and rng.random() < 0.5:

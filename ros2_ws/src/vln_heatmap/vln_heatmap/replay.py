@@ -145,14 +145,24 @@ class EpisodePublisher(Node):
         self.info_pub.publish(conv.camera_info_msg(K, width, height, stamp, self.camera_frame))
         self.odom_pub.publish(conv.odometry_msg(T_odom_base, stamp, self.odom_frame, self.base_frame, velocity))
 
-    def publish_images(self, rgb: np.ndarray, depth_m: Optional[np.ndarray], stamp: int) -> None:
-        """Depth (``(H, W)`` metres, if any) then colour (``(H, W, 3)`` uint8 RGB) at ``stamp`` (ns)."""
-        if depth_m is not None:
-            self.depth_pub.publish(conv.depth_to_image_msg(depth_m, stamp, self.camera_frame, self.depth_encoding))
+    def encode_frame(self, rgb: np.ndarray, depth_m: Optional[np.ndarray]) -> tuple[Any, Optional[Image]]:
+        """Colour (``(H, W, 3)`` uint8 RGB) and depth (``(H, W)`` metres or None) messages, stamp 0;
+        built once so publishing costs only the transfer."""
         if self.compressed:
-            self.image_pub.publish(conv.rgb_to_compressed_msg(rgb, stamp, self.camera_frame, self.compressed))
+            color = conv.rgb_to_compressed_msg(rgb, 0, self.camera_frame, self.compressed)
         else:
-            self.image_pub.publish(conv.rgb_to_image_msg(rgb, stamp, self.camera_frame))
+            color = conv.rgb_to_image_msg(rgb, 0, self.camera_frame)
+        depth = None if depth_m is None else conv.depth_to_image_msg(depth_m, 0, self.camera_frame, self.depth_encoding)
+        return color, depth
+
+    def publish_images(self, color: Any, depth: Optional[Image], stamp: int) -> None:
+        """Depth (if any) then colour from :meth:`encode_frame`, both stamped ``stamp`` (ns)."""
+        header = conv.header(stamp, self.camera_frame)
+        if depth is not None:
+            depth.header = header
+            self.depth_pub.publish(depth)
+        color.header = header
+        self.image_pub.publish(color)
 
 
 class _Stop:
@@ -187,14 +197,13 @@ def replay_episode(args: argparse.Namespace, cfg: VLNConfig, stop: _Stop) -> int
     print(f"replay: {args.source}: {n} frames {episode.image_size[1]}x{episode.image_size[0]}, "
           f"{1.0 / period:.1f} Hz recorded x {args.rate:g}, odometry: {pose_origin}", flush=True)
 
-    # decode once up front so the publishing rate is not limited by PNG decoding
-    frames = [(episode.color(i), episode.depth(i)) for i in range(n)]
-
     rclpy.init(args=args.ros_args, signal_handler_options=SignalHandlerOptions.NO)  # _Stop handles SIGINT/SIGTERM
     publisher = EpisodePublisher(cfg, args.compressed, args.depth_encoding, args.camera_frame)
     manifest: list[dict[str, Any]] = []
     published = 0
     try:
+        # decode and encode once up front so the publishing rate is not limited by PNG decoding
+        frames = [publisher.encode_frame(episode.color(i), episode.depth(i)) for i in range(n)]
         if args.wait_for_node > 0 and not publisher.wait_for_subscribers(args.wait_for_node):
             print(f"replay: no subscriber on the input topics after {args.wait_for_node:g} s", file=sys.stderr)
             return 3
@@ -218,8 +227,8 @@ def replay_episode(args: argparse.Namespace, cfg: VLNConfig, stop: _Stop) -> int
                     velocity = tuple(velocities[i]) if velocities is not None else (0.0, 0.0)
                     publisher.publish_pose(episode.K, episode.image_size, base_poses[i], velocity, stamp)
                     continue
-                rgb, depth = frames[i]
-                publisher.publish_images(rgb, depth, stamp)
+                color, depth = frames[i]
+                publisher.publish_images(color, depth, stamp)
                 manifest.append({"index": i, "frame_id": int(episode.frame_ids[i]), "stamp_ns": stamp, "pass": passes})
                 published += 1
                 if instruction and time.monotonic() - last_instruction > 5.0:

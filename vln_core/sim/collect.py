@@ -80,7 +80,11 @@ def plan_episode(scene: Scene, cfg: SimConfig, rng: np.random.Generator, grid: O
     limits = drive_limits(cfg)
     duration = cfg.frames_per_episode / cfg.camera_rate_hz
     goals = [o for o in scene.objects if o.category in GOAL_CATEGORIES]
-    order = rng.permutation(len(goals))
+    # balance categories: a random category order first, then a random object within each
+    # (otherwise chairs, which come in sets around tables, would dominate the goals)
+    category_rank = {c: r for r, c in enumerate(rng.permutation(sorted({g.category for g in goals})))}
+    tiebreak = rng.random(len(goals))
+    order = sorted(range(len(goals)), key=lambda k: (category_rank[goals[k].category], tiebreak[k]))
     fallback: EpisodePlan | None = None  # best plan that did not arrive in time (short episodes)
     for gi in order[:10]:
         goal = goals[int(gi)]

@@ -829,7 +829,8 @@ def generate_scene(seed: int, rooms_range: tuple[int, int] = (2, 4), ceiling_ran
             occupied.append(np.array([d.center[0] - along, d.center[1] - 1.1, d.center[0] + along, d.center[1] + 1.1]))
         else:
             occupied.append(np.array([d.center[0] - 1.1, d.center[1] - along, d.center[0] + 1.1, d.center[1] + along]))
-    wall_occupied: list[np.ndarray] = []  # for high wall items (paintings, windows)
+    # for high wall items (paintings, windows): door openings (and their lintels) stay clear too
+    wall_occupied: list[np.ndarray] = [zone.copy() for zone in occupied]
 
     def add_object(category: str, builder, size, color, room: Room, pos_xy, yaw, obstacle=True) -> SceneObject:
         obj = SceneObject(len(objects), category, color, room.index, np.array([pos_xy[0], pos_xy[1], 0.0]), float(yaw),
@@ -972,7 +973,9 @@ def generate_scene(seed: int, rooms_range: tuple[int, int] = (2, 4), ceiling_ran
         occupied.append(box)
         add_object("door", builder, size, col, side_room, pos, yaw)
 
-    # windows on exterior walls
+    # windows on exterior walls, each with daylight spilling in and sometimes curtains
+    window_lights: list[Light] = []
+    object_boxes = [prims[i].world_aabb() for o in objects for i in o.primitives]
     for room in rooms:
         if room.kind == "hallway" or rng.random() > 0.75:
             continue
@@ -1015,6 +1018,27 @@ def generate_scene(seed: int, rooms_range: tuple[int, int] = (2, 4), ceiling_ran
             greens = _lin((int(rng.integers(40, 90)), int(rng.integers(80, 130)), int(rng.integers(40, 80))))
             mat = Material("window", tuple(float(x) for x in sky), greens, 1.0, 0.0, 2.5, int(rng.integers(1 << 30)))
             prims.append(Primitive(BOX, center, half, 0.0, mat))
+            inward = np.zeros(3)
+            inward[1 if side in (0, 1) else 0] = 1.0 if outside else -1.0
+            window_lights.append(Light(center + 0.7 * inward, sky * float(rng.uniform(0.3, 0.7)), room.index,
+                                       float(rng.uniform(1.2, 2.0))))
+            if rng.random() < 0.6:  # curtains on both sides, hanging over the window's height
+                fabric = _mat(rng, "fabric", COLORS[_pick_color(rng, ["beige", "white", "grey", "blue", "green", "red", "brown"])])
+                cw_ = float(rng.uniform(0.22, 0.4))
+                top = min(height - 0.05, zc + h / 2 + 0.2)
+                bottom = max(0.3, zc - h / 2 - 0.2)
+                along_axis = 0 if side in (0, 1) else 1
+                for sgn in (-1.0, 1.0):
+                    c = center + 0.05 * inward
+                    c[along_axis] += sgn * (half[along_axis] + cw_ / 2 - 0.08)
+                    c[2] = (top + bottom) / 2
+                    hc = np.array([0.0, 0.0, (top - bottom) / 2])
+                    hc[along_axis] = cw_ / 2
+                    hc[1 - along_axis] = 0.04
+                    lo_c, hi_c = c - hc, c + hc
+                    if any((lo_c < bb[1]).all() and (bb[0] < hi_c).all() for bb in object_boxes):
+                        continue  # would cut through furniture standing there
+                    prims.append(Primitive(BOX, c, hc, 0.0, fabric))
             break
 
     # lights: a ceiling fixture per room (visible disk) and the floor lamps
@@ -1038,6 +1062,7 @@ def generate_scene(seed: int, rooms_range: tuple[int, int] = (2, 4), ceiling_ran
                 prims.append(Primitive(ELLIPSOID, np.array([p[0], p[1], height]), np.array([r, r, 0.06]), 0.0, fix_mat))
             else:
                 prims.append(Primitive(CYLINDER, np.array([p[0], p[1], height - 0.04]), np.array([r, r, 0.04]), 0.0, fix_mat))
+    lights.extend(window_lights)
     for obj in objects:
         if obj.category == "lamp":
             top = prims[obj.primitives[-1]].center

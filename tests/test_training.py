@@ -220,9 +220,10 @@ def test_training_lowers_the_loss(episodes_root, tmp_path):
     trainer.close()
     losses = [r.loss for r in records]
     assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
-    # measured over seeds 0/1: first-5 mean ~8.6-8.8, last-10 mean ~8.2-8.3; step noise ~0.05
+    # measured (training.seed 0 / 1): first-5 mean 8.44 / 8.43, last-10 mean 8.24 / 8.27; a single
+    # step's loss scatters by ~0.05, a 10-step mean by ~0.02
     first, last = np.mean(losses[:5]), np.mean(losses[-10:])
-    assert last < first - 0.15, f"loss did not fall: first 5 steps {first:.3f}, last 10 {last:.3f}"
+    assert last < first - 0.1, f"loss did not fall: first 5 steps {first:.3f}, last 10 {last:.3f}"
     run = tmp_path / "run"
     assert (run / "last.pt").is_file() and (run / "best.pt").is_file() and (run / "config.yaml").is_file()
     assert list((run / "tb").iterdir()), "no TensorBoard events written"

@@ -381,3 +381,24 @@ def test_finetune_and_evaluate_clis(episodes_root, tmp_path):
     bad = _run("training/finetune.py", "--config", "configs/train_embedded.yaml", *overrides[:-4],
                f"training.data_dirs=[{empty}]", f"training.output_dir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "no episodes found" in bad.stderr
+
+
+def test_preprocess_frames_keeps_intrinsics_and_depth_honest():
+    from vln_core.preprocess import preprocess_frames
+
+    K = np.array([[100.0, 0, 39.5], [0, 100.0, 29.5], [0, 0, 1]])  # 80x60 image
+    color = np.zeros((60, 80, 3), np.uint8)
+    color[:, 40:] = 255
+    depth = np.full((60, 80), 2.0, np.float32)
+    depth[0, 0], depth[0, 1], depth[1, 0] = np.nan, np.inf, -1.0
+    out = preprocess_frames([color, color], [depth, depth], K, (30, 40))
+    assert out.frames.shape == (2, 3, 30, 40) and out.frames.dtype == torch.float32
+    assert out.frames[0, :, :, :20].max() == 0 and out.frames[0, :, :, 20:].min() == 1.0
+    # halving the size halves the focal length; the centre stays at the image centre
+    assert torch.allclose(out.K, torch.tensor([[50.0, 0, 19.5], [0, 50.0, 14.5], [0, 0, 1]]))
+    assert torch.isfinite(out.depths).all() and set(out.depths.unique().tolist()) <= {0.0, 2.0}
+    assert preprocess_frames([color], None, K, (60, 80)).depths is None
+    with pytest.raises(InputError, match="depth map 0"):
+        preprocess_frames([color], [depth[:10]], K, (30, 40))
+    with pytest.raises(InputError, match="uint8"):
+        preprocess_frames([color.astype(np.float32)], None, K, (30, 40))

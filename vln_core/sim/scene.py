@@ -639,7 +639,7 @@ def _wall_material(rng, kind: str) -> Material:
             brick = _lin((215, 210, 200))
         return _mat(rng, "brick", brick, _lin((190, 185, 175)), scale=float(rng.uniform(0.9, 1.2)))
     if tex == "tiles":
-        return _mat(rng, "tiles", paint, tuple(x * 0.8 for x in paint), scale=float(rng.uniform(0.3, 0.5)), gloss=0.4)
+        return _mat(rng, "wall_tiles", paint, tuple(x * 0.8 for x in paint), scale=float(rng.uniform(0.3, 0.5)), gloss=0.4)
     return _mat(rng, "plaster", paint, scale=float(rng.uniform(0.5, 2.0)))
 
 

@@ -203,18 +203,23 @@ def _wood(u, v, fp, m: Material):
     return _mix(_col(m.color, u.size), _col(m.color2, u.size), 0.45 * grain)
 
 
-def _tiles(u, v, fp, m: Material):
+def _tiles(u, v, fp, m: Material, allow_checker: bool = True):
     size = 0.45 * m.scale
     iu = np.floor(u / size).astype(np.int64)
     iv = np.floor(v / size).astype(np.int64)
     tone = hash01(iu, iv, m.seed)
-    checker = (np.mod(iu + iv, 2) == 0) & (m.seed % 3 == 0)
+    checker = (np.mod(iu + iv, 2) == 0) & (m.seed % 3 == 0) & allow_checker
     base = _col(m.color, u.size) * (0.93 + 0.12 * tone)[:, None]
     base[checker] = base[checker] * 0.72
     speck = fbm(u * 30.0, v * 30.0, m.seed + 5, 2, fp * 30.0)
     base *= (0.94 + 0.12 * speck)[:, None]
     grout = np.maximum(_line_mask(u, size, 0.008, fp), _line_mask(v, size, 0.008, fp))
     return _mix(base, _col(m.color2, u.size), grout)
+
+
+def _wall_tiles(u, v, fp, m: Material):
+    """Tiles without the checkerboard variant (a chessboard wall looks unlike any real room)."""
+    return _tiles(u, v, fp, m, allow_checker=False)
 
 
 def _carpet(u, v, fp, m: Material):
@@ -321,6 +326,7 @@ TEXTURES: dict[str, TextureFn] = {
     "wood_planks": _wood_planks,
     "wood": _wood,
     "tiles": _tiles,
+    "wall_tiles": _wall_tiles,
     "carpet": _carpet,
     "fabric": _fabric,
     "rug": _rug,

@@ -26,7 +26,7 @@ import numpy as np
 
 from vln_core.errors import InputError
 from vln_core.geometry.reproject import depth_from_uint16_mm
-from vln_core.geometry.transforms import matrix_to_quat, quat_to_matrix
+from vln_core.geometry.transforms import matrix_to_quat
 
 __all__ = [
     "ImageEncoding",
@@ -388,7 +388,15 @@ def pose_fields_to_matrix(position: Any, orientation: Any, quat_tolerance: float
     norm = float(np.linalg.norm(q))
     if abs(norm - 1.0) > quat_tolerance:
         raise InputError(f"pose orientation is not a rotation: quaternion {q.tolist()} has norm {norm:.4g}, not 1")
-    R = quat_to_matrix(q / norm).numpy()
+    x, y, z, w = q / norm
+    # plain numpy on purpose (same formula as vln_core.geometry.quat_to_matrix): this runs for every
+    # odometry message, and each tiny torch op releases and re-takes the GIL, which a busy
+    # inference thread turns into milliseconds of waiting per message
+    R = np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
     T = np.eye(4)
     T[:3, :3] = R
     T[:3, 3] = t

@@ -119,32 +119,34 @@ class VLNHeatmapNode(Node):
         topics = self.cfg.node.topics
         self._last_camera_info: tuple | None = None
 
-        self._image_group = MutuallyExclusiveCallbackGroup()  # colour and depth: the heavy conversions
-        self._pose_group = MutuallyExclusiveCallbackGroup()  # odometry, CameraInfo, instruction: never behind images
+        # One mutually exclusive callback group per input topic: messages of a topic are handled in
+        # order, and no topic waits behind another one's callbacks (sharing a group made odometry
+        # lag a second behind the images on a busy CPU: the executor skips a ready subscription
+        # whose group is busy until its next wait round). The runtime's input methods are
+        # thread-safe; inference and diagnostics have groups of their own.
         self._inference_group = MutuallyExclusiveCallbackGroup()
         self._diagnostics_group = MutuallyExclusiveCallbackGroup()
 
-        # Poses have their own callback group so they are never queued behind image conversions,
-        # and within a group the executor serves ready subscriptions in creation order: depth
-        # before colour. The runtime's input methods are thread-safe.
+        def own_group() -> MutuallyExclusiveCallbackGroup:
+            return MutuallyExclusiveCallbackGroup()
+
         qos = sensor_qos(self.cfg)
         self._tf_buffer = None
         if self.cfg.node.pose_source == "tf":
             self._start_tf()
         if self._tf_buffer is None:
             self.create_subscription(Odometry, topics.odometry, self._on_odometry, output_qos(50),
-                                     callback_group=self._pose_group)
-        self.create_subscription(CameraInfo, topics.camera_info, self._on_camera_info, qos,
-                                 callback_group=self._pose_group)
+                                     callback_group=own_group())
+        self.create_subscription(CameraInfo, topics.camera_info, self._on_camera_info, qos, callback_group=own_group())
         self.create_subscription(String, topics.instruction, self._on_instruction, output_qos(10),
-                                 callback_group=self._pose_group)
-        self.create_subscription(Image, topics.depth, self._on_depth, qos, callback_group=self._image_group)
+                                 callback_group=own_group())
+        self.create_subscription(Image, topics.depth, self._on_depth, qos, callback_group=own_group())
         if topics.compressed_image:
             self.create_subscription(CompressedImage, topics.compressed_image, self._on_image, qos,
-                                     callback_group=self._image_group)
+                                     callback_group=own_group())
             image_topic = topics.compressed_image
         else:
-            self.create_subscription(Image, topics.image, self._on_image, qos, callback_group=self._image_group)
+            self.create_subscription(Image, topics.image, self._on_image, qos, callback_group=own_group())
             image_topic = topics.image
 
         self._heatmap_pub = self.create_publisher(Image, "~/heatmaps", output_qos())
@@ -315,7 +317,7 @@ def main(args: list[str] | None = None) -> int:
         print(f"vln_heatmap_node: configuration error: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=4)  # images, poses, inference, diagnostics
+    executor = MultiThreadedExecutor(num_threads=7)  # five inputs, inference, diagnostics
     executor.add_node(node)
     try:
         executor.spin()

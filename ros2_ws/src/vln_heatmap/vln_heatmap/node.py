@@ -4,10 +4,10 @@ Thin by design: callbacks convert messages (``vln_core.ros_codec`` via :mod:`msg
 and hand numpy arrays to :class:`vln_core.runtime.NavigationRuntime`, which owns buffering,
 keyframe selection, inference, diagnostics figures and error accounting.
 
-Threads: a ``MultiThreadedExecutor`` runs colour + depth in one callback group, odometry +
-CameraInfo + instruction in a second (poses never queue behind image conversions), inference (a
-timer at ``node.inference_rate_hz``) in its own mutually exclusive group and the 1 Hz
-diagnostics timer in a fourth, so an input callback never waits for inference.
+Threads: a ``MultiThreadedExecutor`` runs each input subscription in its own mutually exclusive
+callback group (in-order per topic, no topic queued behind another), inference (a timer at
+``node.inference_rate_hz``) in a group of its own and the 1 Hz diagnostics timer in another, so
+an input callback never waits for inference.
 
 Subscribes (names from the ``node.topics`` parameters, remappable):
     colour ``sensor_msgs/Image`` (or ``CompressedImage`` when ``node.topics.compressed_image`` is

@@ -41,11 +41,7 @@ INFERENCE_RATE_HZ = 2.0
 # tolerance can be strict: with the default 0.1 s (3 frames at 30 Hz) a busy CPU lets the runtime
 # pair an image with the depth or pose of an earlier frame that happened to arrive first, and the
 # heatmaps would (rightly) not match the geometry core recomputed from the recorded frame.
-# The test machine's 2 cores are shared with other jobs: a deep subscription queue lets the node
-# take every frame late instead of losing some (the replay's writer queue is as deep).
-NODE_PARAMETERS = (
-    f"node.inference_rate_hz:={INFERENCE_RATE_HZ}", "node.max_stamp_gap_s:=0.01", "node.sensor_qos_depth:=30",
-)
+NODE_PARAMETERS = (f"node.inference_rate_hz:={INFERENCE_RATE_HZ}", "node.max_stamp_gap_s:=0.01")
 CAMERA_FRAME = "camera_color_optical_frame"
 REPLAY_SECONDS = 8.0
 

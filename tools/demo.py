@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "demo")
     parser.add_argument("--episode", type=Path, default=None, help="replay this episode instead of simulating one")
-    parser.add_argument("--frames", type=int, default=150, help="simulated frames (30 Hz)")
+    parser.add_argument("--frames", type=int, default=240, help="simulated frames (30 Hz camera: 8 s)")
     parser.add_argument("--size", default="240x320", help="simulated image size HxW")
     parser.add_argument("--params-file", type=Path, default=PARAMS_FILE)
     parser.add_argument("--inference-rate", type=float, default=None, help="override node.inference_rate_hz")

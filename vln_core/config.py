@@ -130,10 +130,10 @@ class NodeConfig:
     base_frame: str = "base_link"  # robot body frame (tf lookups, waypoint paths without a world pose)
     # camera/depth/odometry subscriptions: "reliable" keeps 30 Hz 640x480 across processes
     # (measured ~30 Hz vs ~17 Hz best-effort on Fast DDS); "best_effort" matches SensorDataQoS drivers.
-    # The queue depth absorbs stalls of a busy CPU (depth 5 lost a third of a 30 Hz stream on a
-    # loaded 2-core machine, 30 lost none); the callbacks only convert, so a backlog drains fast.
+    # The queue depth absorbs stalls of a busy CPU (on a loaded 2-core machine depth 5 lost a third
+    # of a 30 Hz stream, 10 a fifth, 30 none); the callbacks only convert, so a backlog drains fast.
     sensor_qos: Literal["reliable", "best_effort"] = "reliable"
-    sensor_qos_depth: int = 10
+    sensor_qos_depth: int = 30
     max_stamp_gap_s: float = 0.1  # image/depth/odometry pairing tolerance
     # a stamp this far past the previous one of its stream (a paused camera, a bag jump) resets
     # the buffered frames and the keyframe memory; this far backwards (bag loop) resets everything

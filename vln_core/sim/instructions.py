@@ -17,7 +17,7 @@ from vln_core.sim.trajectory import BaseTrajectory, wrap_angle
 
 __all__ = ["GOAL_CATEGORIES", "LANDMARK_CATEGORIES", "describe_object", "frame_intents", "make_instruction"]
 
-GOAL_CATEGORIES = ("chair", "sofa", "table", "coffee table", "bed", "lamp", "plant", "cabinet", "tv", "bookshelf",
+GOAL_CATEGORIES = ("chair", "sofa", "table", "desk", "coffee table", "bed", "lamp", "plant", "cabinet", "tv", "bookshelf",
                    "fridge", "counter", "armchair", "door")
 LANDMARK_CATEGORIES = GOAL_CATEGORIES + ("rug", "painting")
 

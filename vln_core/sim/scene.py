@@ -379,6 +379,16 @@ def build_table(rng, color=None, kind=None):
     return b, np.array([d, w, h]), color
 
 
+def build_desk(rng, color=None):
+    """A rectangular work table with a drawer block under one side."""
+    b, size, color = build_table(rng, color, kind="rect")
+    d, w, h = size
+    drawers = Material("cabinet_front", COLORS[color], tuple(x * 0.8 for x in COLORS[color]), 0.6, 0.2, 0.0,
+                       int(rng.integers(1 << 30)))
+    b.box((0.0, w / 2 - 0.25, (h - 0.04) / 2), (d - 0.12, 0.4, h - 0.06), drawers)
+    return b, size, color
+
+
 def build_coffee_table(rng, color=None):
     color = color or _pick_color(rng, ["brown", "white", "black", "beige"])
     b = _Builder()
@@ -581,7 +591,7 @@ def build_door(rng, color=None):
 
 
 BUILDERS = {
-    "chair": build_chair, "sofa": build_sofa, "table": build_table, "coffee table": build_coffee_table,
+    "chair": build_chair, "sofa": build_sofa, "table": build_table, "desk": build_desk, "coffee table": build_coffee_table,
     "bed": build_bed, "lamp": build_lamp, "plant": build_plant, "cabinet": build_cabinet, "tv": build_tv,
     "bookshelf": build_bookshelf, "fridge": build_fridge, "counter": build_counter, "armchair": build_armchair,
     "rug": build_rug, "painting": build_painting, "door": build_door,
@@ -596,7 +606,7 @@ FURNISHING: dict[str, list[tuple[str, str, float]]] = {
                 ("cabinet", "wall", 0.5), ("painting", "wall_high", 0.3)],
     "bedroom": [("bed", "wall", 1.0), ("cabinet", "wall", 0.9), ("lamp", "corner", 0.7), ("rug", "center", 0.4),
                 ("plant", "corner", 0.5), ("chair", "wall", 0.4), ("bookshelf", "wall", 0.4), ("painting", "wall_high", 0.6)],
-    "office": [("table", "desk_chair", 1.0), ("bookshelf", "wall", 0.9), ("cabinet", "wall", 0.6), ("plant", "corner", 0.7),
+    "office": [("desk", "desk_chair", 1.0), ("bookshelf", "wall", 0.9), ("cabinet", "wall", 0.6), ("plant", "corner", 0.7),
                ("lamp", "corner", 0.5), ("armchair", "wall", 0.3), ("painting", "wall_high", 0.5)],
     "dining room": [("table", "table_chairs", 1.0), ("cabinet", "wall", 0.8), ("plant", "corner", 0.7), ("lamp", "corner", 0.5),
                     ("bookshelf", "wall", 0.3), ("painting", "wall_high", 0.7), ("rug", "center", 0.3)],

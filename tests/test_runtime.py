@@ -294,14 +294,40 @@ def test_ring_never_exceeds_total_frames():
     assert out.seq == 9 and rt.counters()["dropped_superseded"] == 3
 
 
-def test_depth_before_image_is_paired():
-    rt, feeder = new_runtime()
+def test_depth_before_image_is_paired_once_the_pairing_is_final():
+    """Depth 20 ms early is used, but only when no closer depth can still come (waited out)."""
+    now = [100.0]
+    rt = NavigationRuntime(make_cfg(), clock=lambda: now[0])
+    rt.set_camera_info(K_SYN, W, H)
+    feeder = Feeder(rt)
     T_wc = feeder.expected_T_wc(0)
     rt.add_odometry(T0_NS, base_pose(0))
     rt.add_depth(T0_NS - 20_000_000, plane_depth(K_SYN, T_wc))
     rt.add_image(T0_NS, "cam", synthetic_rgb(0))
+    assert rt.step() is None
+    assert "depth" in rt.waiting_reason
+    now[0] += rt.cfg.node.max_stamp_gap_s + 0.01
     out = rt.step()
     assert out is not None and out.seq == 0
+
+
+def test_pose_waits_for_odometry_after_the_image_instead_of_holding_a_stale_one():
+    """An image stamped after the newest odometry is not given that older pose straight away."""
+    now = [100.0]
+    rt = NavigationRuntime(make_cfg(), clock=lambda: now[0])
+    rt.set_camera_info(K_SYN, W, H)
+    feeder = Feeder(rt)
+    stamp = T0_NS + DT_NS
+    rt.add_odometry(T0_NS, base_pose(0))  # 1 frame old: within tolerance, not bracketing
+    rt.add_image(stamp, "cam", synthetic_rgb(1))
+    rt.add_depth(stamp, plane_depth(K_SYN, feeder.expected_T_wc(1)))
+    assert rt.step() is None
+    assert "odometry" in rt.waiting_reason
+    rt.add_odometry(stamp + DT_NS, base_pose(2))  # now the stamp is bracketed: interpolate
+    out = rt.step()
+    assert out is not None
+    expected = camera_pose_from_base(interpolate_pose(base_pose(0), base_pose(2), 0.5), rt.T_base_cam).numpy()
+    np.testing.assert_allclose(out.T_wc, expected, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ bad input

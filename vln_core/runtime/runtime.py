@@ -480,7 +480,8 @@ class NavigationRuntime:
         t0 = time.perf_counter()
         with self._lock:
             reset_memory, self._memory_reset_pending = self._memory_reset_pending, False
-            candidates = [(e, e.depth_m) for e in self._ring.newest_first(self._last_processed_seq)]
+            candidates = [(e, e.depth_m, e.depth_stamp_ns) for e in self._ring.newest_first(self._last_processed_seq)]
+            newest_depth_ns = self._clocks["depth"].last_ns
             camera = self._camera
             odometry = self._odometry.snapshot()
             camera_poses = self._camera_poses.snapshot()
@@ -494,8 +495,8 @@ class NavigationRuntime:
             return None
 
         frame, entry, reasons = None, None, []
-        for candidate, depth in candidates:
-            frame, why = self._assemble(candidate, depth, camera, odometry, camera_poses)
+        for candidate, depth, depth_stamp in candidates:
+            frame, why = self._assemble(candidate, depth, depth_stamp, newest_depth_ns, camera, odometry, camera_poses)
             if frame is not None:
                 entry = candidate
                 break
@@ -564,12 +565,24 @@ class NavigationRuntime:
         self,
         entry: BufferedImage,
         depth: Optional[np.ndarray],
+        depth_stamp_ns: Optional[int],
+        newest_depth_ns: Optional[int],
         camera: Optional[PinholeCamera],
         odometry: tuple[list[int], list[tuple[np.ndarray, Optional[np.ndarray]]]],
         camera_poses: tuple[list[int], list[np.ndarray]],
     ) -> tuple[Optional[CameraFrame], str]:
-        """The frame with everything the backend needs, or ``(None, why not)``."""
+        """The frame with everything the backend needs, or ``(None, why not)``.
+
+        Pairing is settled before a frame is used, because a keyframe keeps its depth and pose
+        for as long as it stays in memory: the depth pairing is final once a depth image stamped
+        at or after the image has arrived (depth arrives in stamp order, so no closer one can
+        come), and the pose must be exact or interpolated between samples on both sides of the
+        image stamp. Only after the image has waited ``node.max_stamp_gap_s`` (wall clock) for
+        that do the nearest depth and pose within the tolerance count (depth or odometry that
+        stopped).
+        """
         backend = self.backend
+        waited_enough = (self.clock() - entry.received_s) >= self.cfg.node.max_stamp_gap_s
         H, W = entry.size
         K = None
         if camera is None:
@@ -582,11 +595,16 @@ class NavigationRuntime:
             return None, why_no_K
         if backend.needs_depth and depth is None:
             return None, f"no depth image within {self.cfg.node.max_stamp_gap_s} s of the image stamp yet"
+        depth_final = depth_stamp_ns == entry.stamp_ns or (newest_depth_ns is not None and newest_depth_ns >= entry.stamp_ns)
+        if backend.needs_depth and not depth_final and not waited_enough:
+            return None, "waiting for a depth image stamped at or after the image (the pairing may still improve)"
 
         T_wc = T_odom_base = velocity = None
         if self.cfg.node.pose_source == "odometry":
             stamps, values = odometry
             T_odom_base, nearest, why = pose_at(stamps, [v[0] for v in values], entry.stamp_ns, self.tolerance_ns)
+            if why == "nearest" and not waited_enough and backend.needs_pose:
+                return None, "waiting for odometry after the image stamp (to interpolate, not hold a stale pose)"
             if T_odom_base is not None:
                 T_wc = camera_pose_from_base(T_odom_base, self.T_base_cam).numpy()
                 velocity = values[nearest][1]
@@ -595,6 +613,8 @@ class NavigationRuntime:
         else:
             stamps, values = camera_poses
             T_wc, _, why = pose_at(stamps, values, entry.stamp_ns, self.tolerance_ns)
+            if why == "nearest" and not waited_enough and backend.needs_pose:
+                return None, "waiting for a camera pose after the image stamp (to interpolate, not hold a stale pose)"
             if T_wc is None:
                 why = f"tf camera pose: {why}"
         if backend.needs_pose and T_wc is None:

@@ -28,6 +28,7 @@ from vln_core.models.geometry_encoder import (
     extrinsics_intrinsics_to_pose_encoding,
     pose_encoding_to_extrinsics_intrinsics,
 )
+from vln_core.models.export import OnnxExportWrapper
 from vln_core.models.heads import ConvexUpSample, HeatmapDecoder, WaypointHead, convex_upsample
 from vln_core.models.reasoning import EmbeddedReasoner, LLMReasoner, language_model_of
 from vln_core.models.semantic_encoder import SemanticEncoder, SmallViT
@@ -212,15 +213,6 @@ def test_embedded_model_exports_to_onnx_with_given_keyframes(tmp_path):
     torch.manual_seed(0)
     model = build_model(tiny_cfg(), arch_overrides=TINY_ARCH).eval()
 
-    class Exported(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, frames, ids, mask, past, intent, keyframes, intrinsics):
-            out = self.net(ModelInputs(frames, ids, mask, past, intent, keyframes, intrinsics))
-            return out.depth, out.pose_enc, out.heatmap_logits, out.goal_logits, out.waypoints
-
     inputs = make_inputs(model, batch=1, keyframes=torch.tensor([[0, 2]]))
     args = (inputs.frames, inputs.instruction_ids, inputs.instruction_mask, inputs.past_trajectory, inputs.intent,
             inputs.keyframe_indices, torch.tensor([[[40.0, 0, 27.5], [0, 40.0, 27.5], [0, 0, 1]]]))
@@ -228,8 +220,8 @@ def test_embedded_model_exports_to_onnx_with_given_keyframes(tmp_path):
              "intrinsics"]
     path = tmp_path / "embedded.onnx"
     with torch.no_grad():
-        torch.onnx.export(Exported(model), args, str(path), opset_version=17, dynamo=False, input_names=names)
-        reference = Exported(model)(*args)
+        torch.onnx.export(OnnxExportWrapper(model), args, str(path), opset_version=17, dynamo=False, input_names=names)
+        reference = OnnxExportWrapper(model)(*args)
     session = ort.InferenceSession(str(path))
     assert [i.name for i in session.get_inputs()] == names  # keyframes and intrinsics are real graph inputs
     feeds = {name: a.numpy() for name, a in zip(names, args)}
@@ -242,7 +234,7 @@ def test_embedded_model_exports_to_onnx_with_given_keyframes(tmp_path):
     other[5] = torch.tensor([[1, 3]])
     other[6] = torch.tensor([[[25.0, 0, 27.5], [0, 30.0, 27.5], [0, 0, 1]]])
     with torch.no_grad():
-        reference = Exported(model)(*other)
+        reference = OnnxExportWrapper(model)(*other)
     feeds = {name: a.numpy() for name, a in zip(names, other)}
     for got, want in zip(session.run(None, feeds), reference):
         assert abs(got - want.numpy()).max() < 1e-3

@@ -230,9 +230,15 @@ class TrainingConfig:
 
 @dataclass
 class ExportConfig:
-    output_dir: str = "exports"
-    opset: int = 17
-    fp16: bool = False
+    """ONNX export (export/export_onnx.py, vln_core.models.export)."""
+
+    output_dir: str = "exports"  # default folder of <model.name>.onnx
+    opset: int = 17  # ONNX opset of the exported graph
+    fp16: bool = False  # TensorRT engine precision: the printed trtexec command gets --fp16 (the ONNX stays fp32)
+
+    def validate(self, key: str) -> None:
+        if not 14 <= self.opset <= 20:  # 14: scaled_dot_product_attention; 20: TorchScript exporter maximum
+            raise ConfigError(f"{key}.opset must be in [14, 20], got {self.opset}")
 
 
 @dataclass

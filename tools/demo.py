@@ -33,7 +33,8 @@ sys.path[:0] = [str(REPO), str(PACKAGE_SRC)]
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vln_core.config import atomic_write_text, load_config  # noqa: E402
+from vln_core.atomic import atomic_write_text  # noqa: E402
+from vln_core.config import load_config  # noqa: E402
 from vln_core.data.episode import is_complete_episode, read_episode  # noqa: E402
 from vln_heatmap.session import (  # noqa: E402
     OutputCollector,

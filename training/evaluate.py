@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vln_core.config import ConfigError, add_config_arguments, atomic_write_text, config_from_args  # noqa: E402
+from vln_core.atomic import atomic_write_text  # noqa: E402
+from vln_core.config import ConfigError, add_config_arguments, config_from_args  # noqa: E402
 from vln_core.errors import InputError  # noqa: E402
 
 

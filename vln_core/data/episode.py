@@ -27,7 +27,7 @@ from typing import Any, Mapping, Optional
 import cv2
 import numpy as np
 
-from vln_core.config import atomic_write_text
+from vln_core.atomic import atomic_write_text, fsync_dir
 from vln_core.data.posed_images import (
     PosedSequence,
     _match_depth_to_color,
@@ -369,7 +369,7 @@ class EpisodeWriter:
             raise InputError(f"episode folder {self.out_dir} appeared while writing; refusing to overwrite it")
         atomic_write_text(self.partial_dir / EPISODE_JSON, json.dumps(metadata, indent=1))
         os.rename(self.partial_dir, self.out_dir)
-        _fsync_dir(self.out_dir.parent)
+        fsync_dir(self.out_dir.parent)
         self._state = "finished"
         return self.out_dir
 
@@ -380,19 +380,6 @@ class EpisodeWriter:
         self._state = "aborted"
         if not self.keep_partial:
             shutil.rmtree(self.partial_dir, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ============================================================================== reader

@@ -45,7 +45,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
-from vln_core.config import VLNConfig, atomic_write_text, load_config
+from vln_core.atomic import atomic_write_text
+from vln_core.config import VLNConfig, load_config
 from vln_core.data.episode import Episode, read_episode
 from vln_core.errors import InputError
 from vln_core.geometry.transforms import pose_from_xyz_quat

@@ -4,10 +4,12 @@ Thin by design: callbacks convert messages (``vln_core.ros_codec`` via :mod:`msg
 and hand numpy arrays to :class:`vln_core.runtime.NavigationRuntime`, which owns buffering,
 keyframe selection, inference, diagnostics figures and error accounting.
 
-Threads: a ``MultiThreadedExecutor`` runs each input subscription in its own mutually exclusive
-callback group (in-order per topic, no topic queued behind another), inference (a timer at
-``node.inference_rate_hz``) in a group of its own and the 1 Hz diagnostics timer in another, so
-an input callback never waits for inference.
+Threads: a ``SingleThreadedExecutor`` runs the input callbacks (convert + buffer, about 1 ms
+each) and the 1 Hz diagnostics timer; inference runs on a thread of its own at
+``node.inference_rate_hz`` (:class:`InferenceLoop`), so an input callback never waits for
+inference and inference never waits for the executor. Measured on a 2-core machine at 640x480
+30 Hz: rclpy's ``MultiThreadedExecutor`` spent most of the process's time in its own thread-pool
+bookkeeping (futures per callback) and left inference at about 1 Hz.
 
 Subscribes (names from the ``node.topics`` parameters, remappable):
     colour ``sensor_msgs/Image`` (or ``CompressedImage`` when ``node.topics.compressed_image`` is
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import array
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -37,7 +40,8 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry, Path
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -106,6 +110,38 @@ def output_qos(depth: int = 5) -> QoSProfile:
     )
 
 
+class InferenceLoop:
+    """Calls ``tick`` at ``rate_hz`` on a daemon thread until :meth:`stop`.
+
+    When a tick overruns its period the next one starts at once and the schedule restarts from
+    there (no burst of catch-up ticks): the runtime always takes the newest frame anyway.
+    """
+
+    def __init__(self, rate_hz: float, tick: Callable[[], None]) -> None:
+        self.period_s = 1.0 / float(rate_hz)
+        self._tick = tick
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vln_inference", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            self._tick()
+            next_t += self.period_s
+            now = time.monotonic()
+            if next_t < now:
+                next_t = now
+            self._stop.wait(next_t - now)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
+
+
 class VLNHeatmapNode(Node):
     """See the module docstring. ``cfg`` is built from the node's parameters."""
 
@@ -124,7 +160,6 @@ class VLNHeatmapNode(Node):
         # lag a second behind the images on a busy CPU: the executor skips a ready subscription
         # whose group is busy until its next wait round). The runtime's input methods are
         # thread-safe; inference and diagnostics have groups of their own.
-        self._inference_group = MutuallyExclusiveCallbackGroup()
         self._diagnostics_group = MutuallyExclusiveCallbackGroup()
 
         def own_group() -> MutuallyExclusiveCallbackGroup:
@@ -139,7 +174,7 @@ class VLNHeatmapNode(Node):
             # them), and with 50 queued a busy node handled odometry 0.5-1 s late (5: ~15-50 ms)
             self.create_subscription(Odometry, topics.odometry, self._on_odometry, output_qos(5),
                                      callback_group=own_group())
-        self.create_subscription(CameraInfo, topics.camera_info, self._on_camera_info, qos, callback_group=own_group())
+        self.create_subscription(CameraInfo, topics.camera_info, self._on_camera_info, output_qos(1), callback_group=own_group())
         self.create_subscription(String, topics.instruction, self._on_instruction, output_qos(10),
                                  callback_group=own_group())
         self.create_subscription(Image, topics.depth, self._on_depth, qos, callback_group=own_group())
@@ -159,14 +194,26 @@ class VLNHeatmapNode(Node):
         self._marker_pub = self.create_publisher(MarkerArray, "~/waypoint_markers", output_qos())
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", output_qos(10))
 
-        self.create_timer(1.0 / self.cfg.node.inference_rate_hz, self._on_inference_timer,
-                          callback_group=self._inference_group)
         self.create_timer(1.0, self._on_diagnostics_timer, callback_group=self._diagnostics_group)
+        self._inference = InferenceLoop(self.cfg.node.inference_rate_hz, self._on_inference_tick)
+        self._inference.start()
         self.get_logger().info(
             f"ready: backend={self.cfg.node.backend}, colour={image_topic}, depth={topics.depth}, "
             f"camera_info={topics.camera_info}, pose={'tf' if self._tf_buffer else topics.odometry}, "
             f"inference at {self.cfg.node.inference_rate_hz:g} Hz, {self.cfg.video.keyframes} keyframes"
         )
+
+    # QoS event handlers (rclpy adds "incompatible QoS/type" handlers to every publisher and
+    # subscription by default) are waitables the executor polls on every spin: with 13 endpoints
+    # that bookkeeping alone kept the single executor thread from draining 30 Hz odometry on a
+    # 2-core machine. The node reports its own health through /diagnostics instead.
+    def create_subscription(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("event_callbacks", SubscriptionEventCallbacks(use_default_callbacks=False))
+        return super().create_subscription(*args, **kwargs)
+
+    def create_publisher(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("event_callbacks", PublisherEventCallbacks(use_default_callbacks=False))
+        return super().create_publisher(*args, **kwargs)
 
     # ------------------------------------------------------------------ error handling
 
@@ -266,7 +313,7 @@ class VLNHeatmapNode(Node):
 
     # ------------------------------------------------------------------ inference and outputs
 
-    def _on_inference_timer(self) -> None:
+    def _on_inference_tick(self) -> None:
         # step() records its own failures (kind "step_failed") and returns None
         try:
             output = self.runtime.step()
@@ -303,6 +350,9 @@ class VLNHeatmapNode(Node):
             self._report("diagnostics_failed", exc)
 
     def destroy_node(self) -> None:
+        inference = getattr(self, "_inference", None)  # absent when the constructor failed
+        if inference is not None:
+            inference.stop()
         try:
             self.runtime.close()  # finishes a recording, releases the backend
         except Exception as exc:
@@ -319,7 +369,7 @@ def main(args: list[str] | None = None) -> int:
         print(f"vln_heatmap_node: configuration error: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=7)  # five inputs, inference, diagnostics
+    executor = SingleThreadedExecutor()  # inputs and diagnostics; inference has its own thread
     executor.add_node(node)
     try:
         executor.spin()

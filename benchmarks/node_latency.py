@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"end-to-end latency (image stamp -> heatmap received): median {latency['median_ms']:.1f} ms, "
           f"p95 {latency['p95_ms']:.1f} ms, max {latency['max_ms']:.1f} ms (n={latency['n']})")
     print(f"output rate: {output_rate:.2f} Hz (configured {cfg.node.inference_rate_hz:g} Hz)")
+    print("inputs as the node saw them last: " + ", ".join(
+        f"{k}={v}" for k, v in inputs["values"].items() if k.endswith(("_rate_hz", "_count", "_age_s", "_lag_s"))))
     print(f"frames dropped (newest wins): {frames_status['values'].get('dropped_total', '?')} "
           f"({', '.join(f'{k}={v}' for k, v in frames_status['values'].items() if k.startswith('dropped_') and k != 'dropped_total')})")
     print("node stages:")

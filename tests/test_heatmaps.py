@@ -376,3 +376,29 @@ def test_viz_mosaic_draws_each_keyframe():
     assert magenta[:tile_h, tile_w + 6:].sum() == 0  # the second keyframe is behind: no overlap
     with pytest.raises(InputError, match="labels"):
         overlay_mosaic(rgb, res, ["kf 3"])
+
+
+def test_adaptive_sigma_fills_sparse_samples_instead_of_drawing_dots():
+    """Current camera 4x closer to a wall than the keyframe: samples land ~8 px apart (stride 2).
+
+    A fixed 1 px blur leaves a lattice of dots (strong pixel-to-pixel variation inside the
+    footprint); the spacing-aware blur gives a smooth surface, and the mass stays where it lands.
+    """
+    wall_key, wall_cur = 4.0, 1.0
+    key = torch.full((1, H, W), wall_key, dtype=torch.float64)
+    T_wc = make_pose(torch.eye(3, dtype=torch.float64), torch.tensor([0.0, 0.0, wall_key - wall_cur], dtype=torch.float64))
+    common = dict(sigma_px=1.0, source_stride=2)
+    fixed = frame_indexed_heatmaps(key, K64, torch.eye(4, dtype=torch.float64)[None], K64, T_wc, (H, W),
+                                   adaptive_sigma=False, **common).heatmap[0]
+    adaptive = frame_indexed_heatmaps(key, K64, torch.eye(4, dtype=torch.float64)[None], K64, T_wc, (H, W),
+                                      adaptive_sigma=True, **common).heatmap[0]
+    centre = (slice(H // 4, 3 * H // 4), slice(W // 4, 3 * W // 4))  # well inside the footprint
+
+    def roughness(m: torch.Tensor) -> float:
+        c = m[centre]
+        return float(c.std() / c.mean())
+
+    assert roughness(fixed) > 0.3  # the lattice is there without the fix
+    assert roughness(adaptive) < 0.1
+    torch.testing.assert_close(_centroid(adaptive), _centroid(fixed), atol=0.5, rtol=0)
+    assert float(adaptive.sum()) == pytest.approx(1.0, abs=1e-9)

@@ -91,6 +91,7 @@ class HeatmapConfig:
     occlusion_margin_m: float = 0.05  # a point is hidden when it is this much behind c's depth
     occlusion_margin_rel: float = 0.02  # ... plus this fraction of its depth
     min_overlap_fraction: float = 1e-3  # below this fraction landing in view: no overlap, zero map
+    adaptive_sigma: bool = True  # widen the blur where keyframe samples land sparser than the grid
 
     def validate(self, key: str) -> None:
         if self.sigma_px < 0:

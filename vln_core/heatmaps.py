@@ -33,6 +33,7 @@ from vln_core.geometry.transforms import as_float_tensor, invert_pose
 
 __all__ = [
     "NO_OVERLAP_FRACTION",
+    "SPACING_TO_SIGMA",
     "InterFrameHeatmaps",
     "gaussian_blur",
     "splat_bilinear",
@@ -46,6 +47,12 @@ __all__ = [
 #: and ``has_overlap`` is False: a handful of stray points (depth noise at image borders) should
 #: not produce a normalised heatmap made of a few blurred dots.
 NO_OVERLAP_FRACTION = 1e-3
+
+#: Blur sigma per pixel of sample spacing when samples land sparser than the grid (see
+#: ``adaptive_sigma``): 0.5 fills the gaps of a regular lattice without smearing it further.
+SPACING_TO_SIGMA = 0.5
+#: Samples count as sparse (gaps between them on the grid) above this spacing in pixels.
+SPARSE_SPACING_PX = 1.5
 
 
 @dataclass
@@ -282,6 +289,7 @@ def frame_indexed_heatmaps(
     occlusion_margin_m: float = 0.05,
     occlusion_margin_rel: float = 0.02,
     min_overlap_fraction: float = NO_OVERLAP_FRACTION,
+    adaptive_sigma: bool = True,
 ) -> InterFrameHeatmaps:
     """Heatmaps over the current image of where each keyframe's depth content lands.
 
@@ -301,6 +309,11 @@ def frame_indexed_heatmaps(
         occlusion_margin_m, occlusion_margin_rel: a point at depth ``z`` (in c) landing on a
             pixel where c measured ``d`` is hidden when ``z > d + margin_m + margin_rel * z``.
         min_overlap_fraction: see :data:`NO_OVERLAP_FRACTION`.
+        adaptive_sigma: widen keyframe k's blur to ``max(sigma_px, SPACING_TO_SIGMA * s_k)``,
+            when ``s_k > SPARSE_SPACING_PX``; ``s_k`` is the median spacing, in current pixels, of
+            k's samples that land in view (``stride * (f_c / f_k) * (z_k / z_c)``). When the current camera is much closer
+            to a surface than the keyframe was, its samples land sparser than the grid and a
+            fixed sigma draws a lattice of dots instead of a surface.
 
     Returns:
         :class:`InterFrameHeatmaps` on ``key_depth``'s device, float32 unless the depth is float64.
@@ -380,8 +393,16 @@ def frame_indexed_heatmaps(
     if cur_depth is not None:
         channels.append(torch.where(hidden, weight, zero))
     weights = torch.stack(channels)  # (C, K, N)
-    maps = splat_bilinear(torch.stack([u, v], dim=-1), weights, (H, W)).reshape(len(channels) * num_key, H, W)
-    maps = gaussian_blur(maps, sigma_px)
+    raw = splat_bilinear(torch.stack([u, v], dim=-1), weights, (H, W)).reshape(len(channels) * num_key, H, W)
+    maps = gaussian_blur(raw, sigma_px)
+    if adaptive_sigma:
+        spacing = float(source_stride) * (cur_K[0, 0] / key_K[:, 0, 0])[:, None] * (Z / torch.where(inside, z, torch.ones_like(z)))
+        spacing = torch.where(inside, spacing, torch.full_like(spacing, float("nan"))).nanmedian(dim=-1).values
+        sigmas = torch.nan_to_num(spacing * SPACING_TO_SIGMA, nan=0.0)
+        sparse = (spacing > SPARSE_SPACING_PX) & (sigmas > sigma_px + 0.25)
+        for k in torch.nonzero(sparse).flatten().tolist():
+            rows = [c * num_key + k for c in range(len(channels))]
+            maps[rows] = gaussian_blur(raw[rows], float(sigmas[k]))
     heat = maps[:num_key]
     total = heat.sum(dim=(-1, -2))
     scale = torch.where(has_overlap & (total > 0), 1.0 / total.clamp(min=torch.finfo(dtype).tiny), torch.zeros_like(total))
@@ -432,4 +453,5 @@ def heatmaps_from_config(
         occlusion_margin_m=cfg.occlusion_margin_m,
         occlusion_margin_rel=cfg.occlusion_margin_rel,
         min_overlap_fraction=cfg.min_overlap_fraction,
+        adaptive_sigma=cfg.adaptive_sigma,
     )

@@ -76,45 +76,8 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
     return proc.returncode
 
 
-class RosTestNode:
-    """An rclpy context + node + single-threaded executor in the test process, on one domain.
-
-    Use as a context manager; :meth:`spin_until` spins until a predicate holds or times out.
-    """
-
-    def __init__(self, name: str, domain_id: int):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
-        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-        os.environ.pop("ROS_LOCALHOST_ONLY", None)
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node(name, context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-
-    def spin_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            self.executor.spin_once(timeout_sec=0.05)
-        return predicate()
-
-    def spin_for(self, seconds: float) -> None:
-        self.spin_until(lambda: False, seconds)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.context.try_shutdown()
-
-    def __enter__(self) -> "RosTestNode":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+# the test process's own rclpy node: the same helper the demo and benchmarks use
+from vln_heatmap.session import IsolatedRosNode as RosTestNode  # noqa: E402
 
 
 def reliable_qos(depth: int = 10):

@@ -99,7 +99,7 @@ def node(tmp_path_factory):
     ros = RosTestNode("node_test_probe", domain_id)
     outputs = NodeOutputs(ros)
     try:
-        up = ros.spin_until(lambda: outputs.diagnostics or proc.poll() is not None, timeout=90)
+        up = ros.spin_until(lambda: outputs.diagnostics or proc.poll() is not None, timeout_s=90)
         assert up and proc.poll() is None, f"node did not come up:\n{log.read_text(errors='replace')}"
         yield NodeUnderTest(proc, ros, outputs, domain_id, log, tmp)
     finally:

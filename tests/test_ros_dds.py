@@ -26,8 +26,8 @@ def test_image_crosses_process_boundary_intact(tmp_path):
             domain_id, log,
         )
         try:
-            ros.spin_until(lambda: len(received) >= count or publisher.poll() not in (None, 0), timeout=30)
-            ros.spin_until(lambda: publisher.poll() is not None, timeout=15)
+            ros.spin_until(lambda: len(received) >= count or publisher.poll() not in (None, 0), timeout_s=30)
+            ros.spin_until(lambda: publisher.poll() is not None, timeout_s=15)
         finally:
             code = stop_process(publisher)
         assert code == 0, f"publisher failed ({code}):\n{log.read_text(errors='replace')}"
@@ -55,7 +55,7 @@ def test_separate_domains_do_not_see_each_other(tmp_path):
             domain_a, log,
         )
         try:
-            ros.spin_until(lambda: publisher.poll() is not None, timeout=20)
+            ros.spin_until(lambda: publisher.poll() is not None, timeout_s=20)
         finally:
             code = stop_process(publisher)
     assert code == 2, f"publisher on domain {domain_a} found a subscriber on domain {domain_b}:\n{log.read_text()}"

@@ -96,27 +96,62 @@ class CollectedOutput:
     keyframe_indices: list[int] = field(default_factory=list)
 
 
-class OutputCollector:
-    """rclpy node (own context) that records the vln_heatmap node's outputs and diagnostics."""
+class IsolatedRosNode:
+    """An rclpy context + node + single-threaded executor of its own, on one localhost-only domain.
+
+    For processes that talk to the node from outside (demo, benchmarks, tests). Use as a context
+    manager or call :meth:`close`.
+    """
+
+    def __init__(self, name: str, domain_id: int):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        os.environ.pop("ROS_LOCALHOST_ONLY", None)
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def __enter__(self) -> "IsolatedRosNode":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def spin_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Spin until ``predicate()`` holds (True) or ``timeout_s`` passes (its last value)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            self.executor.spin_once(timeout_sec=0.05)
+        return predicate()
+
+    def spin_for(self, seconds: float) -> None:
+        self.spin_until(lambda: False, seconds)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+class OutputCollector(IsolatedRosNode):
+    """Records the vln_heatmap node's outputs and diagnostics (own rclpy context)."""
 
     def __init__(self, domain_id: int, node_name: str = NODE_NAME, keep_overlays: bool = True):
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
         from std_msgs.msg import Int32MultiArray, Int64MultiArray
 
         from vln_heatmap import msg_conversions as conv
 
+        super().__init__("vln_heatmap_collector", domain_id)
         self._conv = conv
-        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-        os.environ.pop("ROS_LOCALHOST_ONLY", None)
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node("vln_heatmap_collector", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
         self.outputs: list[CollectedOutput] = []
@@ -169,16 +204,6 @@ class OutputCollector:
             self.overlays.append((self._conv.stamp_ns(msg), image_msg_to_rgb(msg)))
 
     # -------------------------------------------------------------- queries
-    def spin_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            self.executor.spin_once(timeout_sec=0.05)
-        return predicate()
-
-    def spin_for(self, seconds: float) -> None:
-        self.spin_until(lambda: False, seconds)
 
     def latest_status(self, name_part: str) -> Optional[dict]:
         """Newest diagnostics entry whose name contains ``name_part``."""
@@ -190,11 +215,6 @@ class OutputCollector:
 
     def status_history(self, name_part: str) -> list[dict]:
         return [s for array in self.diagnostics for s in array if name_part in s["name"]]
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.context.try_shutdown()
 
 
 def percentile_summary(values_ms: list[float]) -> dict[str, float]:

@@ -64,6 +64,11 @@ MIN_SIDE_FRACTION = 0.1
 #: Points used (a regular subsample) for the percentile extent in ``estimate_voxel_size``.
 _EXTENT_SAMPLE = 65_536
 
+#: Points voxelised at once: ``frame_voxel_keys`` and ``estimate_voxel_size`` work through the
+#: frames in chunks of about this many points, so their temporaries stay near 40 bytes x this
+#: (~40 MB) however many frames come in (all 128 frames of 518x392 points at once took ~2 GB).
+_CHUNK_POINTS = 1 << 20
+
 #: ``exhaustive_max_coverage`` refuses problems with more subsets than this.
 MAX_EXHAUSTIVE_SUBSETS = 200_000
 
@@ -125,8 +130,9 @@ def unpack_voxel_keys(keys: np.ndarray) -> np.ndarray:
     return np.stack(fields, axis=-1) - _AXIS_OFFSET
 
 
-def _as_points_and_valid(points: Any, valid: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Numpy ``(N, P, 3)`` float points and ``(N, P)`` bool valid; non-finite points are invalid."""
+def _as_points_and_valid(points: Any, valid: Any, finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy ``(N, P, 3)`` float points and ``(N, P)`` bool valid; non-finite points are invalid
+    (``finite=False`` leaves that check to the caller, chunk by chunk: see :func:`_finite_valid`)."""
     if isinstance(points, torch.Tensor):
         points = points.detach().cpu().numpy()
     if isinstance(valid, torch.Tensor):
@@ -141,8 +147,21 @@ def _as_points_and_valid(points: Any, valid: Any) -> tuple[np.ndarray, np.ndarra
     valid = np.asarray(valid)
     if valid.shape != points.shape[:2]:
         raise InputError(f"valid must have shape {points.shape[:2]} to match points {points.shape}, got {valid.shape}")
-    valid = valid.astype(bool, copy=False) & np.isfinite(points).all(axis=-1)
+    valid = valid.astype(bool, copy=False)
+    if finite:
+        valid = _finite_valid(points, valid)
     return points, valid
+
+
+def _finite_valid(points: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``valid & all(isfinite(points), -1)`` (a new array)."""
+    return valid & np.isfinite(points).all(axis=-1)
+
+
+def _point_chunks(n: int, p: int) -> list[tuple[int, int]]:
+    """Frame ranges ``[lo, hi)`` of about ``_CHUNK_POINTS`` points each (at least one frame)."""
+    step = max(1, _CHUNK_POINTS // max(p, 1))
+    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
 
 def estimate_voxel_size(points: Any, valid: Any = None, divisions: int = 20) -> float:
@@ -170,13 +189,21 @@ def estimate_voxel_size(points: Any, valid: Any = None, divisions: int = 20) -> 
         points = points[None]
         if valid is not None:
             valid = np.asarray(valid.detach().cpu().numpy() if isinstance(valid, torch.Tensor) else valid)[None]
-    points, valid = _as_points_and_valid(points, valid)
-    index = np.flatnonzero(valid)
-    if index.size == 0:
+    points, valid = _as_points_and_valid(points, valid, finite=False)
+    n, p = valid.shape
+    chunks = _point_chunks(n, p)
+    total = sum(int(np.count_nonzero(_finite_valid(points[lo:hi], valid[lo:hi]))) for lo, hi in chunks)
+    if total == 0:
         raise InputError("cannot estimate a voxel size: no valid points (all depth invalid?)")
-    if index.size > _EXTENT_SAMPLE:  # percentiles of a regular subsample are as good and cheaper
-        index = index[:: -(-index.size // _EXTENT_SAMPLE)]
-    selected = points.reshape(-1, 3)[index]
+    # percentiles of a regular subsample (every step-th valid point) are as good and cheaper
+    step = -(-total // _EXTENT_SAMPLE) if total > _EXTENT_SAMPLE else 1
+    picked, seen = [], 0
+    for lo, hi in chunks:
+        index = np.flatnonzero(_finite_valid(points[lo:hi], valid[lo:hi]))
+        first = (-seen) % step  # first position in this chunk whose global rank is a multiple of step
+        picked.append(points[lo:hi].reshape(-1, 3)[index[first::step]])
+        seen += index.size
+    selected = np.concatenate(picked)
     low, high = np.percentile(selected, EXTENT_PERCENTILES, axis=0)
     sides = np.maximum(high - low, 0.0)
     longest = float(sides.max())
@@ -211,7 +238,7 @@ def frame_voxel_keys(
         packed voxel keys (:func:`pack_voxel_coords`) seen by frame ``i`` (empty when the frame
         has no valid point); ``voxel_size_used`` in metres.
     """
-    points, valid = _as_points_and_valid(points, valid)
+    points, valid = _as_points_and_valid(points, valid, finite=False)
     if max_points_per_frame is not None and (int(max_points_per_frame) != max_points_per_frame or max_points_per_frame < 1):
         raise InputError(f"max_points_per_frame must be a positive integer or None, got {max_points_per_frame}")
     if voxel_size is None:
@@ -220,18 +247,35 @@ def frame_voxel_keys(
         raise InputError(f"voxel_size must be a positive number of metres, got {voxel_size}")
     voxel_size = float(voxel_size)
     n, p = valid.shape
-    if max_points_per_frame is not None and max_points_per_frame < p and n > 0:
-        # keep the max_points_per_frame valid points of lowest random priority in every frame
-        # (a uniform draw without replacement), all frames in one vectorised partition
-        priority = np.random.default_rng(seed).random((n, p))
+    subsample = max_points_per_frame is not None and max_points_per_frame < p and n > 0
+    # one generator for all chunks: its stream continues across them, so the draw is the same
+    # as one (n, p) draw would be, and the result does not depend on the chunk size
+    rng = np.random.default_rng(seed) if subsample else None
+    per_frame: list[np.ndarray] = []
+    for lo, hi in _point_chunks(n, p):
+        per_frame.extend(_chunk_voxel_keys(points[lo:hi], _finite_valid(points[lo:hi], valid[lo:hi]),
+                                           1.0 / voxel_size, max_points_per_frame if subsample else None, rng))
+    return per_frame, voxel_size
+
+
+def _chunk_voxel_keys(points: np.ndarray, valid: np.ndarray, inv_voxel: float, max_points: int | None,
+                      rng: np.random.Generator | None) -> list[np.ndarray]:
+    """Sorted unique voxel keys of each frame of a chunk: ``points (c, P, 3)``, ``valid (c, P)``."""
+    c, p = valid.shape
+    if max_points is not None:
+        # keep the max_points valid points of lowest random priority in every frame
+        # (a uniform draw without replacement), all frames of the chunk in one vectorised partition
+        priority = rng.random((c, p))
         priority[~valid] = 2.0  # after every valid point
-        keep = np.argpartition(priority, int(max_points_per_frame) - 1, axis=1)[:, : int(max_points_per_frame)]
+        keep = np.argpartition(priority, int(max_points) - 1, axis=1)[:, : int(max_points)]
+        del priority
         valid = np.take_along_axis(valid, keep, axis=1)
         points = np.take_along_axis(points, keep[..., None], axis=1)
-    scaled = points * points.dtype.type(1.0 / voxel_size)  # a new array, safe to edit in place
+    scaled = points * points.dtype.type(inv_voxel)  # a new array, safe to edit in place
     scaled[~valid] = 0.0  # invalid points may be NaN / inf
     np.floor(scaled, out=scaled)
-    keys = pack_voxel_coords(scaled.astype(np.int64))  # (n, p') non-negative
+    keys = pack_voxel_coords(scaled.astype(np.int64))  # (c, p') non-negative
+    del scaled
     keys[~valid] = -1  # sorts first, dropped below
     keys.sort(axis=1)
     first = np.empty(keys.shape, dtype=bool)
@@ -239,8 +283,7 @@ def frame_voxel_keys(
     np.not_equal(keys[:, 1:], keys[:, :-1], out=first[:, 1:])
     first &= keys >= 0
     counts = first.sum(axis=1)
-    per_frame = np.split(keys[first], np.cumsum(counts)[:-1]) if n else []
-    return per_frame, voxel_size
+    return np.split(keys[first], np.cumsum(counts)[:-1]) if c else []
 
 
 # ------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TF2_STAMP := $(VENV)/.tf2_msgs
 
 .PHONY: venv demo test bench clean-venv
 
@@ -14,12 +15,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[ros,data,train,export,dev]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+# tf2_msgs/msg/TFMessage (/tf, /tf_static) is not on PyPI: generated from ros2_ws/src/tf2_msgs
+# with the rosidl generators of the `ros` extra; needs cmake, a C/C++ compiler, Python headers.
+$(TF2_STAMP): $(STAMP) tools/build_tf2_msgs.sh $(wildcard ros2_ws/src/tf2_msgs/*.* ros2_ws/src/tf2_msgs/msg/*)
+	tools/build_tf2_msgs.sh $(VENV)
+	touch $(TF2_STAMP)
 
-demo: $(STAMP)
+venv: $(TF2_STAMP)
+
+demo: $(TF2_STAMP)
 	$(PY) tools/demo.py
 
-test: $(STAMP)
+test: $(TF2_STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -8,7 +8,10 @@ Usage::
 
 Episode ``i`` is written to ``<out>/ep_<i:06d>`` from seed ``seed + i``; the same seed and
 settings produce identical files. Re-running the command resumes: complete episodes are
-skipped, unfinished ``*.partial`` folders (a crash, Ctrl-C) are removed and redone.
+skipped, unfinished ``*.partial`` folders (a crash, Ctrl-C) are removed and redone. Nothing else
+is ever removed: an existing ``ep_*`` folder that is not a complete episode (not written by this
+command) is left alone and skipped with a message (exit status 2). Worker processes stop when
+this process dies, even by SIGKILL.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vln_core.config import ConfigError, SimConfig, add_config_arguments, config_from_args  # noqa: E402
 from vln_core.data.episode import PARTIAL_SUFFIX, is_complete_episode  # noqa: E402
+from vln_core.process import die_with_parent  # noqa: E402
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -82,16 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = []
     skipped = 0
+    blocked: list[Path] = []
     for i in range(args.episodes):
         path = episode_dir(args.out, i)
         if is_complete_episode(path):
             skipped += 1
             continue
-        stale = path.with_name(path.name + PARTIAL_SUFFIX)
+        if path.exists() or path.is_symlink():  # not a complete episode: not ours, never deleted
+            blocked.append(path)
+            print(f"skipping {path}: it exists but is not a complete episode (no readable episode.json); "
+                  f"left untouched - move it away to simulate episode {i} there", file=sys.stderr)
+            continue
+        stale = path.with_name(path.name + PARTIAL_SUFFIX)  # our own unfinished episode
         if stale.exists():
             shutil.rmtree(stale)
-        if path.exists():  # a folder without a valid episode.json: not ours to trust
-            shutil.rmtree(path)
         jobs.append((str(path), args.seed + i, cfg, args.color_format))
     print(f"{args.episodes} episodes in {args.out}: {skipped} complete, {len(jobs)} to simulate "
           f"({cfg.frames_per_episode} frames at {cfg.image_size[0]}x{cfg.image_size[1]}, {args.workers} workers)")
@@ -110,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                     bar.update(1)
             else:
                 ctx = mp.get_context("spawn")
-                with ctx.Pool(workers, maxtasksperchild=20) as pool:
+                with ctx.Pool(workers, maxtasksperchild=20, initializer=die_with_parent,
+                              initargs=(os.getpid(),)) as pool:
                     for res in pool.imap_unordered(_work, jobs):
                         frames += res["frames"]
                         if "error" in res:
@@ -129,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     if failures or done < args.episodes:
         for f in failures:
             print(f"error: {f}", file=sys.stderr)
-        return 1
+        for path in blocked:
+            print(f"error: {path} exists and is not a complete episode; skipped, left untouched", file=sys.stderr)
+        return 1 if failures else 2
     return 0
 
 

@@ -6,8 +6,9 @@
         model.checkpoint=runs/embedded/best.pt training.output_dir=runs/embedded_ft
     torchrun --nproc_per_node=2 training/finetune.py --config configs/train_base.yaml
 
-A run resumes from ``<training.output_dir>/last.pt`` when it exists (``--fresh`` ignores it;
-``--resume FILE`` names another checkpoint). Progress: a tqdm bar, TensorBoard logs under
+A run resumes from ``<training.output_dir>/last.pt`` when it exists (``--fresh`` ignores it and
+moves the earlier run's checkpoints, logs and config into ``<output_dir>/previous_<UTC time>/``,
+printing which; nothing is deleted. ``--resume FILE`` names another checkpoint). Progress: a tqdm bar, TensorBoard logs under
 ``<output_dir>/tb``, ``train_log.jsonl`` / ``eval_log.jsonl``, the config as ``config.yaml``.
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser, default="configs/train_embedded.yaml")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", metavar="FILE", help="resume from this checkpoint (default: output_dir/last.pt if present)")
-    group.add_argument("--fresh", action="store_true", help="start from scratch even if output_dir/last.pt exists")
+    group.add_argument("--fresh", action="store_true", help="start from scratch; an earlier run's files in output_dir are "
+                       "moved to output_dir/previous_<time>/, never deleted")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
 

@@ -6,13 +6,18 @@ folder, is flushed and fsynced, then ``os.replace`` swaps it in and the folder e
 """
 from __future__ import annotations
 
+import glob
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
-__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "fsync_dir"]
+__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "fsync_dir", "remove_stale_temporaries"]
+
+# tempfile.mkstemp names: prefix + 8 characters of this alphabet + suffix
+_TMP_RANDOM = re.compile(r"[a-z0-9_]{8}")
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -64,3 +69,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_open(path, "wb") as fh:
         fh.write(data)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the temporaries :func:`atomic_open` left in ``folder`` for the files ``names``.
+
+    A process killed (SIGKILL, power loss) inside :func:`atomic_open` leaves its
+    ``.<name>.<8 random characters>.tmp`` behind; only files of exactly that shape, for the given
+    names, are removed (nothing else in the folder is touched). Call it only when no other
+    process is writing those files.
+
+    Returns:
+        The files removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for name in names:
+        prefix = f".{name}."
+        for candidate in folder.glob(f".{glob.escape(name)}.*.tmp"):
+            middle = candidate.name[len(prefix):-len(".tmp")]
+            if candidate.name.startswith(prefix) and _TMP_RANDOM.fullmatch(middle) and candidate.is_file():
+                candidate.unlink(missing_ok=True)
+                removed.append(candidate)
+    return removed

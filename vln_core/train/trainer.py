@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from vln_core.atomic import atomic_write_text, remove_stale_temporaries
 from vln_core.config import VLNConfig, config_to_dict, save_config
 from vln_core.errors import InputError
 from vln_core.train.checkpoint import (
@@ -67,10 +68,60 @@ __all__ = [
     "Trainer",
     "init_distributed_from_env",
     "run_training",
+    "set_aside_previous_run",
+    "RUN_FILES",
 ]
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
+#: what a run writes into ``training.output_dir`` (a fresh run moves these aside, never deletes them)
+RUN_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, "train_log.jsonl", "eval_log.jsonl", "config.yaml", "tb")
+#: files written through vln_core.atomic whose stale temporaries a new run removes
+_ATOMIC_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, "config.yaml")
+
+
+def set_aside_previous_run(output_dir: str | os.PathLike) -> Optional[Path]:
+    """Move an earlier run's files (:data:`RUN_FILES`) out of the way before a fresh run.
+
+    They go, unchanged, into ``output_dir/previous_<UTC time>/`` so a fresh run can neither
+    overwrite the earlier ``best.pt`` nor append to its logs. Returns that folder, or None when
+    ``output_dir`` holds no run files.
+    """
+    output_dir = Path(output_dir)
+    present = [output_dir / name for name in RUN_FILES if (output_dir / name).exists()]
+    if not present:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    target = output_dir / f"previous_{stamp}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = output_dir / f"previous_{stamp}_{n}"
+    target.mkdir()
+    for path in present:
+        os.replace(path, target / path.name)
+    return target
+
+
+def _keep_log_records_up_to(path: Path, step: int) -> int:
+    """Drop the records of ``path`` (JSON lines with a ``step``) past ``step``, and any line a
+    kill cut short, so a resumed run logs each step once. Returns the number of lines dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record_step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            dropped += 1
+            continue
+        if record_step <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    return dropped
 
 
 def resolve_device(name: str) -> torch.device:
@@ -214,6 +265,7 @@ class Trainer:
         ckpt = self._resume_path(resume)
         if ckpt is not None:
             self._load(ckpt)
+        self.resumed_from: Optional[Path] = ckpt
         self.writer = None
 
     # ------------------------------------------------------------------ checkpoints
@@ -394,6 +446,11 @@ class Trainer:
         target = tc.max_steps if max_steps is None else int(max_steps)
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            # temporaries of a save that a SIGKILL interrupted (only rank 0 writes here)
+            remove_stale_temporaries(self.output_dir, _ATOMIC_FILES)
+            if self.resumed_from is not None:  # steps after the checkpoint are redone: log them once
+                for log in ("train_log.jsonl", "eval_log.jsonl"):
+                    _keep_log_records_up_to(self.output_dir / log, self.step)
             save_config(self.cfg, self.output_dir / "config.yaml")
             from torch.utils.tensorboard import SummaryWriter
 
@@ -462,10 +519,18 @@ def init_distributed_from_env() -> tuple[int, int]:
 
 
 def run_training(cfg: VLNConfig, resume: Optional[str] = "auto", progress: bool = True) -> Trainer:
-    """Train as configured (single process, or one rank of a torchrun job); returns the trainer."""
+    """Train as configured (single process, or one rank of a torchrun job); returns the trainer.
+
+    ``resume=None`` (a fresh run) first moves an earlier run's files in ``training.output_dir``
+    aside (:func:`set_aside_previous_run`) and prints where."""
     rank, world_size = init_distributed_from_env()
     try:
         trainer = Trainer(cfg, rank=rank, world_size=world_size, resume=resume, progress=progress)
+        if resume is None and rank == 0:  # after the checks: a run that cannot start moves nothing
+            moved = set_aside_previous_run(cfg.training.output_dir)
+            if moved is not None:
+                names = ", ".join(sorted(p.name for p in moved.iterdir()))
+                print(f"fresh run: moved the earlier run's files ({names}) to {moved}", flush=True)
         trainer.fit()
         trainer.close()
         return trainer

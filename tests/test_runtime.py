@@ -16,6 +16,7 @@ from vln_core.data.episode import list_episodes, read_episode
 from vln_core.data.posed_images import load_posed_sequence
 from vln_core.errors import InputError
 from vln_core.geometry.camera import PinholeCamera
+from vln_core.geometry.tf_buffer import rotation_to_quat
 from vln_core.geometry.transforms import camera_pose_from_base, pose_from_xyz_quat
 from vln_core.heatmaps import frame_indexed_heatmaps
 from vln_core.runtime import (
@@ -483,6 +484,62 @@ def test_tf_pose_source_uses_camera_poses():
         assert out is not None, rt.waiting_reason
         np.testing.assert_allclose(out.T_wc, T_wc, atol=1e-12)
         assert_same_heatmaps(out.heatmaps, reference_heatmaps(rt, feeder, out))
+
+
+
+def _tf_tuple(parent: str, child: str, stamp: int, T: np.ndarray) -> tuple:
+    return (parent, child, stamp, T[:3, 3].tolist(), rotation_to_quat(T[:3, :3]).tolist())
+
+
+def test_tf_pose_source_composes_tf_and_waits_for_the_transform_after_the_image():
+    """/tf odom -> base_link + /tf_static base_link -> optical frame: the camera pose is their
+    composition at the image stamp, exactly what odometry x camera_mount gives."""
+    now = [100.0]
+    rt = NavigationRuntime(make_cfg("node.pose_source=tf", "node.geometry_resolution=input"), clock=lambda: now[0])
+    rt.set_camera_info(K_SYN, W, H)
+    feeder = Feeder(rt)
+    assert rt.add_transforms([_tf_tuple("base_link", "camera_optical", 0, rt.T_base_cam)], static=True) == 1
+    for i in range(3):
+        stamp = T0_NS + i * DT_NS
+        rt.add_transforms([_tf_tuple("odom", "base_link", stamp, base_pose(i))])
+        feeder.feed(i, odometry=False)
+        out = rt.step()
+        assert out is not None, rt.waiting_reason
+        np.testing.assert_allclose(out.T_wc, feeder.expected_T_wc(i), atol=1e-9)
+        assert_same_heatmaps(out.heatmaps, reference_heatmaps(rt, feeder, out))
+    # the image comes before the transform of its own time: it waits instead of taking the older one
+    seq = feeder.feed(4, odometry=False)
+    assert rt.step() is None
+    assert "waiting for tf after the image stamp" in rt.waiting_reason
+    assert "extrapolation: stamp 5.400 s is after the newest transform odom -> base_link at 5.200 s" in rt.waiting_reason
+    rt.add_transforms([_tf_tuple("odom", "base_link", T0_NS + 5 * DT_NS, base_pose(5))])
+    out = rt.step()  # interpolated between frames 2 and 5 (linear motion, constant yaw rate: exact)
+    assert out is not None and out.seq == seq, rt.waiting_reason
+    np.testing.assert_allclose(out.T_wc, feeder.expected_T_wc(4), atol=1e-9)
+    assert_same_heatmaps(out.heatmaps, reference_heatmaps(rt, feeder, out))
+    # tf stopped: after node.max_stamp_gap_s the newest transform within the tolerance is used
+    seq = feeder.feed(6, odometry=False)
+    assert rt.step() is None
+    now[0] += 0.2
+    out = rt.step()
+    assert out is not None and out.seq == seq, rt.waiting_reason
+    np.testing.assert_allclose(out.T_wc, feeder.expected_T_wc(5), atol=1e-9)
+    inputs = next(s for s in rt.diagnostics() if s["name"] == "vln_heatmap: inputs")
+    assert str(inputs["values"]["camera_pose_count"]) == "5"
+
+
+def test_tf_pose_source_says_which_frames_are_not_connected():
+    rt, feeder = new_runtime("node.pose_source=tf")
+    rt.add_transforms([_tf_tuple("base_link", "camera_optical", 0, rt.T_base_cam)], static=True)
+    feeder.feed(0, odometry=False)
+    assert rt.step() is None
+    assert "frame 'odom' does not exist" in rt.waiting_reason
+    rt.add_transforms([_tf_tuple("odom", "wheel", T0_NS, base_pose(0))])
+    assert rt.step() is None
+    assert "tf camera pose odom -> camera_optical: frame 'camera_optical' is not connected to 'odom'" in rt.waiting_reason
+    with pytest.raises(InputError, match="not normalised"):
+        rt.add_transforms([("odom", "base_link", T0_NS, (0, 0, 0), (0, 0, 0, 3.0))])
+    assert rt.error_count("tf_invalid") == 1
 
 
 # ------------------------------------------------------------------------------ backends

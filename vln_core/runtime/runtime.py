@@ -48,6 +48,7 @@ from vln_core.config import VLNConfig
 from vln_core.errors import InputError
 from vln_core.geometry.camera import PinholeCamera
 from vln_core.geometry.reproject import unproject_depth
+from vln_core.geometry.tf_buffer import ExtrapolationError, TransformBuffer, TransformError
 from vln_core.geometry.transforms import camera_pose_from_base, is_rotation, pose_from_xyz_quat
 from vln_core.heatmaps import InterFrameHeatmaps
 from vln_core.runtime.backends import NUM_WAYPOINTS, BackendResult, HeatmapBackend, create_backend
@@ -184,6 +185,12 @@ class NavigationRuntime:
         self._odometry: StampedHistory[tuple[np.ndarray, Optional[np.ndarray]]] = StampedHistory(
             POSE_HISTORY_MAX, int(POSE_HISTORY_S * 1e9))
         self._camera_poses: StampedHistory[np.ndarray] = StampedHistory(POSE_HISTORY_MAX, int(POSE_HISTORY_S * 1e9))
+        # node.pose_source "tf": /tf and /tf_static go into this buffer (add_transforms), or an
+        # external lookup (tf2_ros) replaces it (set_transform_lookup); the camera pose is looked
+        # up when a frame is paired, so an image can wait for the transform after its stamp
+        self.tf = TransformBuffer(cache_s=POSE_HISTORY_S)
+        self._tf_lookup = self.tf.lookup
+        self._tf_external = False
         self._clocks = {name: StreamClock(self.jump_ns) for name in STREAMS}
         self._camera: Optional[PinholeCamera] = None
         self._image_size: Optional[tuple[int, int]] = None
@@ -309,6 +316,7 @@ class NavigationRuntime:
         self._reset_frames_locked()
         self._odometry.clear()
         self._camera_poses.clear()
+        self.tf.clear()  # dynamic transforms of the old timeline; static ones stay
         for clock in self._clocks.values():
             clock.reset()
 
@@ -358,6 +366,56 @@ class NavigationRuntime:
             self._stream_stamp("camera_pose", stamp_ns)
             self._camera_poses.append(stamp_ns, T)
         self._rates["camera_pose"].tick()
+
+    def add_transforms(self, transforms: Any, static: bool = False) -> int:
+        """Transforms of one ``tf2_msgs/TFMessage`` (``/tf``, or ``/tf_static`` with ``static``).
+
+        Args:
+            transforms: ``(parent, child, stamp_ns, (x, y, z), (qx, qy, qz, qw))`` tuples, each
+                the pose of ``child`` in ``parent`` (``TransformStamped``).
+            static: True for ``/tf_static`` (valid at every time).
+
+        Returns:
+            how many were stored. Invalid ones are skipped and raise InputError after the valid
+            ones are stored (kind ``tf_invalid``).
+        """
+        accepted, problems = self.tf.set_transforms(transforms, static=static)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise self._error("tf_invalid", problems[0] + more)
+        return accepted
+
+    def set_transform_lookup(self, lookup: Any) -> None:
+        """Look camera poses up with ``lookup`` instead of :attr:`tf` (e.g. tf2_ros's buffer).
+
+        ``lookup(target, source, stamp_ns, tolerance_ns) -> (T_target_source (4, 4), stamp_ns)``
+        raises :class:`~vln_core.geometry.tf_buffer.TransformError` (ExtrapolationError with
+        ``future=True`` when the stamp is after the newest transform), like
+        :meth:`TransformBuffer.lookup`.
+        """
+        self._tf_lookup = lookup
+        self._tf_external = True
+
+    def _tf_camera_pose(self, frame_id: str, stamp_ns: int, waited_enough: bool) -> tuple[Optional[np.ndarray], str, bool]:
+        """``(T_wc or None, why not, wait)`` from tf at the image stamp; ``wait``: the transform
+        after the stamp has not arrived yet and the image has not waited ``max_stamp_gap_s``."""
+        world = self.cfg.node.world_frame
+        if not frame_id:
+            return None, "tf camera pose: the image has no frame_id to look up in tf", False
+        try:
+            try:
+                T_wc, _ = self._tf_lookup(world, frame_id, stamp_ns, 0)
+            except ExtrapolationError as exc:
+                if not exc.future:
+                    raise
+                if not waited_enough:
+                    return None, f"waiting for tf after the image stamp (to interpolate, not hold a stale pose): {exc}", True
+                T_wc, _ = self._tf_lookup(world, frame_id, stamp_ns, self.tolerance_ns)  # nearest within the tolerance
+            T_wc = _check_pose_matrix(T_wc, f"tf pose of {frame_id} in {world}")
+        except (TransformError, InputError) as exc:
+            return None, f"tf camera pose {world} -> {frame_id}: {exc}", False
+        self._rates["camera_pose"].tick()  # in tf mode: camera poses resolved from tf
+        return T_wc, "", False
 
     def add_image(self, stamp_ns: int, frame_id: str, rgb: Any) -> None:
         """One colour image (``sensor_msgs/Image`` converted to RGB).
@@ -610,13 +668,17 @@ class NavigationRuntime:
                 velocity = values[nearest][1]
             else:
                 why = f"odometry: {why}"
-        else:
-            stamps, values = camera_poses
+        elif camera_poses[0] or not (self._tf_external or self.tf.frames):
+            stamps, values = camera_poses  # poses given with set_camera_pose (or none at all yet)
             T_wc, _, why = pose_at(stamps, values, entry.stamp_ns, self.tolerance_ns)
             if why == "nearest" and not waited_enough and backend.needs_pose:
                 return None, "waiting for a camera pose after the image stamp (to interpolate, not hold a stale pose)"
             if T_wc is None:
                 why = f"tf camera pose: {why}"
+        else:  # looked up in tf at the image stamp
+            T_wc, why, wait = self._tf_camera_pose(entry.frame_id, entry.stamp_ns, waited_enough)
+            if wait and backend.needs_pose:
+                return None, why
         if backend.needs_pose and T_wc is None:
             return None, why
         frame = CameraFrame(

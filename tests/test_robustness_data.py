@@ -187,3 +187,151 @@ def test_collect_workers_die_with_a_killed_parent(tmp_path):
         for p in workers:
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- damaged bags
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer  # noqa: E402
+
+import test_rosbag_import as bags  # noqa: E402
+
+COLOR_TOPIC = "/camera/color/image_raw/compressed"
+
+
+@pytest.fixture(scope="module")
+def good_bags(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bags")
+    colors, depths_mm = bags.make_frames()
+    out = {}
+    for storage in (StoragePlugin.MCAP, StoragePlugin.SQLITE3):
+        out[storage.name] = root / storage.name.lower()
+        bags.write_bag(out[storage.name], storage, colors=colors, depths_mm=depths_mm)
+    return out
+
+
+def _copy_bag(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _data_file(bag: Path) -> Path:
+    return next(p for p in bag.iterdir() if p.suffix in (".mcap", ".db3"))
+
+
+def _import_argv(bag: Path, out: Path) -> list[str]:
+    return [str(bag), "--out", str(out), "--color-topic", COLOR_TOPIC, "--depth-topic", "/camera/depth/image_raw",
+            "--odom-topic", "/odom", "--mount", ",".join(repr(v) for v in (0.2, 0.0, 1.1, -0.5, 0.5, -0.5, 0.5)),
+            "--no-progress"]
+
+
+def _import_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    import_bag = _load_script("training/import_bag.py")
+    code = import_bag.main(argv)  # an uncaught exception here is the traceback a user would see
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+METADATA_DAMAGE = {
+    "binary_junk": lambda data: bytes(range(256)) * 8,
+    "cut_in_half": lambda data: data[: len(data) // 2],
+    "empty": lambda data: b"",
+    "not_yaml": lambda data: b"rosbag2_bagfile_information: {version: [9\n\t- unclosed: ]]\n",
+    "yaml_but_not_a_bag": lambda data: b"- just\n- a list\n",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(METADATA_DAMAGE))
+def test_import_bag_with_damaged_metadata_is_one_line_exit_2(good_bags, tmp_path, capsys, damage):
+    bag = _copy_bag(good_bags["MCAP"], tmp_path / "bag")
+    meta = bag / "metadata.yaml"
+    meta.write_bytes(METADATA_DAMAGE[damage](meta.read_bytes()))
+    code, out, err = _import_main(_import_argv(bag, tmp_path / "ep"), capsys)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "metadata.yaml" in lines[0] and "ros2 bag reindex" in lines[0], err
+    assert not (tmp_path / "ep").exists()
+
+
+@pytest.mark.parametrize("storage", ["MCAP", "SQLITE3"])
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_import_bag_with_a_data_file_cut_short_is_one_line_exit_2(good_bags, tmp_path, capsys, storage, keep):
+    bag = _copy_bag(good_bags[storage], tmp_path / "bag")
+    data = _data_file(bag)
+    data.write_bytes(data.read_bytes()[: int(data.stat().st_size * keep)])  # an interrupted recording
+    code, out, err = _import_main(_import_argv(bag, tmp_path / "ep"), capsys)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and data.name in lines[0], err
+    assert ("mcap recover" in lines[0]) if storage == "MCAP" else ("sqlite3" in lines[0] and ".recover" in lines[0])
+    assert not (tmp_path / "ep").exists() and not (tmp_path / "ep.partial").exists()
+
+
+def test_import_bag_cli_on_a_truncated_mcap_has_no_traceback(good_bags, tmp_path):
+    bag = _copy_bag(good_bags["MCAP"], tmp_path / "bag")
+    data = _data_file(bag)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size * 2 // 3])
+    proc = _run("training/import_bag.py", *_import_argv(bag, tmp_path / "ep"))
+    _one_clear_line(proc, str(bag), "mcap recover", "ros2 bag reindex")
+
+
+def _rewrite_with_one_corrupt_message(src: Path, dst: Path, storage: StoragePlugin, topic: str, index: int) -> None:
+    """Copy a bag message by message; the ``index``-th message of ``topic`` gets a string length
+    field (``header.frame_id``, after the CDR header and the stamp) that points past its end."""
+    seen = 0
+    with Reader(src) as reader, Writer(dst, version=9, storage_plugin=storage) as writer:
+        conns = {}
+        for conn, timestamp, raw in reader.messages():
+            if conn.topic not in conns:
+                conns[conn.topic] = writer.add_connection(conn.topic, conn.msgtype, typestore=bags.TS)
+            raw = bytearray(raw)
+            if conn.topic == topic:
+                if seen == index:
+                    raw[12:16] = (0x7FFFFFF0).to_bytes(4, "little")
+                seen += 1
+            writer.write(conns[conn.topic], timestamp, bytes(raw))
+
+
+@pytest.mark.parametrize("storage", ["MCAP", "SQLITE3"])
+def test_one_corrupt_message_is_skipped_counted_and_the_rest_imported(good_bags, tmp_path, capsys, storage):
+    bag = tmp_path / "bag"
+    _rewrite_with_one_corrupt_message(good_bags[storage], bag, StoragePlugin[storage], COLOR_TOPIC, 2)
+    code, out, err = _import_main(_import_argv(bag, tmp_path / "ep"), capsys)
+    assert code == 0, err
+    # 6 colour frames, one has no depth (the fixture's gap), one is corrupt: 4 imported
+    assert "4 of 5 colour frames kept" in out and "1 corrupt bag messages skipped" in out, out
+    from vln_core.data.episode import read_episode
+
+    assert len(read_episode(tmp_path / "ep")) == 4
+
+
+# ----------------------------------------------------------------------------- replay of damaged bags
+def _replay(bag: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    from ros_helpers import ros_env, unique_domain_id
+
+    return subprocess.run([sys.executable, "-m", "vln_heatmap.replay", str(bag), "--rate", "50",
+                           "--wait-for-node", "0", "--linger", "0"],
+                          capture_output=True, text=True, cwd=REPO, env=ros_env(unique_domain_id()), timeout=120)
+
+
+@pytest.mark.ros
+def test_replay_of_damaged_bags_is_one_line_exit_2(good_bags, tmp_path):
+    meta_bag = _copy_bag(good_bags["MCAP"], tmp_path / "meta")
+    (meta_bag / "metadata.yaml").write_bytes(b"\x00\xff\xfe binary junk \x80\x81")
+    _one_clear_line(_replay(meta_bag, tmp_path), "metadata.yaml", "ros2 bag reindex")
+    cut = _copy_bag(good_bags["MCAP"], tmp_path / "cut")
+    data = _data_file(cut)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    _one_clear_line(_replay(cut, tmp_path), data.name, "mcap recover")
+
+
+@pytest.mark.ros
+def test_replay_skips_and_counts_a_corrupt_message(good_bags, tmp_path):
+    bag = tmp_path / "bag"
+    _rewrite_with_one_corrupt_message(good_bags["MCAP"], bag, StoragePlugin.MCAP, COLOR_TOPIC, 2)
+    with Reader(bag) as reader:
+        total = reader.message_count
+    proc = _replay(bag, tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"published {total - 1} bag messages" in proc.stdout, proc.stdout
+    assert "skipped 1 corrupt bag messages" in proc.stderr and COLOR_TOPIC in proc.stderr, proc.stderr

@@ -32,10 +32,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import struct
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -52,7 +55,10 @@ from vln_core.ros_codec import (
     stamp_to_ns,
 )
 
-__all__ = ["ImportStats", "PoseTrack", "TransformBuffer", "import_rosbag", "slerp"]
+__all__ = [
+    "ImportStats", "PoseTrack", "TransformBuffer", "import_rosbag", "slerp",
+    "BagReadStats", "bag_errors", "check_bag_metadata", "iter_bag_messages",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,117 @@ CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 ODOMETRY_TYPE = "nav_msgs/msg/Odometry"
 TF_TYPE = "tf2_msgs/msg/TFMessage"
 _NS = 1_000_000_000
+
+
+# ============================================================================== damaged bags
+def check_bag_metadata(bag_path: str | os.PathLike) -> None:
+    """Raise :class:`InputError` (one line, with the fix) unless ``bag_path/metadata.yaml`` is a
+    readable rosbag2 description: not empty, UTF-8, YAML, with ``rosbag2_bagfile_information``."""
+    import yaml
+
+    meta = Path(bag_path) / "metadata.yaml"
+    fix = f"`ros2 bag reindex {bag_path}` writes it again from the data files"
+    try:
+        data = meta.read_bytes()
+    except OSError as exc:
+        raise InputError(f"bag {bag_path}: cannot read metadata.yaml ({exc.strerror or exc})") from None
+    if not data.strip():
+        raise InputError(f"bag {bag_path}: metadata.yaml is empty; {fix}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"bag {bag_path}: metadata.yaml is not text (binary data at byte {exc.start}); {fix}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise InputError(f"bag {bag_path}: metadata.yaml is not valid YAML{line} ({problem}); cut short? {fix}") from None
+    info = doc.get("rosbag2_bagfile_information") if isinstance(doc, dict) else None
+    if not isinstance(info, dict) or "version" not in info or "storage_identifier" not in info:
+        raise InputError(f"bag {bag_path}: metadata.yaml is not a rosbag2 description (no complete "
+                         f"rosbag2_bagfile_information; cut short?); {fix}")
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    """Errors that mean "the bag's files are damaged", as opposed to a bug or a full disk."""
+    module = type(exc).__module__ or ""
+    return (module.startswith(("rosbags", "zstandard", "lz4", "yaml", "ruamel"))
+            or isinstance(exc, (sqlite3.Error, struct.error, EOFError, UnicodeDecodeError)))
+
+
+@contextmanager
+def bag_errors(bag_path: str | os.PathLike) -> Iterator[None]:
+    """Turn errors of a damaged bag raised inside the block into one-line :class:`InputError`
+    that names the file and how to recover it (``mcap recover``, ``ros2 bag reindex``)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - filtered by _is_storage_error below
+        if not _is_storage_error(exc):
+            raise
+        bag_path = Path(bag_path)
+        detail = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+        mcaps = sorted(bag_path.glob("*.mcap")) if bag_path.is_dir() else []
+        db3s = sorted(bag_path.glob("*.db3")) if bag_path.is_dir() else []
+        if mcaps:
+            files = ", ".join(m.name for m in mcaps)
+            hint = (f"the MCAP file ({files}) is damaged or cut short, as an interrupted `ros2 bag record` "
+                    f"leaves it; recover it with `mcap recover {mcaps[0]} -o fixed.mcap` (mcap CLI), put "
+                    f"fixed.mcap alone in a folder and run `ros2 bag reindex <folder>`")
+        elif db3s:
+            files = ", ".join(d.name for d in db3s)
+            hint = (f"the sqlite3 file ({files}) is damaged or cut short; salvage it with "
+                    f"`sqlite3 {db3s[0]} .recover | sqlite3 fixed.db3` and `ros2 bag reindex` its folder")
+        else:
+            hint = "the bag is damaged or incomplete; `ros2 bag reindex` its folder"
+        raise InputError(f"cannot read bag {bag_path}: {detail}; {hint}") from None
+
+
+@dataclass
+class BagReadStats:
+    """Messages of a bag that :func:`iter_bag_messages` read and those it could not decode."""
+
+    messages: int = 0
+    undecodable: int = 0
+    first_undecodable: str = ""
+
+    def note(self, topic: str, msgtype: str, exc: BaseException) -> None:
+        self.undecodable += 1
+        if not self.first_undecodable:
+            self.first_undecodable = f"{topic} ({msgtype}): {' '.join(str(exc).split()) or type(exc).__name__}"
+
+
+def iter_bag_messages(bag_path: str | os.PathLike, topics: Optional[set[str]] = None,
+                      stats: Optional[BagReadStats] = None) -> Iterator[tuple[str, str, int, bytes]]:
+    """``(topic, msgtype, receive time ns, raw CDR)`` of every message of a rosbag2 folder, in
+    order, for the replay. A message that does not deserialize is skipped and counted in
+    ``stats``; a damaged bag raises :class:`InputError` (see :func:`bag_errors`)."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    bag_path = Path(bag_path)
+    if bag_path.is_file():
+        bag_path = bag_path.parent
+    if not (bag_path / "metadata.yaml").is_file():
+        raise InputError(f"{bag_path} is not a rosbag2 folder (no metadata.yaml); for a bare .mcap/.db3 "
+                         "file run `ros2 bag reindex <folder>` first")
+    check_bag_metadata(bag_path)
+    stats = stats if stats is not None else BagReadStats()
+    with bag_errors(bag_path):
+        reader_cm = AnyReader([bag_path], default_typestore=get_typestore(Stores.LATEST))
+        with reader_cm as reader:
+            connections = [c for c in reader.connections if topics is None or c.topic in topics]
+            for conn, timestamp, raw in reader.messages(connections=connections):
+                stats.messages += 1
+                try:
+                    reader.deserialize(raw, conn.msgtype)
+                except Exception as exc:  # noqa: BLE001 - a corrupt message: skip it, count it
+                    stats.note(conn.topic, conn.msgtype, exc)
+                    continue
+                yield conn.topic, conn.msgtype, int(timestamp), bytes(raw)
 
 
 # ============================================================================== interpolation
@@ -293,6 +410,8 @@ class ImportStats:
     skipped_no_pose: int = 0
     skipped_duplicate_stamp: int = 0
     skipped_decode_error: int = 0
+    corrupt_messages: int = 0  # bag messages (any topic read) that do not deserialize: skipped
+    first_corrupt_message: str = ""
     first_pose_failure: str = ""
     first_decode_failure: str = ""
     pose_source: str = ""
@@ -306,6 +425,9 @@ class ImportStats:
             f"{self.skipped_duplicate_stamp} duplicate stamps, {self.skipped_decode_error} undecodable"
             f"{' (' + self.first_decode_failure + ')' if self.first_decode_failure else ''}"
         )
+        if self.corrupt_messages:
+            text += (f"; {self.corrupt_messages} corrupt bag messages skipped"
+                     f"{' (first: ' + self.first_corrupt_message + ')' if self.first_corrupt_message else ''}")
         return text
 
 
@@ -409,6 +531,7 @@ def import_rosbag(
             f"{bag_path} is not a rosbag2 folder (no metadata.yaml); for a bare .mcap/.db3 file run "
             "`ros2 bag reindex <folder>` first"
         )
+    check_bag_metadata(bag_path)
     if max_pair_dt <= 0 or max_pose_gap <= 0:
         raise InputError(f"max_pair_dt and max_pose_gap must be > 0 s, got {max_pair_dt}, {max_pose_gap}")
     if not use_tf and odom_topic is None:
@@ -419,10 +542,14 @@ def import_rosbag(
     stats = ImportStats(pose_source="tf" if use_tf else "odometry")
 
     try:
-        reader_cm = AnyReader([bag_path], default_typestore=get_typestore(Stores.LATEST))
+        with bag_errors(bag_path):
+            reader_cm = AnyReader([bag_path], default_typestore=get_typestore(Stores.LATEST))
+    except InputError:
+        raise
     except Exception as exc:  # rosbags raises its own error types for unreadable bags
         raise InputError(f"cannot open bag {bag_path}: {exc}") from None
-    with reader_cm as reader:
+    # opening the bag and reading its messages: a damaged file is an InputError naming the fix
+    with bag_errors(bag_path), reader_cm as reader:
         by_topic: dict[str, list] = defaultdict(list)
         for conn in reader.connections:
             by_topic[conn.topic].append(conn)
@@ -471,7 +598,13 @@ def import_rosbag(
         tf_ids = {id(c) for c in tf_conns}
         wanted = color_conns + depth_conns + info_conns + odom_conns + tf_conns + tf_static_conns
         for conn, _, raw in reader.messages(connections=wanted):
-            msg = reader.deserialize(raw, conn.msgtype)
+            try:
+                msg = reader.deserialize(raw, conn.msgtype)
+            except Exception as exc:  # noqa: BLE001 - one corrupt message: count it, skip it
+                stats.corrupt_messages += 1
+                if not stats.first_corrupt_message:
+                    stats.first_corrupt_message = f"{conn.topic}: {' '.join(str(exc).split()) or type(exc).__name__}"
+                continue
             key = id(conn)
             if key in color_ids:
                 stamp = stamp_to_ns(msg.header.stamp)
@@ -638,7 +771,10 @@ def import_rosbag(
         try:
             done = 0
             for conn, _, raw in reader.messages(connections=color_conns + depth_conns):
-                msg = reader.deserialize(raw, conn.msgtype)
+                try:
+                    msg = reader.deserialize(raw, conn.msgtype)
+                except Exception:  # noqa: BLE001 - counted in pass 1 (corrupt_messages)
+                    continue
                 stamp = stamp_to_ns(msg.header.stamp)
                 if id(conn) in color_ids:
                     done += 1

@@ -48,6 +48,7 @@ from std_msgs.msg import String
 from vln_core.atomic import atomic_write_text
 from vln_core.config import VLNConfig, load_config
 from vln_core.data.episode import Episode, read_episode
+from vln_core.data.rosbag_import import BagReadStats, iter_bag_messages
 from vln_core.errors import InputError
 from vln_core.geometry.transforms import pose_from_xyz_quat
 
@@ -263,13 +264,11 @@ def _message_class(msgtype: str) -> Any:
     return getattr(importlib.import_module(f"{package}.msg"), name)
 
 
-def _bag_messages(path: Path, topics: Optional[set[str]]) -> Iterator[tuple[str, str, int, bytes]]:
-    from rosbags.rosbag2 import Reader
-
-    with Reader(path) as reader:
-        connections = [c for c in reader.connections if topics is None or c.topic in topics]
-        for connection, timestamp, raw in reader.messages(connections=connections):
-            yield connection.topic, connection.msgtype, int(timestamp), bytes(raw)
+def _bag_messages(path: Path, topics: Optional[set[str]],
+                  stats: Optional[BagReadStats] = None) -> Iterator[tuple[str, str, int, bytes]]:
+    """The bag's messages in order; corrupt ones are skipped and counted in ``stats``, a damaged
+    bag raises InputError (vln_core.data.rosbag_import.iter_bag_messages)."""
+    return iter_bag_messages(path, topics, stats)
 
 
 def replay_bag(args: argparse.Namespace, stop: _Stop) -> int:
@@ -279,13 +278,14 @@ def replay_bag(args: argparse.Namespace, stop: _Stop) -> int:
     node = rclpy.create_node("vln_heatmap_replay")
     publishers: dict[str, Any] = {}
     published = 0
+    bag_stats = BagReadStats()
     try:
         passes = 0
         t_start = time.monotonic()
         while not stop.event.is_set():
             first_ts = None
             pass_start = time.monotonic()
-            for topic, msgtype, timestamp, raw in _bag_messages(Path(args.source), wanted):
+            for topic, msgtype, timestamp, raw in _bag_messages(Path(args.source), wanted, bag_stats):
                 if first_ts is None:
                     first_ts = timestamp
                 if topic not in publishers:
@@ -312,6 +312,9 @@ def replay_bag(args: argparse.Namespace, stop: _Stop) -> int:
                 break
         elapsed = time.monotonic() - t_start
         print(f"replay: published {published} bag messages in {elapsed:.2f} s ({passes} passes)", flush=True)
+        if bag_stats.undecodable:
+            print(f"replay: skipped {bag_stats.undecodable} corrupt bag messages (first: "
+                  f"{bag_stats.first_undecodable})", file=sys.stderr, flush=True)
         time.sleep(args.linger)
     finally:
         node.destroy_node()

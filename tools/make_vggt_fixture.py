@@ -18,7 +18,8 @@ and never copied into it. To fetch it::
   these values, so nothing is lost);
 * ``vggt_tiny_io.pt``: the tiny config, fixed inputs (3 frames of 42x56, i.e. a non-square 3x4
   patch grid that exercises the position-table interpolation) and the reference's outputs
-  (pose encodings of every iteration, depth, depth confidence, world points and confidence);
+  (pose encodings of every iteration, depth, depth confidence, world points and confidence, and
+  the reference's own decoding of the final pose encodings into extrinsics and intrinsics);
 * ``vggt_1b_layout.json``: parameter names and shapes of the full-size reference
   (``VGGT()``: embed 1024, depth 24, 16 heads, patch 14, 518 px, track head included, as in the
   published checkpoint), built with parameters on the meta device (no memory, no weights).
@@ -148,6 +149,9 @@ def main() -> int:
     images = torch.rand(1, FRAMES, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         pred = model(images)
+    from vggt.utils.pose_enc import pose_encoding_to_extri_intri
+
+    extrinsics, intrinsics = pose_encoding_to_extri_intri(pred["pose_enc"], (HEIGHT, WIDTH))
 
     args.out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
@@ -165,6 +169,8 @@ def main() -> int:
         "depth_conf": pred["depth_conf"][0],
         "world_points": pred["world_points"][0],  # (S, H, W, 3)
         "world_points_conf": pred["world_points_conf"][0],
+        "extrinsics": extrinsics[0],  # (S, 3, 4) the reference's decoding: world-to-camera [R | t]
+        "intrinsics": intrinsics[0],  # (S, 3, 3)
     }
     torch.save(io, args.out / "vggt_tiny_io.pt")
 

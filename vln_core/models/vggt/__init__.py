@@ -12,6 +12,16 @@ VGGT-1B checkpoint from a local path.
 * :mod:`.api`: :func:`load_vggt`, :class:`VGGTGeometry` (``predict_geometry``) and the
   encoder the ``full`` model uses.
 """
+from vln_core.models.vggt.api import (
+    GeometryPrediction,
+    VGGTCheckpointError,
+    VGGTGeometry,
+    VGGTGeometryEncoder,
+    load_vggt,
+    load_vggt_network,
+    vggt_input_size,
+)
 from vln_core.models.vggt.network import VGGT, VGGT_1B, VGGTConfig, VGGTOutput
 
-__all__ = ["VGGT", "VGGT_1B", "VGGTConfig", "VGGTOutput"]
+__all__ = ["VGGT", "VGGT_1B", "VGGTConfig", "VGGTOutput", "GeometryPrediction", "VGGTCheckpointError",
+           "VGGTGeometry", "VGGTGeometryEncoder", "load_vggt", "load_vggt_network", "vggt_input_size"]

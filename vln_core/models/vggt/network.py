@@ -75,6 +75,8 @@ class VGGTOutput:
     world_points: torch.Tensor | None = None  # (B, S, H, W, 3) in the first frame's camera
     world_points_conf: torch.Tensor | None = None  # (B, S, H, W) >= 1
     pose_enc_iterations: list[torch.Tensor] = field(default_factory=list)  # each (B, S, 9)
+    tokens: torch.Tensor | None = None  # (B, S, P, 2C) last aggregator output (with_tokens=True)
+    patch_start: int = 0  # index of the first patch token in P (1 + registers)
 
 
 class Aggregator(nn.Module):
@@ -351,11 +353,12 @@ class VGGT(nn.Module):
         self.depth_head = DPTHead(dim, cfg.patch_size, 2, "exp", **dpt)
         self.point_head = DPTHead(dim, cfg.patch_size, 4, "inv_log", **dpt) if cfg.point_head else None
 
-    def forward(self, images: torch.Tensor, with_points: bool = True) -> VGGTOutput:
+    def forward(self, images: torch.Tensor, with_points: bool = True, with_tokens: bool = False) -> VGGTOutput:
         """Args:
             images: ``(B, S, 3, H, W)`` or ``(S, 3, H, W)`` RGB in [0, 1], ``H, W`` multiples of
                 the patch size; frame 0 is the reference (world) frame.
             with_points: also run the point head (when built).
+            with_tokens: also return the last aggregator output (``tokens``).
 
         Returns:
             :class:`VGGTOutput` in float32 (the heads run in float32 whatever the aggregator's dtype).
@@ -372,7 +375,8 @@ class VGGT(nn.Module):
         poses = self.camera_head(tokens[last][:, :, 0], self.cfg.camera_iterations)
         prefix = self.aggregator.num_prefix
         depth, depth_conf = self.depth_head(tokens, prefix, (H, W))
-        out = VGGTOutput(pose_enc=poses[-1], depth=depth[..., 0], depth_conf=depth_conf, pose_enc_iterations=poses)
+        out = VGGTOutput(pose_enc=poses[-1], depth=depth[..., 0], depth_conf=depth_conf, pose_enc_iterations=poses,
+                         tokens=tokens[last] if with_tokens else None, patch_start=prefix)
         if with_points and self.point_head is not None:
             out.world_points, out.world_points_conf = self.point_head(tokens, prefix, (H, W))
         return out

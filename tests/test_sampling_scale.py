@@ -58,3 +58,33 @@ def test_voxelisation_memory_is_bounded_by_the_chunk_not_the_frame_count(monkeyp
         tracemalloc.stop()
     all_at_once = 40 * points.shape[0] * points.shape[1]
     assert peak < all_at_once / 5, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_points_sampler_follows_the_design_confidence_and_voxel_rule():
+    from vln_core.config import FrameSamplingConfig
+    from vln_core.sampling import MIN_VOXEL_SIZE_M, bounding_box_voxel_size, confident_points, sample_keyframes_from_points
+
+    conf = np.array([[0.05, 0.5, 2.0, 3.0], [1.0, 1.5, 4.0, np.nan]])
+    mask = confident_points(conf)  # median of the finite values is 1.5
+    assert mask.tolist() == [[False, False, True, True], [False, True, True, False]]
+    assert not confident_points(np.full((2, 3), 0.05)).any()  # all at the median but below 0.1
+
+    rng = np.random.default_rng(0)
+    box = rng.uniform(0, 1, size=(3, 400, 3)) * [4.0, 2.0, 1.0]
+    box[0, 0] = [-1.0, -1.0, -1.0]  # plain min/max box (no percentiles): one far point counts
+    assert bounding_box_voxel_size(box, np.ones((3, 400), bool), 20) == pytest.approx(2.0 / 20, rel=0.01)
+    flat = box.copy()
+    flat[..., 2] = 3.0
+    assert bounding_box_voxel_size(flat, np.ones((3, 400), bool), 20) == MIN_VOXEL_SIZE_M
+
+    # walls seen by four frames: frames 0 and 2 see the same wall; frame 3 sees a new wall but
+    # only with low confidence (below the clip median), so it adds nothing
+    def wall(x0):
+        return np.stack([x0 + rng.uniform(0, 2, 500), rng.uniform(0, 1, 500), np.full(500, 3.0)], -1)
+
+    points = np.stack([wall(0.0), wall(4.0), wall(0.0), wall(8.0)]).reshape(4, 20, 25, 3)  # (N, H, W, 3)
+    conf = np.full((4, 20, 25), 5.0)
+    conf[3] = 0.5
+    result = sample_keyframes_from_points(points, conf, 3, FrameSamplingConfig(voxel_size=0.25))
+    assert result.indices.tolist()[:2] == [0, 1] and 3 not in result.indices.tolist()
+    assert result.coverage == 1.0

@@ -46,6 +46,9 @@ __all__ = [
     "random_sample",
     "coverage_of",
     "sample_keyframes",
+    "confident_points",
+    "bounding_box_voxel_size",
+    "sample_keyframes_from_points",
     "KeyframeMemory",
 ]
 
@@ -549,6 +552,91 @@ def sample_keyframes(
         points, valid, voxel_size=cfg.voxel_size, voxel_divisions=cfg.voxel_divisions,
         max_points_per_frame=cfg.max_points_per_frame, seed=cfg.seed,
     )
+    if cfg.method == "space_aware":
+        return greedy_max_coverage(voxel_sets, k)
+    if cfg.method == "uniform":
+        return coverage_of(voxel_sets, uniform_sample(n, k), method="uniform")
+    if cfg.method == "random":
+        return coverage_of(voxel_sets, random_sample(n, k, cfg.seed), method="random")
+    raise InputError(f"frame_sampling.method must be 'space_aware', 'uniform' or 'random', got {cfg.method!r}")
+
+
+def confident_points(conf: Any, min_conf: float = 0.1, quantile: float = 0.5) -> np.ndarray:
+    """The design's confidence filter for predicted point maps (VGGT): keep a point when its
+    confidence is at least the ``quantile`` (median) of all confidences of the clip and above
+    ``min_conf``.
+
+    Args:
+        conf: ``(N, ...)`` confidences (numpy or torch).
+
+    Returns:
+        bool mask of ``conf``'s shape.
+    """
+    if isinstance(conf, torch.Tensor):
+        conf = conf.detach().float().cpu().numpy()
+    conf = np.asarray(conf)
+    if conf.size == 0:
+        return np.zeros(conf.shape, dtype=bool)
+    finite = np.isfinite(conf)
+    threshold = np.quantile(conf[finite], quantile) if finite.any() else np.inf
+    return finite & (conf >= threshold) & (conf > min_conf)
+
+
+def bounding_box_voxel_size(points: Any, valid: Any, divisions: int = 20) -> float:
+    """The design's voxel size for predicted point maps: the shortest side of the (plain min/max)
+    bounding box of the valid points / ``divisions`` (never below ``MIN_VOXEL_SIZE_M``).
+
+    Unlike :func:`estimate_voxel_size` (robust percentile box for depth sensors), this follows
+    the design exactly; the points were already filtered by confidence. Works in chunks.
+
+    Args:
+        points: ``(N, P, 3)``; valid: ``(N, P)`` bool.
+    """
+    points, valid = _as_points_and_valid(points, valid, finite=False)
+    low = np.full(3, np.inf)
+    high = np.full(3, -np.inf)
+    for lo, hi in _point_chunks(*valid.shape):
+        chunk = points[lo:hi][_finite_valid(points[lo:hi], valid[lo:hi])]
+        if chunk.size:
+            low = np.minimum(low, chunk.min(axis=0))
+            high = np.maximum(high, chunk.max(axis=0))
+    if not np.isfinite(low).all():
+        raise InputError("cannot size voxels: no confident finite point in any frame")
+    return max(float((high - low).min()) / float(divisions), MIN_VOXEL_SIZE_M)
+
+
+def sample_keyframes_from_points(
+    points: Any,
+    conf: Any,
+    k: int,
+    cfg: FrameSamplingConfig | None = None,
+    min_conf: float = 0.1,
+) -> SamplingResult:
+    """Keyframes from a predicted point map with confidence (VGGT), as the design samples them:
+    points with confidence above the clip's median and above ``min_conf``
+    (:func:`confident_points`), voxel edge = shortest bounding-box side / ``cfg.voxel_divisions``
+    (:func:`bounding_box_voxel_size`; ``cfg.voxel_size`` overrides it), then ``cfg.method``.
+
+    Args:
+        points: ``(N, H, W, 3)`` or ``(N, P, 3)`` points in one frame for the whole clip (e.g. the
+            current camera's), any unit.
+        conf: ``(N, H, W)`` or ``(N, P)`` confidences.
+        k: keyframes to choose.
+        cfg: sampling settings (method, voxel size / divisions, points per frame, seed).
+
+    Returns:
+        :class:`SamplingResult` (``indices`` in time order).
+    """
+    cfg = cfg if cfg is not None else FrameSamplingConfig()
+    if isinstance(points, torch.Tensor):
+        points = points.detach().float().cpu().numpy()
+    points = np.asarray(points)
+    n = points.shape[0] if points.ndim >= 2 else 0
+    points = points.reshape(n, -1, 3)
+    valid = confident_points(conf, min_conf).reshape(n, -1)
+    voxel_size = cfg.voxel_size or bounding_box_voxel_size(points, valid, cfg.voxel_divisions)
+    voxel_sets, _ = frame_voxel_keys(points, valid, voxel_size=voxel_size,
+                                     max_points_per_frame=cfg.max_points_per_frame, seed=cfg.seed)
     if cfg.method == "space_aware":
         return greedy_max_coverage(voxel_sets, k)
     if cfg.method == "uniform":

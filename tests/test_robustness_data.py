@@ -335,3 +335,62 @@ def test_replay_skips_and_counts_a_corrupt_message(good_bags, tmp_path):
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert f"published {total - 1} bag messages" in proc.stdout, proc.stdout
     assert "skipped 1 corrupt bag messages" in proc.stderr and COLOR_TOPIC in proc.stderr, proc.stderr
+
+
+# ----------------------------------------------------------------------------- rough edges
+def _posed_folder(folder: Path, n: int, size: int = 16) -> Path:
+    import cv2
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"frame-{i:06d}.color.png"), np.full((size, size, 3), 40 * i % 255, np.uint8))
+        cv2.imwrite(str(folder / f"frame-{i:06d}.depth.png"), np.full((size, size), 1000 + 100 * i, np.uint16))
+        T = np.eye(4)
+        T[0, 3] = 0.01 * i
+        np.savetxt(folder / f"frame-{i:06d}.pose.txt", T)
+    return folder
+
+
+def test_posed_folder_with_tsdf_fusion_camera_intrinsics_txt(tmp_path):
+    from vln_core.data.posed_images import load_posed_sequence
+
+    folder = _posed_folder(tmp_path / "seq", 3)
+    (folder / "camera-intrinsics.txt").write_text("14.0 0 7.5\n0 14.0 7.5\n0 0 1\n")  # TSDF-fusion layout
+    seq = load_posed_sequence(folder)
+    assert seq.K[0, 0] == 14.0 and seq.K[1, 2] == 7.5 and len(seq) == 3
+
+
+def test_render_heatmaps_reads_only_the_frames_it_draws(tmp_path):
+    from vln_core.data.posed_images import load_posed_sequence
+
+    folder = _posed_folder(tmp_path / "seq", 8, size=32)
+    (folder / "intrinsics.K.txt").write_text("30.0 0 15.5\n0 30.0 15.5\n0 0 1\n")
+    for i in (1, 2, 3, 6, 7):  # frames not drawn: unreadable, so reading them would fail
+        (folder / f"frame-{i:06d}.color.png").write_bytes(b"not a png")
+        (folder / f"frame-{i:06d}.pose.txt").write_text("garbage")
+    seq = load_posed_sequence(folder, frame_ids=[5, 0, 4])
+    assert seq.frame_ids == [0, 4, 5] and seq.colors.shape[0] == 3
+    out = tmp_path / "mosaic.png"
+    proc = _run("tools/render_heatmaps.py", "--data", str(folder), "--current", "5", "--keyframes", "0,4",
+                "--out", str(out), "--heatmap-width", "16", "--tile-width", "64")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.is_file() and "kf    0 -> current 5" in proc.stdout
+
+
+def test_demo_domain_id_comes_from_the_environment_when_set(monkeypatch):
+    from ros_helpers import PACKAGE_SRC  # noqa: F401  (the package on sys.path)
+    from vln_heatmap.session import pick_domain_id
+
+    assert pick_domain_id({"ROS_DOMAIN_ID": "42"}) == 42
+    assert pick_domain_id({"ROS_DOMAIN_ID": "0"}) == 0
+    assert 1 <= pick_domain_id({}) <= 101
+    with pytest.raises(ValueError, match="ROS_DOMAIN_ID"):
+        pick_domain_id({"ROS_DOMAIN_ID": "300"})
+
+
+def test_demo_cli_rejects_a_bad_ros_domain_id_from_the_environment(tmp_path):
+    episode = make_box_episode(tmp_path / "ep", n_frames=3, seed=0)
+    proc = _run("tools/demo.py", "--episode", str(episode), "--out", str(tmp_path / "demo"), timeout=90,
+                env={"ROS_DOMAIN_ID": "999"})
+    _one_clear_line(proc, "ROS_DOMAIN_ID", "999")

@@ -7,7 +7,7 @@ Steps (each printed as it happens):
    ``<out>/sim``; if the simulator fails, fall back to the real posed RGB-D sequence
    (``VLN_REAL_RGBD_DIR`` or ``../shared/data/real_rgbd_box``), or use ``--episode DIR``;
 2. start the node (``python -m vln_heatmap.node --ros-args --params-file ...``) as its own process
-   on an isolated ROS domain;
+   on the ``ROS_DOMAIN_ID`` set in the environment, else on a random domain (localhost only);
 3. replay the episode into it (``python -m vln_heatmap.replay``, another process) while this
    process collects heatmaps, keyframe arrays, overlays and /diagnostics;
 4. stop both cleanly and write ``<out>/overlay_*.png`` and ``<out>/summary.json`` (input and output
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -108,9 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend:
         overrides["node.backend"] = args.backend
     cfg = load_config(args.params_file, {k: v for k, v in overrides.items()})
-    domain_id = pick_domain_id()
+    try:
+        domain_id = pick_domain_id()  # the user's ROS_DOMAIN_ID when set, else a random free-looking one
+    except ValueError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    origin = "from the environment" if os.environ.get("ROS_DOMAIN_ID", "").strip() else "picked at random"
     step(f"starting vln_heatmap_node (backend {cfg.node.backend}, {cfg.node.inference_rate_hz:g} Hz, "
-         f"ROS_DOMAIN_ID={domain_id}, localhost only)")
+         f"ROS_DOMAIN_ID={domain_id} {origin}, localhost only)")
     node = start_node(args.params_file, overrides, domain_id, out / "node.log")
     collector = OutputCollector(domain_id)
     replay = None

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vln_core.config import add_config_arguments, config_from_args  # noqa: E402
-from vln_core.data.posed_images import load_posed_sequence  # noqa: E402
+from vln_core.data.posed_images import list_frame_ids, load_posed_sequence  # noqa: E402
 from vln_core.errors import InputError  # noqa: E402
 from vln_core.geometry.camera import PinholeCamera  # noqa: E402
 from vln_core.heatmaps import heatmaps_from_config  # noqa: E402
@@ -55,7 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--keyframes must be comma-separated integers, got {args.keyframes!r}", file=sys.stderr)
         return 2
     try:
-        seq = load_posed_sequence(args.data)
+        all_ids = list_frame_ids(args.data)
+        missing = [f for f in [args.current, *key_ids] if f not in set(all_ids)]
+        if missing:
+            have = f"{all_ids[0]}..{all_ids[-1]}" if all_ids else "no frames"
+            print(f"frames {missing} not in {args.data} (have {have})", file=sys.stderr)
+            return 2
+        # only the frames drawn: a long sequence is not loaded whole
+        seq = load_posed_sequence(args.data, frame_ids=[args.current, *key_ids])
     except InputError as exc:
         print(f"cannot load {args.data}: {exc}", file=sys.stderr)
         return 2
@@ -63,10 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.data} has no depth images; heatmaps need keyframe depth", file=sys.stderr)
         return 2
     position = {fid: i for i, fid in enumerate(seq.frame_ids)}
-    missing = [f for f in [args.current, *key_ids] if f not in position]
-    if missing:
-        print(f"frames {missing} not in {args.data} (have {seq.frame_ids[0]}..{seq.frame_ids[-1]})", file=sys.stderr)
-        return 2
 
     H0, W0 = seq.image_size
     cam_full = PinholeCamera.from_K(seq.K, W0, H0)

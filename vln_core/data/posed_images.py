@@ -13,8 +13,10 @@ and need not be contiguous. Intrinsics are looked up in this order (first file f
 1. ``intrinsics.K.txt``: 3x3 matrix (a 4x4 homogeneous matrix is accepted, its top-left 3x3 used).
 2. ``intrinsics.txt``: 9 numbers (3x3), 16 numbers (4x4), 4 numbers ``fx fy cx cy`` or 6 numbers
    ``fx fy cx cy width height`` (the only form that also gives the image size).
-3. ScanNet ``intrinsic/intrinsic_color.txt`` (4x4), else ``intrinsic/intrinsic_depth.txt``.
-4. 7-Scenes default ``fx = fy = 585, cx = 320, cy = 240`` (640x480), only when the folder is
+3. ``camera-intrinsics.txt`` (the name of TSDF-fusion's 7-Scenes exports): the same forms as
+   ``intrinsics.txt``, usually 3x3.
+4. ScanNet ``intrinsic/intrinsic_color.txt`` (4x4), else ``intrinsic/intrinsic_depth.txt``.
+5. 7-Scenes default ``fx = fy = 585, cx = 320, cy = 240`` (640x480), only when the folder is
    recognisably a 7-Scenes sequence (named ``seq-NN`` inside ``chess``, ``fire``, ``heads``,
    ``office``, ``pumpkin``, ``redkitchen`` or ``stairs``, or under a folder whose name contains
    ``7scenes`` / ``7-scenes``). Any other folder without intrinsics is an error.
@@ -32,7 +34,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -298,6 +300,7 @@ def _intrinsics_candidates(folder: Path) -> list[Path]:
     return [
         folder / "intrinsics.K.txt",
         folder / "intrinsics.txt",
+        folder / "camera-intrinsics.txt",  # TSDF-fusion 7-Scenes exports
         folder / "intrinsic" / "intrinsic_color.txt",
         folder / "intrinsic" / "intrinsic_depth.txt",
     ]
@@ -332,8 +335,8 @@ def _read_depth_intrinsics(folder: Path) -> Optional[np.ndarray]:
     """The depth camera's own K when the folder has one separate from colour (ScanNet), else None."""
     color_file = folder / "intrinsic" / "intrinsic_color.txt"
     depth_file = folder / "intrinsic" / "intrinsic_depth.txt"
-    if depth_file.is_file() and color_file.is_file() and not (folder / "intrinsics.K.txt").is_file() \
-            and not (folder / "intrinsics.txt").is_file():
+    single = ("intrinsics.K.txt", "intrinsics.txt", "camera-intrinsics.txt")  # one K for both wins
+    if depth_file.is_file() and color_file.is_file() and not any((folder / n).is_file() for n in single):
         return _K_from_numbers(_read_numbers(depth_file), depth_file)[0]
     return None
 
@@ -425,6 +428,7 @@ def load_posed_sequence(
     max_frames: Optional[int] = None,
     start: int = 0,
     skip_invalid_poses: bool = False,
+    frame_ids: Optional[Sequence[int]] = None,
 ) -> PosedSequence:
     """Load a posed-image folder into memory.
 
@@ -435,6 +439,8 @@ def load_posed_sequence(
         start: position (not frame number) in the sorted frame list of the first frame kept.
         skip_invalid_poses: drop frames whose pose file is non-finite or not rigid (ScanNet marks
             lost tracking with ``-inf``) instead of raising.
+        frame_ids: load only these frame numbers (sorted, each once; ``start`` / ``stride`` /
+            ``max_frames`` then apply to them); no other frame's files are read.
 
     Returns:
         :class:`PosedSequence`. Depth is loaded when every selected frame has a depth file,
@@ -445,6 +451,13 @@ def load_posed_sequence(
     all_ids = list_frame_ids(folder)
     if not all_ids:
         raise InputError(f"{folder}: no colour frames (frame-N.color.png/jpg) found")
+    if frame_ids is not None:
+        wanted = sorted({int(f) for f in frame_ids})
+        present = set(all_ids)
+        missing = [f for f in wanted if f not in present]
+        if missing or not wanted:
+            raise InputError(f"{folder}: frames {missing or '[]'} not found (have {all_ids[0]}..{all_ids[-1]})")
+        all_ids = wanted
     ids = select_frame_ids(all_ids, stride, max_frames, start)
     if not ids:
         raise InputError(f"{folder}: start={start} is past the last of {len(all_ids)} frames")

@@ -35,8 +35,23 @@ def isolated_ros_env(domain_id: int) -> dict[str, str]:
     return env
 
 
-def pick_domain_id() -> int:
-    """A ROS domain id in 1..101 unlikely to be in use by other runs on this machine."""
+def pick_domain_id(environ: Optional[dict[str, str]] = None) -> int:
+    """The ``ROS_DOMAIN_ID`` the user set (environment), else a random id in 1..101 unlikely to
+    be in use by other runs on this machine.
+
+    Raises:
+        ValueError: ``ROS_DOMAIN_ID`` is set but not an integer in 0..232 (the range DDS allows).
+    """
+    environ = os.environ if environ is None else environ
+    text = environ.get("ROS_DOMAIN_ID", "").strip()
+    if text:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if not 0 <= value <= 232:
+            raise ValueError(f"ROS_DOMAIN_ID={text!r} is not a domain id (an integer in 0..232)")
+        return value
     return random.Random(os.getpid() ^ time.time_ns()).randint(1, 101)
 
 

@@ -56,6 +56,8 @@ __all__ = [
     "camera_info_msg_to_K",
     "odometry_msg",
     "odometry_msg_to_pose",
+    "tf_msg",
+    "tf_msg_to_transforms",
     "heatmaps_to_image_msg",
     "image_msg_to_heatmaps",
     "keyframe_arrays",
@@ -167,6 +169,38 @@ def odometry_msg_to_pose(msg: Odometry) -> tuple[int, np.ndarray, tuple[float, f
     if not all(np.isfinite(velocity)):
         raise InputError(f"odometry twist has non-finite values: {velocity}")
     return stamp_ns(msg), T, velocity
+
+
+# ---------------------------------------------------------------------------- tf
+
+
+def tf_msg(transforms: Iterable[tuple[str, str, int, np.ndarray]]) -> Any:
+    """``(parent, child, stamp_ns, T_parent_child (4, 4))`` tuples -> ``tf2_msgs/TFMessage``.
+
+    ``tf2_msgs`` is imported here, not at module level: it is optional (ROS 2 from PyPI has none;
+    ``tools/build_tf2_msgs.sh`` builds it)."""
+    from geometry_msgs.msg import TransformStamped
+    from tf2_msgs.msg import TFMessage
+
+    msg = TFMessage()
+    for parent, child, stamp, T in transforms:
+        (x, y, z), (qx, qy, qz, qw) = matrix_to_pose_fields(T)
+        t = TransformStamped(header=header(stamp, parent), child_frame_id=child)
+        t.transform.translation = Vector3(x=x, y=y, z=z)
+        t.transform.rotation = Quaternion(x=qx, y=qy, z=qz, w=qw)
+        msg.transforms.append(t)
+    return msg
+
+
+def tf_msg_to_transforms(msg: Any) -> list[tuple[str, str, int, tuple[float, float, float], tuple[float, float, float, float]]]:
+    """``tf2_msgs/TFMessage`` -> ``(parent, child, stamp_ns, (x, y, z), (qx, qy, qz, qw))`` tuples
+    for :meth:`vln_core.runtime.NavigationRuntime.add_transforms` (which validates them)."""
+    out = []
+    for t in msg.transforms:
+        tr, q = t.transform.translation, t.transform.rotation
+        out.append((t.header.frame_id, t.child_frame_id, stamp_ns(t),
+                    (float(tr.x), float(tr.y), float(tr.z)), (float(q.x), float(q.y), float(q.z), float(q.w))))
+    return out
 
 
 # ---------------------------------------------------------------------------- heatmaps

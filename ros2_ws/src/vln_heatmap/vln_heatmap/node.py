@@ -14,8 +14,10 @@ bookkeeping (futures per callback) and left inference at about 1 Hz.
 Subscribes (names from the ``node.topics`` parameters, remappable):
     colour ``sensor_msgs/Image`` (or ``CompressedImage`` when ``node.topics.compressed_image`` is
     set), depth ``sensor_msgs/Image`` (16UC1 mm / 32FC1 m), ``sensor_msgs/CameraInfo``,
-    ``nav_msgs/Odometry`` (base_link in odom; the camera pose is odometry x ``node.camera_mount``,
-    or tf when ``node.pose_source: tf`` and tf2_ros is installed), ``std_msgs/String`` instruction.
+    ``nav_msgs/Odometry`` (base_link in odom; the camera pose is odometry x ``node.camera_mount``),
+    or with ``node.pose_source: tf`` ``/tf`` + ``/tf_static`` instead (tf2_ros's listener when
+    tf2_ros is installed, else ``tf2_msgs/TFMessage`` into vln_core's TransformBuffer; the image's
+    frame_id is looked up in ``node.world_frame`` at the image stamp), ``std_msgs/String`` instruction.
 
 Publishes (stamped with the input colour image's stamp and frame_id):
     ``~/heatmaps`` (32FC1 Image, K heatmaps stacked vertically, see ``msg_conversions``),
@@ -52,6 +54,7 @@ from visualization_msgs.msg import MarkerArray
 
 from vln_core.config import ConfigError, VLNConfig, flatten_config, load_config
 from vln_core.errors import InputError
+from vln_core.geometry.tf_buffer import ExtrapolationError, TransformError
 from vln_core.ros_codec import pose_fields_to_matrix
 from vln_core.runtime import NavigationRuntime
 
@@ -107,6 +110,16 @@ def odometry_qos() -> QoSProfile:
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST, depth=50,
         reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+def tf_qos(static: bool) -> QoSProfile:
+    """/tf: best effort 100 deep (late transforms are useless, like odometry; matches reliable
+    publishers too); /tf_static: reliable transient local, as tf2's static broadcasters offer."""
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=100,
+        reliability=ReliabilityPolicy.RELIABLE if static else ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE,
     )
 
 
@@ -173,10 +186,11 @@ class VLNHeatmapNode(Node):
             return MutuallyExclusiveCallbackGroup()
 
         qos = sensor_qos(self.cfg)
-        self._tf_buffer = None
+        pose_input = topics.odometry
+        self._tf_camera_frame: str | None = None
         if self.cfg.node.pose_source == "tf":
-            self._start_tf()
-        if self._tf_buffer is None:
+            pose_input = self._start_tf(own_group)
+        else:
             # best effort, 50 deep: measured with 640x480 colour + depth at 30 Hz on the same
             # DDS participant pair, RELIABLE odometry reached even a do-nothing subscriber 0.5-1.4 s
             # late (depth 50) or lost 3 in 4 messages (depth 5); best effort delivered all of them
@@ -209,7 +223,7 @@ class VLNHeatmapNode(Node):
         self._inference.start()
         self.get_logger().info(
             f"ready: backend={self.cfg.node.backend}, colour={image_topic}, depth={topics.depth}, "
-            f"camera_info={topics.camera_info}, pose={'tf' if self._tf_buffer else topics.odometry}, "
+            f"camera_info={topics.camera_info}, pose={pose_input}, "
             f"inference at {self.cfg.node.inference_rate_hz:g} Hz, {self.cfg.video.keyframes} keyframes"
         )
 
@@ -269,9 +283,9 @@ class VLNHeatmapNode(Node):
 
         def consume(value: tuple[int, str, Any]) -> None:
             stamp, frame_id, rgb = value
-            if self._tf_buffer is not None:
-                self._handle("tf", lambda: self._lookup_camera_pose(stamp, frame_id),
-                             lambda T_wc: self.runtime.set_camera_pose(stamp, T_wc))
+            if self.cfg.node.pose_source == "tf" and frame_id != self._tf_camera_frame:
+                self._tf_camera_frame = frame_id
+                self.get_logger().info(f"camera pose from tf: {self.cfg.node.world_frame} -> {frame_id!r} at each image stamp")
             self.runtime.add_image(stamp, frame_id, rgb)
 
         self._handle("image_invalid", convert, consume)
@@ -301,25 +315,62 @@ class VLNHeatmapNode(Node):
     def _on_instruction(self, msg: String) -> None:
         self._handle("instruction_invalid", lambda: msg.data, self.runtime.set_instruction)
 
-    # ------------------------------------------------------------------ tf (optional)
+    # ------------------------------------------------------------------ tf (node.pose_source: tf)
 
-    def _start_tf(self) -> None:
+    def _start_tf(self, callback_group: Callable[[], Any]) -> str:
+        """Camera poses from /tf and /tf_static: tf2_ros's buffer and listener when tf2_ros is
+        installed, otherwise our own subscriptions into the runtime's TransformBuffer (needs
+        tf2_msgs, which ``tools/build_tf2_msgs.sh`` builds for a pip-installed ROS 2). The
+        runtime looks the image's frame up at the image stamp when it pairs the frame.
+        Returns what the start-up line says about the pose input."""
+        world = self.cfg.node.world_frame
         try:
             import tf2_ros
         except ImportError:
-            message = "node.pose_source is 'tf' but tf2_ros is not installed: no camera poses"
-            self.get_logger().error(message)
-            self.runtime.report_error("tf_unavailable", message)
-            return
-        self._tf_buffer = tf2_ros.Buffer()
-        self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+            tf2_ros = None
+        if tf2_ros is not None:
+            self._tf2 = tf2_ros
+            self._tf2_buffer = tf2_ros.Buffer()
+            self._tf_listener = tf2_ros.TransformListener(self._tf2_buffer, self)
+            self.runtime.set_transform_lookup(self._tf2_lookup)
+            return f"tf {world}->(image frame_id) via tf2_ros"
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:
+            raise ConfigError(
+                "node.pose_source is 'tf' but neither tf2_ros nor tf2_msgs can be imported: build tf2_msgs "
+                "into this Python with tools/build_tf2_msgs.sh (make venv does), or install ROS 2's tf2_ros"
+            ) from None
+        self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), tf_qos(False),
+                                 callback_group=callback_group())
+        self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), tf_qos(True),
+                                 callback_group=callback_group())
+        return f"tf {world}->(image frame_id) from /tf + /tf_static"
 
-    def _lookup_camera_pose(self, stamp: int, camera_frame: str) -> Any:
-        """``T_wc (4, 4)``: the image's optical frame in ``node.world_frame`` at the image stamp."""
+    def _on_tf(self, msg: Any, static: bool) -> None:
+        self._handle("tf_invalid", lambda: conv.tf_msg_to_transforms(msg),
+                     lambda transforms: self.runtime.add_transforms(transforms, static=static))
+
+    def _tf2_lookup(self, target: str, source: str, stamp_ns: int, tolerance_ns: int) -> tuple[Any, int]:
+        """tf2_ros's lookup in the runtime's protocol (TransformBuffer.lookup): ``(T, stamp)`` or
+        TransformError / ExtrapolationError(future); within ``tolerance_ns`` after the newest
+        transform, the newest is used."""
         from rclpy.time import Time
 
-        tf = self._tf_buffer.lookup_transform(self.cfg.node.world_frame, camera_frame, Time(nanoseconds=stamp))
-        return pose_fields_to_matrix(tf.transform.translation, tf.transform.rotation)
+        tf2 = self._tf2
+        try:
+            try:
+                tf = self._tf2_buffer.lookup_transform(target, source, Time(nanoseconds=stamp_ns))
+            except tf2.ExtrapolationException as exc:
+                future = "future" in str(exc)
+                if not (future and tolerance_ns > 0):
+                    raise ExtrapolationError(str(exc), future=future) from None
+                tf = self._tf2_buffer.lookup_transform(target, source, Time())  # the newest
+                if stamp_ns - conv.stamp_ns(tf) > tolerance_ns:
+                    raise ExtrapolationError(str(exc), future=True) from None
+        except tf2.TransformException as exc:
+            raise TransformError(str(exc)) from None
+        return pose_fields_to_matrix(tf.transform.translation, tf.transform.rotation), stamp_ns
 
     # ------------------------------------------------------------------ inference and outputs
 

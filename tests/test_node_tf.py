@@ -1,0 +1,111 @@
+"""node.pose_source: tf across processes on real ROS 2 middleware (rclpy + Fast DDS), no mocks.
+
+A robot process (tests/tf_stream_publisher.py) publishes ``/tf_static`` (base_link -> camera
+optical frame, before the node listens: transient local), ``/tf`` (odom -> base_link at twice the
+camera rate, half a period off the image stamps) and colour, 32FC1 depth and CameraInfo, but no
+odometry. The node (its own process, ROS 2 from PyPI without tf2_ros) must compose the camera pose
+from tf at each image stamp, and its heatmaps must equal the geometry core's for those poses.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2 Kilted wheels) is not installed")
+pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs is not built (tools/build_tf2_msgs.sh, run by make venv)")
+
+from ros_helpers import (  # noqa: E402
+    PARAMS_FILE,
+    NodeOutputs,
+    RosTestNode,
+    node_command,
+    start_process,
+    stop_process,
+    unique_domain_id,
+)
+from tf_stream_publisher import CAMERA_FRAME, K, base_pose, mount, plane_depth  # noqa: E402
+from vln_core.config import load_config  # noqa: E402
+from vln_core.heatmaps import heatmaps_from_config  # noqa: E402
+from vln_heatmap import msg_conversions as conv  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+FRAMES = 30
+PARAMETERS = ("node.pose_source:=tf", "node.inference_rate_hz:=2.0", "node.geometry_resolution:=input",
+              "node.publish_overlay:=false")
+
+
+def _expected(cfg, t0: int, current: int, keys: list[int]) -> np.ndarray:
+    """The geometry core's heatmaps for camera poses odom->base_link(t) x base_link->optical."""
+    T_base_cam = mount()
+
+    def pose(stamp: int) -> np.ndarray:
+        return base_pose((stamp - t0) * 1e-9) @ T_base_cam
+
+    cur = pose(current)
+    key_poses = [pose(s) for s in keys]
+    result = heatmaps_from_config(
+        np.stack([plane_depth(T) for T in key_poses]), np.stack([K] * len(keys)).astype(np.float32),
+        np.stack(key_poses).astype(np.float32), K.astype(np.float32), cur.astype(np.float32),
+        plane_depth(cur).shape, plane_depth(cur), cfg=cfg.heatmap,
+    )
+    return result.heatmap.numpy()
+
+
+def test_camera_pose_from_tf_and_tf_static_published_by_another_process(tmp_path):
+    cfg = load_config(PARAMS_FILE, [p.replace(":=", "=") for p in PARAMETERS])
+    domain_id = unique_domain_id()
+    manifest = tmp_path / "published.json"
+    robot_log, node_log = tmp_path / "robot.log", tmp_path / "node.log"
+    # the robot first: its /tf_static goes out before the node exists
+    robot = start_process(["tests/tf_stream_publisher.py", "--frames", str(FRAMES), "--manifest", str(manifest)],
+                          domain_id, robot_log)
+    node = None
+    try:
+        with RosTestNode("tf_test_probe", domain_id) as ros:
+            outputs = NodeOutputs(ros)
+            assert ros.spin_until(lambda: "published /tf_static" in robot_log.read_text(errors="replace")
+                                  or robot.poll() is not None, 90), robot_log.read_text()
+            node = start_process(node_command(*PARAMETERS), domain_id, node_log)
+            ros.spin_until(lambda: robot.poll() is not None or node.poll() is not None, 120)
+            assert robot.poll() == 0, f"robot failed:\n{robot_log.read_text()}\nnode:\n{node_log.read_text()}"
+            ros.spin_until(lambda: len(outputs.heatmaps) >= 3, 5)
+            ros.spin_for(1.5)  # one more diagnostics message
+            assert node.poll() is None, node_log.read_text()
+            published = json.loads(manifest.read_text())
+            t0, stamps = published["t0"], published["stamps"]
+            log = node_log.read_text(errors="replace")
+            assert "pose=tf odom->(image frame_id) from /tf + /tf_static" in log, log
+            assert f"camera pose from tf: odom -> '{CAMERA_FRAME}'" in log, log
+
+            assert len(outputs.heatmaps) >= 3, (
+                f"{len(outputs.heatmaps)} heatmap messages; waiting for: "
+                f"{(outputs.latest_status('output') or {}).get('values', {}).get('waiting_for')}\n{log[-3000:]}")
+            keyframe_stamps = {conv.keyframe_label_stamp(m): list(m.data) for m in outputs.keyframe_stamps}
+            checked = 0
+            for _, msg in outputs.heatmaps:
+                stamp = conv.stamp_ns(msg)
+                assert stamp in stamps and msg.header.frame_id == CAMERA_FRAME
+                keys = keyframe_stamps[stamp]
+                assert all(k in stamps for k in keys)
+                got = conv.image_msg_to_heatmaps(msg, len(keys))
+                expected = _expected(cfg, t0, stamp, keys)
+                assert got.shape == expected.shape
+                peak = float(expected.max())
+                assert peak > 0, "the scene's frames should overlap"
+                np.testing.assert_allclose(got, expected, atol=1e-3 * peak, rtol=0,
+                                           err_msg=f"heatmaps of stamp {stamp} differ from the geometry core")
+                checked += 1
+            assert checked >= 3 and max(len(v) for v in keyframe_stamps.values()) >= 2
+
+            inputs = outputs.latest_status("inputs")
+            assert inputs is not None and int(inputs["values"]["camera_pose_count"]) >= 3, inputs
+            assert int(inputs["values"]["odometry_count"]) == 0
+            errors = outputs.latest_status("errors")
+            assert errors is not None and "tf" not in errors["message"], errors
+    finally:
+        code = stop_process(node, timeout=20) if node is not None else 0
+        stop_process(robot)
+    assert code in (0, -2, 130), node_log.read_text()[-3000:]

@@ -20,7 +20,9 @@ the node's ``node.camera_mount``; otherwise derived from the camera poses as
 recorded camera poses.
 
 A rosbag2 directory is read with ``rosbags`` and its messages are republished as recorded (the
-CDR bytes unchanged, header stamps as recorded), timed by the bag's receive times.
+CDR bytes unchanged, header stamps as recorded), timed by the bag's receive times; ``/tf`` and
+``/tf_static`` too (``tf2_msgs``, built by ``tools/build_tf2_msgs.sh`` for a pip-installed ROS 2),
+``/tf_static`` with transient-local durability as tf2's static broadcasters offer it.
 """
 from __future__ import annotations
 
@@ -73,6 +75,19 @@ def find_params_file() -> Optional[Path]:
 def reliable_qos(depth: int) -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.VOLATILE)
+
+
+def is_tf_static(topic: str) -> bool:
+    return topic == "/tf_static" or topic.endswith("/tf_static")
+
+
+def bag_topic_qos(topic: str) -> QoSProfile:
+    """Reliable, 10 deep; ``/tf_static`` transient local and 100 deep (every recorded static
+    broadcaster's message stays available to subscribers that join later, as tf2 offers it)."""
+    if is_tf_static(topic):
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    return reliable_qos(10)
 
 
 def mount_matrix(cfg: VLNConfig) -> np.ndarray:
@@ -295,8 +310,8 @@ def replay_bag(args: argparse.Namespace, stop: _Stop) -> int:
                         print(f"replay: skipping {topic} ({msgtype}): {exc}", file=sys.stderr)
                         publishers[topic] = None
                         continue
-                    publishers[topic] = node.create_publisher(cls, remap.get(topic, topic), reliable_qos(10))
-                    if args.wait_for_node > 0:
+                    publishers[topic] = node.create_publisher(cls, remap.get(topic, topic), bag_topic_qos(topic))
+                    if args.wait_for_node > 0 and not is_tf_static(topic):  # transient local: no need
                         deadline = time.monotonic() + args.wait_for_node
                         while publishers[topic].get_subscription_count() == 0 and time.monotonic() < deadline:
                             time.sleep(0.05)

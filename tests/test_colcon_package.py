@@ -22,9 +22,7 @@ def install_base(tmp_path_factory) -> Path:
     # build outside the source tree so the checkout stays clean
     proc = subprocess.run(
         [colcon, "--log-base", str(tmp / "log"), "build", "--base-paths", str(REPO / "ros2_ws" / "src"),
-         "--build-base", str(tmp / "build"), "--install-base", str(tmp / "install"),
-         # tf2_msgs (an ament_cmake package beside it) is built by tools/build_tf2_msgs.sh
-         "--packages-select", "vln_heatmap"],
+         "--build-base", str(tmp / "build"), "--install-base", str(tmp / "install")],
         cwd=tmp, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
     )

@@ -64,6 +64,15 @@ def tiny_qwen2():
                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512))
 
 
+def tiny_vggt():
+    from vln_core.models.vggt import VGGT, VGGTConfig
+
+    torch.manual_seed(0)
+    return VGGT(VGGTConfig(img_size=H, embed_dim=32, depth=2, num_heads=2, patch_embed_depth=1, patch_embed_heads=2,
+                           camera_trunk_depth=1, camera_heads=2, dpt_features=16, dpt_out_channels=(8, 16, 32, 32),
+                           dpt_layers=(0, 1, 1, 1)))
+
+
 def tiny_base(*overrides: str):
     return build_model(tiny_cfg("base", *overrides), semantic_backbone=tiny_dinov3(), llm=tiny_qwen2(),
                        arch_overrides=TINY_ARCH)
@@ -532,7 +541,8 @@ def test_base_and_full_load_pretrained_weights_from_local_paths(tmp_path, kind):
     _save_tiny_tokenizer(tmp_path / "llm")
     name = "base" if kind == "qwen2" else "full"
     cfg = tiny_cfg(name, f"model.dinov3_path={tmp_path / 'dinov3'}", f"model.llm_path={tmp_path / 'llm'}")
-    model = build_model(cfg, arch_overrides=TINY_ARCH)
+    vggt = {"geometry_backbone": tiny_vggt()} if name == "full" else {}  # full's geometry is VGGT (test_vggt.py)
+    model = build_model(cfg, arch_overrides=TINY_ARCH, **vggt)
     assert isinstance(model.tokenizer, HFTokenizerAdapter)
     loaded_llm = dict(model.reasoner.llm.named_parameters())
     for key, value in source.named_parameters():

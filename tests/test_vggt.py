@@ -270,3 +270,93 @@ def test_track_head_keys_are_dropped_explicitly_and_nothing_else(tmp_path, golde
     assert dropped == ["track_head.feature_extractor.norm.weight", "track_head.tracker.fmap_proj.weight"]
     with pytest.raises(VGGTCheckpointError, match="unexpected key.*track_head"):
         match_state_dict(VGGT(cfg), state, drop_prefixes=())
+
+
+# ------------------------------------------------------------------------------ the full model
+
+
+def _tiny_full_parts():
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    torch.manual_seed(0)
+    dino = DINOv3ViTModel(DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, patch_size=8, num_register_tokens=2, image_size=56))
+    llm = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}))
+    return dino, llm
+
+
+def _full_cfg(*overrides):
+    from vln_core.config import load_config
+
+    return load_config(None, ["model.name=full", "video.total_frames=4", "video.keyframes=2",
+                              "video.frame_size=[56, 56]", "frame_sampling.max_points_per_frame=256", *overrides])
+
+
+def test_full_model_uses_vggt_geometry_and_samples_on_its_points(golden):
+    from vln_core.models import ModelInputs, build_model
+    from vln_core.models.spatial_model import VLNSpatialModel
+
+    _, cfg_tiny = golden
+    network = load_vggt_network(str(TINY_WEIGHTS), cfg_tiny)
+    dino, llm = _tiny_full_parts()
+    arch = dict(fusion_dim=32, decoder_heads=2, decoder_layers=1, waypoint_hidden=32)
+    model = build_model(_full_cfg(), semantic_backbone=dino, llm=llm, geometry_backbone=network, arch_overrides=arch)
+    assert isinstance(model, VLNSpatialModel) and isinstance(model.geometry, VGGTGeometryEncoder)
+    assert model.arch.geometry_dim == 2 * cfg_tiny.embed_dim
+    seen = []
+    original = model.sample_keyframes_from_points
+    model.sample_keyframes_from_points = lambda p, c: seen.append(p.shape) or original(p, c)
+    torch.manual_seed(1)
+    ids, mask = model.tokenizer.encode(["go to the red chair"], 16)
+    inputs = ModelInputs(frames=torch.rand(1, 4, 3, 56, 56), instruction_ids=ids, instruction_mask=mask,
+                         past_trajectory=torch.randn(1, 16, 4), intent=torch.tensor([1]))
+    out = model(inputs)
+    assert seen == [(1, 4, 56, 56, 3)]  # keyframes came from VGGT's point map
+    assert out.keyframe_indices.shape == (1, 2) and out.heatmap_logits.shape == (1, 2, 56, 56)
+    assert torch.isfinite(out.heatmap_logits).all() and out.depth.shape == (1, 4, 56, 56)
+    # VGGT is pretrained and frozen in every stage; the rest trains as before
+    for stage in ("geometry", "heatmap", "finetune"):
+        model.trainable_parameters(stage)
+        assert not any(p.requires_grad for p in model.geometry.network.parameters())
+    assert "geometry_pretrained" not in {g["name"] for g in model.param_groups()}
+
+
+def test_full_model_needs_the_vggt_path(tmp_path):
+    from vln_core.config import ConfigError
+    from vln_core.models import build_model
+
+    dino, llm = _tiny_full_parts()
+    with pytest.raises(ConfigError, match="model.vggt_path"):
+        build_model(_full_cfg(), semantic_backbone=dino, llm=llm)
+    with pytest.raises(ConfigError, match="no such file"):
+        build_model(_full_cfg(f"model.vggt_path={tmp_path / 'nope'}"), semantic_backbone=dino, llm=llm)
+    bad = tmp_path / "weights.json"
+    bad.write_text("{}")
+    with pytest.raises(ConfigError, match="vggt_path"):
+        _full_cfg(f"model.vggt_path={bad}")
+
+
+def test_full_at_real_size_builds_on_meta_with_vggt_1b():
+    from vln_core.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(_full_cfg("video.frame_size=[392, 518]", "model.geometry_device=meta",
+                                      "model.semantic_device=meta", "model.llm_device=meta"), random_init=True)
+    vggt = sum(p.numel() for p in model.geometry.network.parameters())
+    assert 1.15e9 < vggt < 1.2e9
+    assert model.fusion is not None and model.arch.geometry_dim == 2048
+
+
+def test_llm_attention_kernel_choice(monkeypatch):
+    from vln_core.models import placement
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert placement.llm_attn_implementation("bfloat16", cpu) == "sdpa"
+    monkeypatch.setattr(placement.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(placement, "flash_attn_available", lambda: False)
+    assert placement.llm_load_kwargs("bfloat16", gpu) == {"attn_implementation": "sdpa", "dtype": torch.bfloat16}
+    monkeypatch.setattr(placement, "flash_attn_available", lambda: True)
+    assert placement.llm_attn_implementation("bfloat16", gpu) == "flash_attention_2"
+    assert placement.llm_attn_implementation("float32", gpu) == "sdpa"  # flash-attn needs bf16/fp16

@@ -177,6 +177,7 @@ class ModelConfig:
     checkpoint: str = ""
     dinov3_path: str = ""  # local path of a DINOv3 checkpoint (base/full)
     llm_path: str = ""  # local path of a Qwen2 / Qwen2.5-VL checkpoint (base/full)
+    vggt_path: str = ""  # local VGGT-1B checkpoint (model.safetensors / .pt, or its directory): full's geometry
     freeze_semantic: bool = True
     freeze_llm: bool = True
     lora_rank: int = 0  # > 0: train the LLM with LoRA adapters of this rank
@@ -187,6 +188,12 @@ class ModelConfig:
     semantic_device: str = "auto"
     llm_device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    def __post_init__(self) -> None:
+        # existence is checked when a model is built (a config may be written for another machine)
+        path = Path(self.vggt_path).expanduser() if isinstance(self.vggt_path, str) and self.vggt_path else None
+        if path is not None and path.is_file() and path.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
+            raise ConfigError(f"model.vggt_path={self.vggt_path!r} is a file but not a .safetensors/.pt checkpoint")
 
 
 @dataclass

@@ -4,8 +4,9 @@
   transformer reasoner, hashed-word tokenizer).
 * ``base``: DINOv3 ViT-S/B from ``model.dinov3_path`` + a Qwen2-0.5B-class LLM from
   ``model.llm_path`` (tokenizer from the same path).
-* ``full``: DINOv3 ViT-L + the language model of Qwen2.5-VL (3B/7B); the LLM takes the second
-  GPU when there is one.
+* ``full``: the design's pipeline: VGGT-1B (``model.vggt_path``) on all N_m frames, keyframes
+  from its point map and confidence, DINOv3 ViT-L on the keyframes, the language model of
+  Qwen2.5-VL (3B/7B); VGGT, DINOv3 and the LLM take GPUs 0, 1, 2 (as many as there are).
 
 Pretrained parts load only from local paths. Two hooks avoid them:
 
@@ -27,8 +28,10 @@ from torch import nn
 from vln_core.config import ConfigError, VLNConfig
 from vln_core.models.reasoning import EmbeddedReasoner, LLMReasoner
 from vln_core.models.semantic_encoder import SmallViT
-from vln_core.models.spatial_model import ModelArchitecture, VLNSpatialModel
+from vln_core.models.spatial_model import ModelArchitecture, VLNSpatialModel, resolve_device
+from vln_core.models.placement import llm_load_kwargs
 from vln_core.models.tokenizer import HashedWordTokenizer, HFTokenizerAdapter
+from vln_core.models.vggt.network import VGGT_1B, VGGTConfig
 
 __all__ = ["register_model", "build_model", "list_models", "model_spec", "ModelSpec"]
 
@@ -46,6 +49,7 @@ class ModelSpec:
     dinov3_config: dict[str, Any] | None = None
     llm_config: dict[str, Any] | None = None
     llm_kind: str = "qwen2"
+    vggt: VGGTConfig | None = None  # set: VGGT (from model.vggt_path) is the geometry encoder
     description: str = ""
 
 
@@ -134,15 +138,18 @@ def _full() -> ModelSpec:
     return ModelSpec(
         name="full",
         arch=ModelArchitecture(
-            geometry_patch_size=14, geometry_dim=512, geometry_depth=12, geometry_heads=8, geometry_registers=4,
+            # geometry: VGGT-1B; its patch tokens are 2 x 1024 wide (depth/heads/registers are VGGT's own)
+            geometry_patch_size=14, geometry_dim=2048, geometry_depth=24, geometry_heads=16, geometry_registers=4,
             semantic="dinov3", fusion_dim=512, reasoner="llm", reasoning_pool=2,
             decoder_heads=8, decoder_layers=3, waypoint_hidden=512,
-            device_indices={"geometry": 0, "semantic": 0, "llm": 1},
+            device_indices={"geometry": 0, "semantic": 1, "llm": 2},
         ),
         dinov3_config=_DINOV3_VITL16,
         llm_config=_QWEN2_5_VL_3B_TEXT,
         llm_kind="qwen2_5_vl",
-        description="DINOv3 ViT-L (model.dinov3_path) + Qwen2.5-VL-3B/7B language model (model.llm_path)",
+        vggt=VGGT_1B,
+        description="VGGT-1B (model.vggt_path) + DINOv3 ViT-L (model.dinov3_path) + Qwen2.5-VL-3B/7B language "
+                    "model (model.llm_path)",
     )
 
 
@@ -189,19 +196,39 @@ def _load_llm(cfg: VLNConfig, spec: ModelSpec, random_init: bool) -> tuple[nn.Mo
     if model_type in ("qwen2_5_vl", "qwen2_vl"):
         from transformers import Qwen2_5_VLForConditionalGeneration
 
-        llm = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path))
+        llm = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path), **_llm_kwargs(cfg, spec))
     elif model_type == "qwen2":
         from transformers import Qwen2Model
 
-        llm = Qwen2Model.from_pretrained(str(path))
+        llm = Qwen2Model.from_pretrained(str(path), **_llm_kwargs(cfg, spec))
     else:
         raise ConfigError(f"model.llm_path={str(path)!r} holds a {model_type!r} model; expected qwen2 or qwen2_5_vl")
     return llm, HFTokenizerAdapter(AutoTokenizer.from_pretrained(str(path)))
 
 
+def _llm_kwargs(cfg: VLNConfig, spec: ModelSpec) -> dict[str, Any]:
+    """flash-attention 2 when installed and the LLM runs on a GPU in bf16/fp16, else SDPA."""
+    device = resolve_device(cfg.model.llm_device, spec.arch.device_indices.get("llm", 0))
+    return llm_load_kwargs(cfg.model.dtype, device)
+
+
+def _load_vggt(cfg: VLNConfig, spec: ModelSpec, network: nn.Module | None, random_init: bool) -> nn.Module:
+    """VGGT wrapped as the geometry stage: a given network, a random one, or ``model.vggt_path``."""
+    from vln_core.models.vggt import VGGT, VGGTGeometryEncoder, load_vggt_network
+
+    if network is None:
+        if random_init:
+            network = VGGT(spec.vggt)
+        else:
+            path = _require_path(cfg.model.vggt_path, "model.vggt_path", spec.name, "VGGT-1B (model.safetensors)")
+            network = load_vggt_network(str(path), spec.vggt)
+    return VGGTGeometryEncoder(network)
+
+
 def build_model(cfg: VLNConfig, *, semantic_backbone: nn.Module | None = None, llm: nn.Module | None = None,
                 tokenizer: Any | None = None, random_init: bool = False,
-                arch_overrides: dict[str, Any] | None = None) -> VLNSpatialModel:
+                arch_overrides: dict[str, Any] | None = None,
+                geometry_backbone: nn.Module | None = None) -> VLNSpatialModel:
     """Build the configuration ``cfg.model.name`` for ``cfg.video`` sizes.
 
     Args:
@@ -217,6 +244,8 @@ def build_model(cfg: VLNConfig, *, semantic_backbone: nn.Module | None = None, l
             counting and timing only; the result knows nothing).
         arch_overrides: replace fields of the configuration's :class:`ModelArchitecture`
             (e.g. ``{"geometry_dim": 32}`` for tiny test models).
+        geometry_backbone: a ready :class:`~vln_core.models.vggt.VGGT` for configurations with
+            VGGT geometry (``full``) instead of loading ``model.vggt_path`` (test hook).
 
     Raises:
         ConfigError: unknown name, or base/full without the needed local path (the message
@@ -246,6 +275,10 @@ def build_model(cfg: VLNConfig, *, semantic_backbone: nn.Module | None = None, l
         reasoner = LLMReasoner(llm, arch.fusion_dim, cfg.model.lora_rank, cfg.model.lora_alpha)
         if tokenizer is None:
             tokenizer = loaded_tokenizer or HashedWordTokenizer(int(reasoner.llm.config.vocab_size))
-    model = VLNSpatialModel(cfg, arch, semantic, pretrained, reasoner, tokenizer)
+    geometry = None
+    if spec.vggt is not None:  # VGGT is the geometry encoder; fusion takes its token width
+        geometry = _load_vggt(cfg, spec, geometry_backbone, random_init)
+        arch.geometry_dim = geometry.dim
+    model = VLNSpatialModel(cfg, arch, semantic, pretrained, reasoner, tokenizer, geometry=geometry)
     model.trainable_parameters(cfg.training.stage)
     return model

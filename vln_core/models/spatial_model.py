@@ -38,7 +38,7 @@ from vln_core.models.geometry_encoder import GeometryEncoder, pose_encoding_to_e
 from vln_core.models.heads import HeatmapDecoder, WaypointHead
 from vln_core.models.reasoning import LLMReasoner
 from vln_core.models.semantic_encoder import SemanticEncoder
-from vln_core.sampling import sample_keyframes
+from vln_core.sampling import sample_keyframes, sample_keyframes_from_points
 
 __all__ = [
     "ModelInputs",
@@ -149,10 +149,13 @@ class VLNSpatialModel(nn.Module):
             ``model.freeze_semantic`` applies; a from-scratch backbone always trains).
         reasoner: :class:`EmbeddedReasoner` or :class:`LLMReasoner`.
         tokenizer: object with ``encode(list[str], max_length) -> (ids, mask)``.
+        geometry: the geometry stage if not our own :class:`GeometryEncoder` (``full``: a
+            :class:`~vln_core.models.vggt.VGGTGeometryEncoder`, frozen, keyframes from its points).
     """
 
     def __init__(self, cfg: VLNConfig, arch: ModelArchitecture, semantic_backbone: nn.Module,
-                 semantic_pretrained: bool, reasoner: nn.Module, tokenizer: Any) -> None:
+                 semantic_pretrained: bool, reasoner: nn.Module, tokenizer: Any,
+                 geometry: nn.Module | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.arch = arch
@@ -164,7 +167,7 @@ class VLNSpatialModel(nn.Module):
         self.semantic_pretrained = semantic_pretrained
         mcfg = cfg.model
 
-        self.geometry = GeometryEncoder(
+        self.geometry = geometry if geometry is not None else GeometryEncoder(
             self.frame_size, arch.geometry_patch_size, arch.geometry_dim, arch.geometry_depth,
             arch.geometry_heads, arch.geometry_registers)
         self.semantic = SemanticEncoder(semantic_backbone, frozen=semantic_pretrained and mcfg.freeze_semantic)
@@ -225,6 +228,8 @@ class VLNSpatialModel(nn.Module):
             self.reasoner.to(devices["llm"])
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.model.dtype]
         if dtype != torch.float32:
+            if hasattr(self.geometry, "set_compute_dtype") and self.geometry_device.type == "cuda":
+                self.geometry.set_compute_dtype(dtype)  # VGGT: aggregator in dtype, heads float32
             if self.semantic_pretrained and self.semantic_device.type == "cuda":
                 self.semantic.backbone.to(dtype)
             if isinstance(self.reasoner, LLMReasoner) and self.llm_device.type == "cuda":
@@ -235,8 +240,10 @@ class VLNSpatialModel(nn.Module):
     # ------------------------------------------------------------------ parameter groups
     def _groups(self) -> dict[str, list[nn.Parameter]]:
         """Every parameter in exactly one named group."""
+        frozen = {id(p) for p in getattr(self.geometry, "frozen_parameters", list)()}
         groups: dict[str, list[nn.Parameter]] = {
-            "geometry": list(self.geometry.parameters()),
+            "geometry": [p for p in self.geometry.parameters() if id(p) not in frozen],
+            "geometry_pretrained": [p for p in self.geometry.parameters() if id(p) in frozen],  # no stage trains it
             "semantic_backbone": list(self.semantic.backbone.parameters()),
             "fusion": list(self.fusion.parameters()),
             "heatmap_head": list(self.heatmap_decoder.parameters()) + list(self.query_slot_embed.parameters())
@@ -319,6 +326,23 @@ class VLNSpatialModel(nn.Module):
             rows.append(torch.as_tensor(result.indices, dtype=torch.long))
         return torch.stack(rows).to(depth.device)
 
+    @torch.no_grad()
+    def sample_keyframes_from_points(self, points: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:
+        """Space-aware keyframes from a predicted point map (VGGT), as the design samples them
+        (:func:`vln_core.sampling.sample_keyframes_from_points`: confidence above the clip median
+        and 0.1, voxel = shortest bounding-box side / ``frame_sampling.voxel_divisions``).
+
+        Args:
+            points: ``(B, N_m, H, W, 3)`` in the current camera frame; conf: ``(B, N_m, H, W)``.
+
+        Returns:
+            ``(B, N_k)`` long, sorted ascending per row, on ``points``' device.
+        """
+        rows = [torch.as_tensor(sample_keyframes_from_points(points[b].float().cpu(), conf[b].float().cpu(),
+                                                             self.num_keyframes, self.sampling_cfg).indices,
+                                dtype=torch.long) for b in range(points.shape[0])]
+        return torch.stack(rows).to(points.device)
+
     # ------------------------------------------------------------------ forward
     def _check_inputs(self, inputs: ModelInputs) -> None:
         frames = inputs.frames
@@ -372,6 +396,8 @@ class VLNSpatialModel(nn.Module):
         # 2. keyframes
         if inputs.keyframe_indices is not None:
             keyframes = inputs.keyframe_indices.to(gdev).long()
+        elif getattr(geo, "points_cur", None) is not None:  # VGGT: its own point map and confidence
+            keyframes = self.sample_keyframes_from_points(geo.points_cur.detach(), geo.points_conf.detach())
         else:
             keyframes = self.sample_keyframes(geo.depth.detach(), K.detach(), T_cur_cam.detach())
         current = torch.full((B, 1), N - 1, dtype=torch.long, device=gdev)

@@ -33,6 +33,9 @@ from vln_heatmap import msg_conversions as conv  # noqa: E402
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 FRAMES = 30
+#: The type hash of tf2_msgs/msg/TFMessage that real ROS 2 (Jazzy, Kilted) tf publishers announce
+#: (`ros2 topic info -v /tf`); ours, generated from the same definition, must be identical.
+TF_MESSAGE_TYPE_HASH = "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cbf22d5abe85d020f087"
 PARAMETERS = ("node.pose_source:=tf", "node.inference_rate_hz:=2.0", "node.geometry_resolution:=input",
               "node.publish_overlay:=false")
 
@@ -167,3 +170,6 @@ def test_replay_republishes_tf_and_tf_static_from_a_bag(tmp_path):
     assert len(static) == 1 and conv.tf_msg_to_transforms(static[0]) == conv.tf_msg_to_transforms(static_msg)
     assert conv.tf_msg_to_transforms(static[0])[0][:3] == ("base_link", CAMERA_FRAME, s0)
     assert offered and offered[0].qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+    # on the wire exactly what tf2 peers use: type name and type hash
+    assert offered[0].topic_type == "tf2_msgs/msg/TFMessage"
+    assert str(offered[0].topic_type_hash) == TF_MESSAGE_TYPE_HASH

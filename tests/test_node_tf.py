@@ -9,6 +9,9 @@ from tf at each image stamp, and its heatmaps must equal the geometry core's for
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,9 +21,11 @@ pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs is not built (tools/build_t
 
 from ros_helpers import (  # noqa: E402
     PARAMS_FILE,
+    REPO_ROOT,
     NodeOutputs,
     RosTestNode,
     node_command,
+    ros_env,
     start_process,
     stop_process,
     unique_domain_id,
@@ -173,3 +178,19 @@ def test_replay_republishes_tf_and_tf_static_from_a_bag(tmp_path):
     # on the wire exactly what tf2 peers use: type name and type hash
     assert offered[0].topic_type == "tf2_msgs/msg/TFMessage"
     assert str(offered[0].topic_type_hash) == TF_MESSAGE_TYPE_HASH
+
+
+def test_tf_mode_without_tf2_ros_or_tf2_msgs_stops_with_one_clear_line(tmp_path):
+    """Where neither can be imported the node must not run without poses (0 outputs, as before):
+    exit 2, one line saying what to install."""
+    hidden = tmp_path / "hide" / "tf2_msgs"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('tf2_msgs hidden by the test')\n")
+    env = ros_env(unique_domain_id())
+    env["PYTHONPATH"] = os.pathsep.join([str(hidden.parent), env["PYTHONPATH"]])
+    proc = subprocess.run([sys.executable, *node_command("node.pose_source:=tf")], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    assert "node.pose_source is 'tf' but neither tf2_ros nor tf2_msgs can be imported" in output
+    assert "tools/build_tf2_msgs.sh" in output and "Traceback" not in output, output

@@ -360,3 +360,14 @@ def test_llm_attention_kernel_choice(monkeypatch):
     monkeypatch.setattr(placement, "flash_attn_available", lambda: True)
     assert placement.llm_attn_implementation("bfloat16", gpu) == "flash_attention_2"
     assert placement.llm_attn_implementation("float32", gpu) == "sdpa"  # flash-attn needs bf16/fp16
+
+
+def test_bfloat16_aggregator_with_float32_heads(golden):
+    """The GPU setting (aggregator in bf16, heads in float32) runs and stays close; on CPU here."""
+    io, cfg = golden
+    vggt = load_vggt(str(TINY_WEIGHTS), config=cfg, dtype="bfloat16")
+    assert vggt.network.aggregator.camera_token.dtype == torch.bfloat16
+    assert vggt.network.depth_head.norm.weight.dtype == torch.float32
+    geo = vggt.predict_geometry(io["images"], size=(42, 56))
+    assert geo.depth.dtype == torch.float32
+    assert (geo.depth - io["depth"]).abs().max() < 0.05 * io["depth"].abs().max()

@@ -157,8 +157,12 @@ def _as_points_and_valid(points: Any, valid: Any, finite: bool = True) -> tuple[
 
 
 def _finite_valid(points: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """``valid & all(isfinite(points), -1)`` (a new array)."""
-    return valid & np.isfinite(points).all(axis=-1)
+    """``valid & all(isfinite(points), -1)`` (a new array; per component, which is several times
+    faster than numpy's reduction over a last axis of 3)."""
+    out = valid & np.isfinite(points[..., 0])
+    out &= np.isfinite(points[..., 1])
+    out &= np.isfinite(points[..., 2])
+    return out
 
 
 def _point_chunks(n: int, p: int) -> list[tuple[int, int]]:
@@ -274,19 +278,19 @@ def _chunk_voxel_keys(points: np.ndarray, valid: np.ndarray, inv_voxel: float, m
         del priority
         valid = np.take_along_axis(valid, keep, axis=1)
         points = np.take_along_axis(points, keep[..., None], axis=1)
-    scaled = points * points.dtype.type(inv_voxel)  # a new array, safe to edit in place
-    scaled[~valid] = 0.0  # invalid points may be NaN / inf
+    counts = valid.sum(axis=1)
+    # only the valid points (frame-major), so invalid ones (NaN / inf too) are never scaled or sorted
+    scaled = points[valid] * points.dtype.type(inv_voxel)  # (m, 3), a new array
     np.floor(scaled, out=scaled)
-    keys = pack_voxel_coords(scaled.astype(np.int64))  # (c, p') non-negative
+    keys = pack_voxel_coords(scaled.astype(np.int64))  # (m,) non-negative
     del scaled
-    keys[~valid] = -1  # sorts first, dropped below
-    keys.sort(axis=1)
-    first = np.empty(keys.shape, dtype=bool)
-    first[:, :1] = True
-    np.not_equal(keys[:, 1:], keys[:, :-1], out=first[:, 1:])
-    first &= keys >= 0
-    counts = first.sum(axis=1)
-    return np.split(keys[first], np.cumsum(counts)[:-1]) if c else []
+    per_frame = []
+    for frame_keys in np.split(keys, np.cumsum(counts)[:-1]) if c else []:
+        frame_keys.sort()  # in place: a view of this chunk's keys
+        if frame_keys.size:
+            frame_keys = frame_keys[np.concatenate(([True], frame_keys[1:] != frame_keys[:-1]))]
+        per_frame.append(frame_keys)
+    return per_frame
 
 
 # ------------------------------------------------------------------------------------------
@@ -578,7 +582,8 @@ def confident_points(conf: Any, min_conf: float = 0.1, quantile: float = 0.5) ->
     if conf.size == 0:
         return np.zeros(conf.shape, dtype=bool)
     finite = np.isfinite(conf)
-    threshold = np.quantile(conf[finite], quantile) if finite.any() else np.inf
+    # conf[finite] is a copy, so the quantile may partition it in place (no second copy)
+    threshold = np.quantile(conf[finite], quantile, overwrite_input=True) if finite.any() else np.inf
     return finite & (conf >= threshold) & (conf > min_conf)
 
 
@@ -596,10 +601,13 @@ def bounding_box_voxel_size(points: Any, valid: Any, divisions: int = 20) -> flo
     low = np.full(3, np.inf)
     high = np.full(3, -np.inf)
     for lo, hi in _point_chunks(*valid.shape):
-        chunk = points[lo:hi][_finite_valid(points[lo:hi], valid[lo:hi])]
-        if chunk.size:
-            low = np.minimum(low, chunk.min(axis=0))
-            high = np.maximum(high, chunk.max(axis=0))
+        keep = _finite_valid(points[lo:hi], valid[lo:hi])
+        if not keep.any():
+            continue
+        for axis in range(3):  # per component: a reduction over (m, 3) along axis 0 is slow in numpy
+            values = points[lo:hi, :, axis][keep]
+            low[axis] = min(low[axis], float(values.min()))
+            high[axis] = max(high[axis], float(values.max()))
     if not np.isfinite(low).all():
         raise InputError("cannot size voxels: no confident finite point in any frame")
     return max(float((high - low).min()) / float(divisions), MIN_VOXEL_SIZE_M)

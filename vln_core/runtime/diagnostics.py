@@ -31,6 +31,7 @@ __all__ = [
     "LatencyTracker",
     "EventLog",
     "Counters",
+    "LogThrottle",
 ]
 
 OK, WARN, ERROR, STALE = "OK", "WARN", "ERROR", "STALE"
@@ -194,3 +195,27 @@ class Counters:
     def as_dict(self) -> dict[str, int]:
         with self._lock:
             return dict(self._values)
+
+
+class LogThrottle:
+    """At most one log line per event kind every ``period_s`` seconds, each kind on its own
+    clock (a flood of one kind never hides another), counting the lines it held back."""
+
+    def __init__(self, period_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period_s = float(period_s)
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, kind: str) -> Optional[int]:
+        """None: suppress this line; else log it, noting the returned number of lines of this
+        kind suppressed since the last one logged."""
+        now = self.clock()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self.period_s:
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return None
+            self._last[kind] = now
+            return self._held.pop(kind, 0)

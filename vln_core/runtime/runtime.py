@@ -19,7 +19,12 @@ problem, and records it in diagnostics, or is handled as stated):
 * a stamp more than ``node.stamp_jump_reset_s`` after the previous one: warning, the stream's
   buffered data are discarded (for images: the ring, the paired depth and the keyframe memory)
   and the message is accepted; more than that *before* the previous one (bag loop, clock
-  reset): warning, everything is reset (all streams, poses, memory) and the message accepted;
+  reset): warning, everything is reset (all streams, poses, memory) and the message accepted.
+  A jump counts only once confirmed (:data:`JUMP_CONFIRM_MESSAGES` consecutive messages on the
+  new timeline, another stream already there, or a real pause of the stream): until then the
+  message is held, and a lone outlier stamp (an image stamped 0) is dropped and counted
+  (``<stream>_stamp_outlier``, counter ``dropped_stamp_outlier``) without touching buffers or
+  keyframes;
 * an image size change: warning, ring and memory reset, the new size accepted;
 * depth NaN / inf / negative pixels: set to 0 (no measurement) and counted; InputError only if
   no pixel is valid;
@@ -38,7 +43,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import cv2
 import numpy as np
@@ -68,6 +73,7 @@ from vln_core.runtime.diagnostics import (
     Counters,
     EventLog,
     LatencyTracker,
+    LogThrottle,
     RateMeter,
     status,
     worst_level,
@@ -90,6 +96,13 @@ RECENT_EVENT_S = 10.0
 OVERLAY_MAX_WIDTH = 400
 
 STREAMS = ("image", "depth", "odometry", "camera_pose")
+#: A stamp jump (``node.stamp_jump_reset_s``) resets buffers only once confirmed: by this many
+#: consecutive messages of the stream on the new timeline, by another stream already there, or
+#: (forward) by a real pause of the stream; until then its messages are held, and dropped as
+#: outliers (kind ``<stream>_stamp_outlier``) when the stream goes on where it was.
+JUMP_CONFIRM_MESSAGES = 3
+#: Each event kind is logged at most once per this many seconds (per kind, see LogThrottle).
+LOG_THROTTLE_S = 2.0
 
 
 @dataclass
@@ -178,7 +191,7 @@ class NavigationRuntime:
         self.jump_ns = int(round(node.stamp_jump_reset_s * 1e9))
         self.T_base_cam = pose_from_xyz_quat(torch.tensor(node.camera_mount, dtype=torch.float64)).numpy()
 
-        self._lock = threading.Lock()  # shared state below
+        self._lock = threading.RLock()  # shared state below (re-entrant: held messages are replayed under it)
         self._step_lock = threading.Lock()  # one step at a time
         self._ring = FrameRing(cfg.video.total_frames)
         self._depth_waiting: StampedHistory[np.ndarray] = StampedHistory(max_len=2 * cfg.video.total_frames + 4)
@@ -192,6 +205,9 @@ class NavigationRuntime:
         self._tf_lookup = self.tf.lookup
         self._tf_external = False
         self._clocks = {name: StreamClock(self.jump_ns) for name in STREAMS}
+        # messages behind a stamp jump not confirmed yet: (stamp, re-add callable) per stream
+        self._held: dict[str, list[tuple[int, Optional[Callable[[], None]]]]] = {name: [] for name in STREAMS}
+        self._last_accept_time: dict[str, float] = {}
         self._camera: Optional[PinholeCamera] = None
         self._image_size: Optional[tuple[int, int]] = None
         self._depth_size: Optional[tuple[int, int]] = None
@@ -215,22 +231,43 @@ class NavigationRuntime:
         self._rates = {name: RateMeter(clock=clock) for name in STREAMS + ("camera_info", "output")}
         self._latency = LatencyTracker()
         self._events = EventLog(clock=clock)
+        self._log_sink: Optional[Callable[[str, str, str], None]] = None
+        self._log_throttle = LogThrottle(LOG_THROTTLE_S, clock=clock)
         self._counters = Counters()
         self._last_depth_invalid = (0, 0)
 
     # ================================================================== inputs
+    def set_log_sink(self, sink: Optional[Callable[[str, str, str], None]]) -> None:
+        """Send every recorded event to ``sink(level, kind, message)`` (the node's logger), at
+        most once per kind every :data:`LOG_THROTTLE_S` seconds, with the same kind and level
+        as diagnostics; lines held back are counted in the next line of that kind."""
+        self._log_sink = sink
+
+    def _record_event(self, kind: str, message: str, level: str) -> None:
+        self._events.record(kind, message, level)
+        sink = self._log_sink
+        if sink is None:
+            return
+        held = self._log_throttle.allow(kind)
+        if held is None:
+            return
+        try:
+            sink(level, kind, message + (f" (+{held} more since the last {kind} line)" if held else ""))
+        except Exception:  # noqa: BLE001 - logging must never break input handling
+            pass
+
     def _error(self, kind: str, message: str) -> InputError:
-        self._events.record(kind, message, ERROR)
+        self._record_event(kind, message, ERROR)
         return InputError(message)
 
     def _warn(self, kind: str, message: str) -> None:
-        self._events.record(kind, message, WARN)
+        self._record_event(kind, message, WARN)
 
-    def report_error(self, kind: str, message: str) -> None:
-        """Record an error the node met itself (e.g. a message it could not convert).
-
-        InputErrors raised by this runtime's own methods are recorded already."""
-        self._events.record(str(kind), str(message), ERROR)
+    def report_error(self, kind: str, message: str, level: str = ERROR) -> None:
+        """Record (and log, see :meth:`set_log_sink`) an error the node met itself, e.g. a
+        message it could not convert. InputErrors raised by this runtime's own methods are
+        recorded and logged already."""
+        self._record_event(str(kind), str(message), level)
 
     def set_camera_info(self, K: Any, width: int, height: int) -> None:
         """Intrinsics of the colour images (from ``sensor_msgs/CameraInfo``).
@@ -268,10 +305,34 @@ class NavigationRuntime:
         with self._lock:
             return self._instruction
 
-    def _stream_stamp(self, stream: str, stamp_ns: int) -> None:
+    def _jump_confirmed_locked(self, stream: str, stamp_ns: int, verdict: str) -> bool:
+        """Is a jump of ``stream`` to ``stamp_ns`` real (see :data:`JUMP_CONFIRM_MESSAGES`)?"""
+        held = self._held[stream]
+        if held and 0 < stamp_ns - held[-1][0] <= self.jump_ns and len(held) + 1 >= JUMP_CONFIRM_MESSAGES:
+            return True
+        for other, clock in self._clocks.items():
+            if other == stream:
+                continue
+            if clock.last_ns is not None and abs(stamp_ns - clock.last_ns) <= self.jump_ns:
+                return True
+            if any(abs(stamp_ns - s) <= self.jump_ns for s, _ in self._held[other]):
+                return True
+        if verdict == "jump_forward":  # the stream really paused (no message for a while)
+            last = self._last_accept_time.get(stream)
+            return last is not None and self.clock() - last >= 0.5 * self.cfg.node.stamp_jump_reset_s
+        return False
+
+    def _drop_held_locked(self, stream: str) -> None:
+        if self._held[stream]:
+            self._counters.add("dropped_stamp_outlier", len(self._held[stream]))
+            self._held[stream] = []
+
+    def _stream_stamp(self, stream: str, stamp_ns: int, replay: Optional[Callable[[], None]] = None) -> bool:
         """Classify ``stamp_ns`` on ``stream``, apply resets, accept it; InputError if out of order.
 
-        Must be called with ``self._lock`` held.
+        Returns False when the message is held behind an unconfirmed stamp jump (the caller
+        stores nothing; ``replay`` re-adds it if the jump is confirmed). Must be called with
+        ``self._lock`` held.
         """
         clock = self._clocks[stream]
         verdict = clock.check(stamp_ns)
@@ -280,6 +341,24 @@ class NavigationRuntime:
                 f"{stream}_out_of_order",
                 f"{stream} stamp {_fmt_s(stamp_ns)} is not after the previous {_fmt_s(clock.last_ns)}; message dropped",
             )
+        held = self._held[stream]
+        if verdict in ("jump_back", "jump_forward") and not self._jump_confirmed_locked(stream, stamp_ns, verdict):
+            if held and not 0 < stamp_ns - held[-1][0] <= self.jump_ns:
+                self._drop_held_locked(stream)  # another outlier, not the same new timeline
+            if not held:
+                self._warn(
+                    f"{stream}_stamp_outlier",
+                    f"{stream} stamp {_fmt_s(stamp_ns)} is {(stamp_ns - clock.last_ns) * 1e-9:+.3f} s from the previous "
+                    f"{_fmt_s(clock.last_ns)}: held as an outlier (dropped unless {JUMP_CONFIRM_MESSAGES} messages or "
+                    f"another stream confirm the jump); buffers and keyframes kept",
+                )
+            held.append((stamp_ns, replay))
+            return False
+        if verdict in ("first", "ok"):
+            self._drop_held_locked(stream)  # the stream went on where it was: those were outliers
+            clock.accept(stamp_ns)
+            self._last_accept_time[stream] = self.clock()
+            return True
         if verdict == "jump_back":
             self._warn(
                 "time_jump_back",
@@ -298,7 +377,34 @@ class NavigationRuntime:
                 self._odometry.clear()
             else:
                 self._camera_poses.clear()
+        # the jump is real: re-add this stream's held messages (the new timeline's first ones),
+        # accept this one, then the other streams' held messages that are on the new timeline
+        own, self._held[stream] = self._held[stream], []
+        others = []
+        for other in STREAMS:
+            if other == stream:
+                continue
+            near = [(s, r) for s, r in self._held[other] if abs(s - stamp_ns) <= self.jump_ns]
+            if len(near) < len(self._held[other]):
+                self._counters.add("dropped_stamp_outlier", len(self._held[other]) - len(near))
+            others += near
+            self._held[other] = []
+        clock.reset()
+        for _, again in own:
+            self._replay_held(again)
         clock.accept(stamp_ns)
+        self._last_accept_time[stream] = self.clock()
+        for _, again in sorted(others, key=lambda e: e[0]):
+            self._replay_held(again)
+        return True
+
+    def _replay_held(self, again: Optional[Callable[[], None]]) -> None:
+        if again is None:
+            return
+        try:
+            again()
+        except InputError:
+            pass  # recorded by the method itself
 
     def _reset_frames_locked(self) -> None:
         """Drop buffered images, waiting depth and (at the next step) the keyframe memory."""
@@ -344,7 +450,8 @@ class NavigationRuntime:
         except (InputError, TypeError, ValueError) as exc:
             raise self._error("odometry_invalid", str(exc)) from None
         with self._lock:
-            self._stream_stamp("odometry", stamp_ns)
+            if not self._stream_stamp("odometry", stamp_ns, lambda: self.add_odometry(stamp_ns, T, vel)):
+                return
             self._odometry.append(stamp_ns, (T, vel))
         self._rates["odometry"].tick()
 
@@ -363,7 +470,8 @@ class NavigationRuntime:
         if self.cfg.node.pose_source != "tf" and self._events.count("camera_pose_ignored") == 0:
             self._warn("camera_pose_ignored", "set_camera_pose called but node.pose_source is 'odometry': camera poses are stored but not used")
         with self._lock:
-            self._stream_stamp("camera_pose", stamp_ns)
+            if not self._stream_stamp("camera_pose", stamp_ns, lambda: self.set_camera_pose(stamp_ns, T)):
+                return
             self._camera_poses.append(stamp_ns, T)
         self._rates["camera_pose"].tick()
 
@@ -437,7 +545,8 @@ class NavigationRuntime:
         size = (int(rgb.shape[0]), int(rgb.shape[1]))
         now = self.clock()
         with self._lock:
-            self._stream_stamp("image", stamp_ns)
+            if not self._stream_stamp("image", stamp_ns, lambda: self.add_image(stamp_ns, frame_id, rgb)):
+                return
             if self._image_size is not None and size != self._image_size:
                 old = self._image_size
                 self._reset_frames_locked()
@@ -475,7 +584,8 @@ class NavigationRuntime:
                     f"depth is {size[1]}x{size[0]} but the colour images are {img[1]}x{img[0]}; publish depth "
                     f"registered to the colour camera (e.g. aligned_depth_to_color); message dropped",
                 )
-            self._stream_stamp("depth", stamp_ns)
+            if not self._stream_stamp("depth", stamp_ns, lambda: self.add_depth(stamp_ns, depth)):
+                return
             if self._depth_size is not None and size != self._depth_size:
                 self._warn("depth_size_changed", f"depth size changed from {self._depth_size} to {size}")
             self._depth_size = size

@@ -56,6 +56,13 @@ from vln_core.config import ConfigError, VLNConfig, flatten_config, load_config
 from vln_core.errors import InputError
 from vln_core.geometry.tf_buffer import ExtrapolationError, TransformError
 from vln_core.ros_codec import pose_fields_to_matrix
+from vln_core.ros_params import (
+    check_params_file,
+    explain_params_file_error,
+    node_name_matches,
+    params_file_node_names,
+    params_files_from_args,
+)
 from vln_core.runtime import NavigationRuntime
 
 from vln_heatmap import msg_conversions as conv
@@ -172,6 +179,7 @@ class VLNHeatmapNode(Node):
         )
         self.cfg = declare_config_parameters(self)
         self.runtime = NavigationRuntime(self.cfg)
+        self.runtime.set_log_sink(self._log_event)  # every event once per kind and 2 s, as in diagnostics
         topics = self.cfg.node.topics
         self._last_camera_info: tuple | None = None
 
@@ -241,27 +249,43 @@ class VLNHeatmapNode(Node):
 
     # ------------------------------------------------------------------ error handling
 
+    def _log_event(self, level: str, kind: str, message: str) -> None:
+        """The runtime's events, already throttled per kind, as log lines of the same kind and
+        level as their /diagnostics entry (one throttle per kind: a flood of bad images never
+        hides a bad odometry message).
+
+        One call site per severity: rclpy's logger binds a call site to the severity of its first
+        call and raises (ValueError) for any other, which silently lost lines."""
+        if level == "ERROR":
+            self.get_logger().error(f"{kind}: {message}")
+        else:
+            self.get_logger().warning(f"{kind}: {message}")
+
     def _log(self, kind: str, exc: BaseException) -> str:
         bad_input = isinstance(exc, InputError)
         message = str(exc) if bad_input else f"{type(exc).__name__}: {exc}"
-        log = self.get_logger()
-        (log.warning if bad_input else log.error)(f"{kind}: {message}", throttle_duration_sec=LOG_THROTTLE_S)
+        if bad_input:  # one call site per severity (see _log_event)
+            self.get_logger().warning(f"{kind}: {message}", throttle_duration_sec=LOG_THROTTLE_S)
+        else:
+            self.get_logger().error(f"{kind}: {message}", throttle_duration_sec=LOG_THROTTLE_S)
         return message
 
     def _report(self, kind: str, exc: BaseException) -> None:
-        """Rate-limited log + runtime error accounting (shows in /diagnostics); never raises."""
-        message = self._log(kind, exc)
+        """Runtime error accounting (/diagnostics) and its per-kind throttled log line; never raises."""
+        message = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
         try:
             self.runtime.report_error(kind, message)
         except Exception as inner:  # the report itself must not take the node down
-            self.get_logger().error(f"could not report {kind} error: {inner}", throttle_duration_sec=LOG_THROTTLE_S)
+            self.get_logger().error(f"could not report {kind} error ({message}): {inner}",
+                                    throttle_duration_sec=LOG_THROTTLE_S)
 
     def _handle(self, kind: str, convert: Callable[[], Any], consume: Callable[[Any], Any]) -> None:
         """``consume(convert())`` that never raises.
 
         A conversion failure (bad message) is reported to the runtime under ``kind``. The
-        runtime's own methods record the InputErrors they raise, so those are only logged here;
-        anything unexpected from them is reported too.
+        runtime's own methods record and log the InputErrors they raise under their own kind
+        (e.g. ``depth_size_mismatch``), so those are not logged again here; anything unexpected
+        from them is reported too.
         """
         try:
             value = convert()
@@ -270,8 +294,8 @@ class VLNHeatmapNode(Node):
             return
         try:
             consume(value)
-        except InputError as exc:
-            self._log(kind, exc)
+        except InputError:
+            pass  # recorded and logged by the runtime, with its kind and level
         except Exception as exc:
             self._report(f"{kind}_unexpected", exc)
 
@@ -414,22 +438,71 @@ class VLNHeatmapNode(Node):
         inference = getattr(self, "_inference", None)  # absent when the constructor failed
         if inference is not None:
             inference.stop()
-        try:
-            self.runtime.close()  # finishes a recording, releases the backend
-        except Exception as exc:
-            self._log("shutdown", exc)
+        runtime = getattr(self, "runtime", None)  # absent when the configuration was rejected
+        if runtime is not None:
+            try:
+                runtime.close()  # finishes a recording, releases the backend
+            except Exception as exc:
+                self._log("shutdown", exc)
         super().destroy_node()
+
+
+USAGE = f"""usage: vln_heatmap_node [-h] [--ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r FROM:=TO ...]]
+
+The vln_heatmap ROS 2 node: colour + depth + camera_info + odometry (or /tf) in, frame-indexed
+keyframe heatmaps, overlay, waypoints and /diagnostics out.
+
+  -h, --help            show this message and exit (the node does not start)
+  --params-file FILE    ROS 2 parameter file: top-level key the node name ({NODE_NAME} or /**),
+                        under it ros__parameters with the config tree (the package's
+                        config/vln_heatmap.yaml; keys as in vln_core/config.py)
+  -p NAME:=VALUE        one setting by dotted name, e.g. -p node.inference_rate_hz:=5.0
+  -r FROM:=TO           remap a topic or the node name, e.g. -r /camera/color/image_raw:=/cam/image
+
+Example: vln_heatmap_node --ros-args --params-file config/vln_heatmap.yaml -p node.backend:=geometry
+Topics, parameters and diagnostics: the package README (ros2_ws/src/vln_heatmap/README.md)."""
+
+
+def _check_params_file_node_names(node: Node, argv: list[str]) -> None:
+    """Warn about parameter files none of whose top-level node names applies to this node
+    (rcl ignores them silently: the node would run on defaults)."""
+    name, fqn = node.get_name(), node.get_fully_qualified_name()
+    for path in params_files_from_args(argv):
+        keys = params_file_node_names(path)
+        if not keys:
+            node.get_logger().warning(f"parameter file {path} holds no node parameters: running on the defaults")
+        elif not any(node_name_matches(k, name, fqn) for k in keys):
+            node.get_logger().warning(
+                f"parameter file {path} has parameters for node(s) {keys} but this node is {fqn!r}: none of "
+                f"them applies (running on the other settings); name the top-level key {name!r} or '/**'")
 
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``vln_heatmap_node`` (``ros2 run vln_heatmap vln_heatmap_node --ros-args ...``)."""
-    rclpy.init(args=args)
+    argv = list(sys.argv if args is None else args)
+    own = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+    if any(a in ("-h", "--help") for a in own):
+        print(USAGE)
+        return 0
+    for path in params_files_from_args(argv):  # before rcl, which names neither key nor column
+        problem = check_params_file(path)
+        if problem:
+            print(f"vln_heatmap_node: {problem}", file=sys.stderr)
+            return 2
+    try:
+        rclpy.init(args=args)
+    except Exception as exc:  # rclpy's RCLError: a parameter file rcl cannot parse, a bad --ros-args
+        if type(exc).__name__ != "RCLError":
+            raise
+        print(f"vln_heatmap_node: {explain_params_file_error(str(exc), argv)}", file=sys.stderr)
+        return 2
     try:
         node = VLNHeatmapNode()
     except (ConfigError, InputError) as exc:
         print(f"vln_heatmap_node: configuration error: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    _check_params_file_node_names(node, argv)
     executor = SingleThreadedExecutor()  # inputs and diagnostics; inference has its own thread
     executor.add_node(node)
     try:

@@ -173,7 +173,7 @@ class NodeConfig:
 class ModelConfig:
     """The learned network (vln_core.models); `name` picks a registered configuration."""
 
-    name: Literal["embedded", "base", "full"] = "embedded"
+    name: Literal["embedded", "embedded_tokens", "base", "full"] = "embedded"
     checkpoint: str = ""
     dinov3_path: str = ""  # local path of a DINOv3 checkpoint (base/full)
     llm_path: str = ""  # local path of a Qwen2 / Qwen2.5-VL checkpoint (base/full)
@@ -188,6 +188,12 @@ class ModelConfig:
     semantic_device: str = "auto"
     llm_device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # horizontal field of view assumed when no intrinsics are known (a video without calibration)
+    default_hfov_deg: float = 60.0
+
+    def validate(self, key: str) -> None:
+        if not 10.0 <= self.default_hfov_deg <= 170.0:
+            raise ConfigError(f"{key}.default_hfov_deg must be in [10, 170] degrees, got {self.default_hfov_deg}")
 
     def __post_init__(self) -> None:
         # existence is checked when a model is built (a config may be written for another machine)
@@ -218,6 +224,8 @@ class TrainingConfig:
     eval_max_samples: int = 64  # windows scored per evaluation (evenly spread over the eval set)
     frame_stride: int = 1  # episode frames between consecutive buffered frames of a window
     max_grad_norm: float = 1.0  # 0 disables clipping
+    augment: bool = False  # camera-like photometric augmentation of training windows (vln_core.train.augment)
+    pose_known_fraction: float = 0.5  # share of training windows given their true poses (RGB + pose mode)
     min_lr_ratio: float = 0.05  # cosine decays to learning_rate * min_lr_ratio
     log_every: int = 10
     device: str = "auto"  # auto: cuda when available (LOCAL_RANK picks the GPU), else cpu

@@ -396,7 +396,9 @@ def frame_indexed_heatmaps(
     raw = splat_bilinear(torch.stack([u, v], dim=-1), weights, (H, W)).reshape(len(channels) * num_key, H, W)
     maps = gaussian_blur(raw, sigma_px)
     if adaptive_sigma:
+        # a blur width is a choice, not a prediction: no gradient through it
         spacing = float(source_stride) * (cur_K[0, 0] / key_K[:, 0, 0])[:, None] * (Z / torch.where(inside, z, torch.ones_like(z)))
+        spacing = spacing.detach()
         spacing = torch.where(inside, spacing, torch.full_like(spacing, float("nan"))).nanmedian(dim=-1).values
         sigmas = torch.nan_to_num(spacing * SPACING_TO_SIGMA, nan=0.0)
         sparse = (spacing > SPARSE_SPACING_PX) & (sigmas > sigma_px + 0.25)

@@ -1,7 +1,11 @@
 """Named model configurations, timm style: ``register_model`` / ``build_model`` / ``list_models``.
 
-* ``embedded``: everything our own code, CPU-sized, no download (own small ViT, small
-  transformer reasoner, hashed-word tokenizer).
+* ``embedded``: heatmaps from predicted geometry (:mod:`vln_core.models.reprojection_model`):
+  a per-frame CNN predicts depth, a relative-pose head predicts camera motion when no poses are
+  given, and the ground truth's own reprojection turns them into heatmaps; CPU real-time, no
+  download. Trained weights ship in ``models/embedded/checkpoint.pt``.
+* ``embedded_tokens``: the earlier token decoder (own small ViTs, small transformer reasoner,
+  hashed-word tokenizer) that decodes heatmaps from tokens.
 * ``base``: DINOv3 ViT-S/B from ``model.dinov3_path`` + a Qwen2-0.5B-class LLM from
   ``model.llm_path`` (tokenizer from the same path).
 * ``full``: the design's pipeline: VGGT-1B (``model.vggt_path``) on all N_m frames, keyframes
@@ -51,6 +55,7 @@ class ModelSpec:
     llm_kind: str = "qwen2"
     vggt: VGGTConfig | None = None  # set: VGGT (from model.vggt_path) is the geometry encoder
     description: str = ""
+    kind: str = "tokens"  # "tokens": VLNSpatialModel; "reprojection": ReprojectionHeatmapModel
 
 
 _REGISTRY: dict[str, Callable[[], ModelSpec]] = {}
@@ -89,13 +94,25 @@ def model_spec(name: str) -> ModelSpec:
 def _embedded() -> ModelSpec:
     return ModelSpec(
         name="embedded",
+        arch=ModelArchitecture(vocab_size=4096),
+        kind="reprojection",
+        description="heatmaps from predicted geometry: per-frame CNN depth + relative-pose head, reprojected "
+                    "by the ground truth's own code; CPU real-time, no download",
+    )
+
+
+@register_model("embedded_tokens")
+def _embedded_tokens() -> ModelSpec:
+    return ModelSpec(
+        name="embedded_tokens",
         arch=ModelArchitecture(
             geometry_patch_size=14, geometry_dim=128, geometry_depth=3, geometry_heads=4, geometry_registers=2,
             semantic="small_vit", semantic_patch_size=16, semantic_dim=128, semantic_depth=3, semantic_heads=4,
             fusion_dim=128, reasoner="embedded", reasoning_depth=2, reasoning_heads=4, reasoning_pool=2,
             decoder_heads=4, decoder_layers=2, waypoint_hidden=256, vocab_size=4096,
         ),
-        description="own small ViTs + small transformer reasoner; CPU-sized, no download",
+        description="token decoder: own small ViTs + small transformer reasoner decoding heatmaps "
+                    "(the earlier embedded model; loses to the reprojection model)",
     )
 
 
@@ -253,10 +270,21 @@ def build_model(cfg: VLNConfig, *, semantic_backbone: nn.Module | None = None, l
     """
     spec = model_spec(cfg.model.name)
     arch = copy.deepcopy(spec.arch)
-    for key, value in (arch_overrides or {}).items():
+    for key, value in (arch_overrides or {}).items() if spec.kind != "reprojection" else ():
         if not hasattr(arch, key):
             raise ConfigError(f"arch_overrides: ModelArchitecture has no field {key!r}")
         setattr(arch, key, value)
+    if spec.kind == "reprojection":
+        from vln_core.models.reprojection_model import ReprojectionArchitecture, ReprojectionHeatmapModel
+
+        rarch = ReprojectionArchitecture(vocab_size=arch.vocab_size)
+        for key, value in (arch_overrides or {}).items():
+            if not hasattr(rarch, key):
+                raise ConfigError(f"arch_overrides: ReprojectionArchitecture has no field {key!r}")
+            setattr(rarch, key, value)
+        model = ReprojectionHeatmapModel(cfg, rarch, tokenizer or HashedWordTokenizer(rarch.vocab_size))
+        model.trainable_parameters(cfg.training.stage)
+        return model
     if arch.semantic == "small_vit":
         semantic = SmallViT(tuple(cfg.video.frame_size), arch.semantic_patch_size, arch.semantic_dim,
                             arch.semantic_depth, arch.semantic_heads)

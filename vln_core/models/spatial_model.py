@@ -70,6 +70,8 @@ class ModelInputs:
     intent: torch.Tensor  # (B,) long: 0 left, 1 straight, 2 right
     keyframe_indices: torch.Tensor | None = None  # (B, N_k) long into N_m; None -> sample from predicted geometry
     intrinsics: torch.Tensor | None = None  # (B, 3, 3) of frames at (H, W) if known (else predicted fov is used)
+    camera_poses: torch.Tensor | None = None  # (B, N_m, 4, 4) camera-to-world (any fixed world) if known (RGB + pose)
+    pose_known: torch.Tensor | None = None  # (B,) bool: use camera_poses for this sample (default: all, when given)
 
 
 @dataclass
@@ -85,6 +87,12 @@ class ModelOutputs:
     out_of_view_bearing: torch.Tensor  # (B, N_k, 2) (cos, sin)
     goal_logits: torch.Tensor  # (B, H, W)
     waypoints: torch.Tensor  # (B, 20, 2) metres in the current base frame
+    pose_enc_predicted: torch.Tensor | None = None  # (B, N_m, 9) the model's own pose estimate where pose_enc was given
+
+    def to(self, device: torch.device | str) -> "ModelOutputs":
+        """Copy with every tensor on ``device``."""
+        return ModelOutputs(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
+                               for f in fields(self)})
 
 
 @dataclass
@@ -468,4 +476,4 @@ class VLNSpatialModel(nn.Module):
 
 
 def _outputs_to(outputs: ModelOutputs, device: torch.device) -> ModelOutputs:
-    return ModelOutputs(**{f.name: getattr(outputs, f.name).to(device) for f in fields(outputs)})
+    return outputs.to(device)

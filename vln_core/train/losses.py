@@ -357,6 +357,10 @@ def _get(obj: Any, name: str) -> Any:
     return obj[name] if isinstance(obj, Mapping) else getattr(obj, name)
 
 
+def _has(obj: Any, name: str) -> bool:
+    return (obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)) is not None
+
+
 def compute_losses(outputs: Any, batch: Mapping[str, Any], weights: Mapping[str, float], stage: str) -> LossResult:
     """All loss terms of ``stage`` with non-zero weight, and their weighted total.
 
@@ -433,7 +437,8 @@ def compute_losses(outputs: Any, batch: Mapping[str, Any], weights: Mapping[str,
         conf = _get(outputs, "depth_conf")
         terms["depth"] = _batch_mean(*depth_loss(pred, conf, batch["depth"].to(pred.device)))
     if "pose" in active:
-        pred = _get(outputs, "pose_enc")
+        # a model given the true poses (RGB + pose) still reports its own estimate to train on
+        pred = _get(outputs, "pose_enc_predicted") if _has(outputs, "pose_enc_predicted") else _get(outputs, "pose_enc")
         terms["pose"] = _batch_mean(*pose_loss(pred, batch["pose_enc"].to(pred.device)))
 
     if not terms:

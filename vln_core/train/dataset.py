@@ -12,6 +12,8 @@ episode's depth and poses it carries:
 * ``heatmap (N_k, H, W)`` and out-of-view fraction / bearing: where each keyframe's content lands
   in the current frame (:func:`vln_core.heatmaps.heatmaps_from_config`);
 * ``pose_enc (N_m, 9)``: each frame's camera-to-current pose ``[t, quat xyzw, fov_h, fov_w]``;
+* ``camera_poses (N_m, 4, 4)``: the same camera-to-current poses as matrices (the model's
+  "known poses" input in RGB + pose mode);
 * ``waypoints (20, 2)`` + ``waypoint_mask (20,)``: the next 20 base positions in the current
   base frame (REP 103: x forward, y left; padded with the last pose and masked past the end);
 * ``past_trajectory (16, 4)``: the last 16 base poses (oldest first, the current one last, so its
@@ -50,6 +52,7 @@ from vln_core.heatmaps import heatmaps_from_config
 from vln_core.models.geometry_encoder import extrinsics_intrinsics_to_pose_encoding
 from vln_core.preprocess import preprocess_frames
 from vln_core.sampling import sample_keyframes
+from vln_core.train.augment import camera_augment
 
 __all__ = [
     "NUM_WAYPOINTS",
@@ -283,8 +286,9 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, episode_dirs: Sequence[str | Path], cfg: VLNConfig, temporal_pairs: bool = False,
-                 frame_cache_size: int = 256) -> None:
+                 frame_cache_size: int = 256, augment: bool = False) -> None:
         self.cfg = cfg
+        self.augment = bool(augment)
         self.num_frames = cfg.video.total_frames
         self.num_keyframes = cfg.video.keyframes
         self.frame_size = tuple(cfg.video.frame_size)
@@ -368,6 +372,11 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
             cfg=self.cfg.heatmap,
         )
         T_cur_cam = invert_pose(T_wc[-1]) @ T_wc
+        frames = pre.frames
+        if self.augment:
+            # one stream per (seed, episode, window end): the same window always gets the same camera
+            key = int(hashlib.sha1(f"{episode.path.name}:{t}".encode()).hexdigest()[:8], 16)
+            frames = camera_augment(frames, np.random.default_rng([self.cfg.training.seed, key]))
         pose_enc = extrinsics_intrinsics_to_pose_encoding(T_cur_cam, pre.K.expand(len(frame_idx), 3, 3),
                                                           self.frame_size)
         waypoints, wp_mask = future_waypoints(entry.base_poses, t)
@@ -376,7 +385,8 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
         goal_position = (episode.goal or {}).get("position")
         goal_map, goal_valid = goal_heatmap(goal_position, pre.K, T_wc[-1], pre.depths[-1], self.frame_size)
         return {
-            "frames": pre.frames,
+            "frames": frames,
+            "camera_poses": T_cur_cam.to(torch.float32),
             "depth": pre.depths,
             "intrinsics": pre.K,
             "pose_enc": pose_enc.to(torch.float32),
@@ -413,7 +423,7 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
 
 
 _TENSOR_KEYS = (
-    "frames", "depth", "intrinsics", "pose_enc", "keyframe_indices", "heatmap", "has_overlap",
+    "frames", "camera_poses", "depth", "intrinsics", "pose_enc", "keyframe_indices", "heatmap", "has_overlap",
     "key_has_depth", "out_of_view_fraction", "out_of_view_bearing", "waypoints", "waypoint_mask",
     "past_trajectory", "intent", "goal_heatmap", "goal_valid",
 )

@@ -27,6 +27,7 @@ which DDP's reducer rejects or mis-reduces, and per-step averaging makes accumul
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -145,8 +146,17 @@ def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_ratio: float
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _known_pose_windows(frame_index: torch.Tensor, episodes: list[str], fraction: float) -> torch.Tensor:
+    """``(B,)`` bool: windows that get their true poses (a hash of episode and frame below ``fraction``)."""
+    if fraction >= 1:
+        return torch.ones(len(episodes), dtype=torch.bool)
+    draws = [int(hashlib.sha1(f"{Path(e).name}:{int(t)}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+             for e, t in zip(episodes, frame_index.tolist())]
+    return torch.tensor(draws) < fraction
+
+
 def model_inputs_from_batch(model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
-                            max_length: int) -> Any:
+                            max_length: int, pose_known_fraction: float = 0.0) -> Any:
     """Build ``ModelInputs`` from a collated batch (see :mod:`vln_core.train.dataset`).
 
     Args:
@@ -163,7 +173,14 @@ def model_inputs_from_batch(model: torch.nn.Module, batch: dict[str, Any], devic
     from vln_core.models import ModelInputs
 
     ids, mask = model.tokenizer.encode(list(batch["instruction"]), max_length)
+    camera_poses = pose_known = None
+    if pose_known_fraction > 0 and "camera_poses" in batch:
+        camera_poses = batch["camera_poses"].to(device)
+        # which windows get their true poses: a fixed function of the window, so runs are reproducible
+        pose_known = _known_pose_windows(batch["frame_index"], batch["episode"], pose_known_fraction).to(device)
     return ModelInputs(
+        camera_poses=camera_poses,
+        pose_known=pose_known,
         frames=batch["frames"].to(device, non_blocking=True),
         instruction_ids=ids.to(device),
         instruction_mask=mask.to(device),
@@ -222,7 +239,7 @@ class Trainer:
             train_eps, eval_eps = episodes, find_episodes(tc.eval_data_dirs)
         else:
             train_eps, eval_eps = split_episodes(episodes, tc.eval_fraction)
-        self.train_set = EpisodeWindowDataset(train_eps, cfg, temporal_pairs=self.temporal)
+        self.train_set = EpisodeWindowDataset(train_eps, cfg, temporal_pairs=self.temporal, augment=cfg.training.augment)
         self.eval_set = EpisodeWindowDataset(eval_eps, cfg, temporal_pairs=self.temporal) if eval_eps else None
         self.stream = SampleStream(len(self.train_set), tc.seed)
 
@@ -334,7 +351,8 @@ class Trainer:
 
     def _forward_losses(self, batch: dict[str, Any]):
         inputs = model_inputs_from_batch(self.model, batch, self.device,
-                                         self.cfg.model.max_instruction_length)
+                                         self.cfg.model.max_instruction_length,
+                                         self.cfg.training.pose_known_fraction)
         with self._autocast():
             outputs = self.model(inputs)
         return compute_losses(outputs, batch, self.weights, self.stage)
@@ -407,7 +425,8 @@ class Trainer:
             for lo in range(0, len(indices), tc.batch_size):
                 chunk = indices[lo:lo + tc.batch_size]
                 batch = collate_samples([self.eval_set[i] for i in chunk])
-                inputs = model_inputs_from_batch(model, batch, self.device, self.cfg.model.max_instruction_length)
+                inputs = model_inputs_from_batch(model, batch, self.device, self.cfg.model.max_instruction_length,
+                                         self.cfg.training.pose_known_fraction)
                 with self._autocast():
                     outputs = model(inputs)
                 result = compute_losses(outputs, batch, self.weights, self.stage)

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Evaluate a trained checkpoint on episodes, next to model-free baselines.
+"""Evaluate the learned model per mode next to model-free baselines and the oracle.
 
-    python training/evaluate.py --config configs/train_embedded.yaml \\
-        --checkpoint runs/embedded/best.pt --data data/sim_eval [--max-samples 200] [--out FILE.json]
+    python training/evaluate.py --checkpoint models/embedded/checkpoint.pt --data data/sim_eval \\
+        --out outputs/eval/sim [--frames 16 --keyframes 8 --frame-stride 2] [--max-windows 96]
+    python training/evaluate.py --checkpoint models/embedded/checkpoint.pt \\
+        --data ../shared/data/real_rgbd_box --frame-stride 1 --out outputs/eval/real
 
-Prints a table of heatmap metrics (KL lower is better; CC, NSS, SIM, AUC-Judd higher; peak
-distance in pixels lower) for the model, a uniform map and a centre Gaussian, waypoint ADE / FDE
-(metres) for the model, constant velocity and standing still, and the out-of-view fraction error;
-writes the same as JSON (default: next to the checkpoint, ``eval_<data folder name>.json``).
-Without ``--checkpoint`` only the baselines are scored.
+Modes: ``rgb_pose`` (colour + known poses) and ``rgb_only`` (colour only). Methods: the model,
+constant depth (known poses), a classical ORB baseline (triangulation with known poses /
+RANSAC homography), uniform, centre Gaussian, identity and the oracle (true depth and poses =
+the ground truth). Writes ``eval.json``, ``report.txt`` and PNG panels (current frame, each
+keyframe, true and predicted heatmaps) to ``--out``; prints the tables. Without ``--checkpoint``
+only the baselines are scored. See ``vln_core/train/evaluation.py`` for the protocol.
 """
 from __future__ import annotations
 
@@ -25,71 +28,76 @@ from vln_core.config import ConfigError, add_config_arguments, config_from_args 
 from vln_core.errors import InputError  # noqa: E402
 
 
-def _table(result: dict) -> str:
-    lines = []
-    metrics = ("kl", "cc", "nss", "sim", "auc_judd", "peak_distance_px")
-    lines.append(f"heatmaps ({result['num_keyframes']} keyframes with overlap in {result['num_windows']} windows)")
-    lines.append(f"  {'method':<16}" + "".join(f"{m:>17}" for m in metrics))
-    for name, values in result["heatmap"].items():
-        lines.append(f"  {name:<16}" + "".join(f"{values.get(m, float('nan')):>17.4f}" for m in metrics))
-    lines.append(f"waypoints ({result['num_full_routes']} windows with a full 20-step future)")
-    for name, values in result["waypoints"].items():
-        lines.append(f"  {name:<18} ADE {values.get('ade_m', float('nan')):.3f} m   FDE {values.get('fde_m', float('nan')):.3f} m")
-    for name, values in result["out_of_view"].items():
-        lines.append(f"out-of-view fraction MAE  {name:<14} {values['fraction_mae']:.4f}")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, default="configs/train_embedded.yaml")
-    parser.add_argument("--checkpoint", help="model checkpoint (last.pt / best.pt); omit for baselines only")
+    parser.add_argument("--checkpoint", help="model checkpoint (models/embedded/checkpoint.pt, runs/.../best.pt); "
+                        "omit for baselines only")
     parser.add_argument("--data", action="append", required=True, metavar="DIR",
-                        help="episode folder(s) to evaluate on (repeatable)")
-    parser.add_argument("--max-samples", type=int, default=200, help="windows scored, evenly spread")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--out", help="JSON output path")
+                        help="episode folder(s) or posed-image folder(s) to evaluate on (repeatable)")
+    parser.add_argument("--out", required=True, help="output folder for eval.json, report.txt and panels/")
+    parser.add_argument("--frames", type=int, default=16, help="N_m frames per window (default 16)")
+    parser.add_argument("--keyframes", type=int, default=8, help="N_k keyframes per window (default 8)")
+    parser.add_argument("--frame-stride", type=int, default=2, help="episode frames between window frames (default 2)")
+    parser.add_argument("--max-windows", type=int, default=96, help="windows scored, evenly spread (default 96)")
+    parser.add_argument("--modes", default="rgb_pose,rgb_only", help="comma-separated: rgb_pose, rgb_only")
+    parser.add_argument("--panels", type=int, default=4, help="PNG panels written per mode (default 4)")
+    parser.add_argument("--constant-depth", type=float, default=None,
+                        help="depth (m) of the constant-depth baseline (default: the checkpoint's training median)")
+    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
     import torch
+    from tqdm import tqdm
 
-    from vln_core.train.checkpoint import load_model_weights
+    from vln_core.models.shipped import load_model_checkpoint
     from vln_core.train.dataset import EpisodeWindowDataset, find_episodes
-    from vln_core.train.evaluation import evaluate_model
-    from vln_core.train.trainer import resolve_device
+    from vln_core.train.evaluation import MODES, evaluate_windows, format_report
 
     try:
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        unknown = [m for m in modes if m not in MODES]
+        if unknown or not modes:
+            raise InputError(f"--modes: unknown mode(s) {unknown or args.modes!r}; choose from {list(MODES)}")
+        if args.frames < 2 or not 1 <= args.keyframes < args.frames or args.frame_stride < 1 or args.max_windows < 1:
+            raise InputError("need --frames >= 2, 1 <= --keyframes < --frames, --frame-stride >= 1, --max-windows >= 1")
         cfg = config_from_args(args)
-        dataset = EpisodeWindowDataset(find_episodes(args.data), cfg)
-        device = resolve_device(cfg.training.device)
         model = None
+        constant_depth = args.constant_depth
         if args.checkpoint:
-            from vln_core.models import build_model
-
-            model = build_model(cfg)
-            load_model_weights(model, args.checkpoint)
-            model.to(device)
+            model, meta = load_model_checkpoint(args.checkpoint, cfg)
+            if constant_depth is None:
+                constant_depth = meta.get("train_median_depth_m")
+        if constant_depth is None:
+            raise InputError("--constant-depth is needed when the checkpoint does not record its training median "
+                             "depth (or without --checkpoint)")
+        cfg.video.total_frames = args.frames
+        cfg.video.keyframes = args.keyframes
+        cfg.training.frame_stride = args.frame_stride
+        dataset = EpisodeWindowDataset(find_episodes(args.data), cfg)
+        n = len(dataset)
+        count = min(n, args.max_windows)
+        indices = sorted({int(i) for i in torch.linspace(0, n - 1, count).round().tolist()})
+        out = Path(args.out)
         start = time.perf_counter()
-        result = evaluate_model(model, dataset, args.max_samples, args.batch_size, device,
-                                cfg.model.max_instruction_length)
+        with tqdm(total=len(indices), desc="evaluate", unit="window", disable=args.no_progress) as bar:
+            result = evaluate_windows(model, dataset, indices, cfg, float(constant_depth), modes,
+                                      panel_dir=out / "panels", num_panels=args.panels, progress=bar.update)
     except (ConfigError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result.update(
-        checkpoint=args.checkpoint, data=args.data, seconds=round(time.perf_counter() - start, 2),
-        video={"total_frames": cfg.video.total_frames, "keyframes": cfg.video.keyframes,
+        checkpoint=args.checkpoint, data=args.data, seconds=round(time.perf_counter() - start, 1),
+        video={"total_frames": args.frames, "keyframes": args.keyframes, "frame_stride": args.frame_stride,
                "frame_size": list(cfg.video.frame_size)},
-        model_name=cfg.model.name, torch_threads=torch.get_num_threads(),
+        torch_threads=torch.get_num_threads(),
     )
-    print(_table(result))
-    if args.out:
-        out = Path(args.out)
-    elif args.checkpoint:
-        out = Path(args.checkpoint).parent / f"eval_{Path(args.data[0]).resolve().name}.json"
-    else:
-        out = Path(f"eval_baselines_{Path(args.data[0]).resolve().name}.json")
-    atomic_write_text(out, json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    report = format_report(result, title=f"evaluation on {', '.join(args.data)}")
+    print(report)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "eval.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "report.txt", report + "\n")
+    print(f"wrote {out / 'eval.json'}, {out / 'report.txt'} and {len(result['panels'])} panels")
     return 0
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "nss",
     "auc_judd",
     "peak_distance_px",
+    "centroid_distance_px",
     "ade",
     "fde",
     "heatmap_metrics",
@@ -251,6 +252,36 @@ def peak_distance_px(pred: Any, gt: Any) -> torch.Tensor:
     has_peak = lambda m: (torch.isfinite(m) & (m > 0)).flatten(-2).any(dim=-1)  # noqa: E731
     distance = torch.linalg.vector_norm(_argmax_xy(pred) - _argmax_xy(gt), dim=-1)
     return torch.where(has_peak(pred) & has_peak(gt), distance, torch.full_like(distance, _NAN))
+
+
+def centroid_distance_px(pred: Any, gt: Any) -> torch.Tensor:
+    """Euclidean distance in pixels between the mass centroids of pred and gt.
+
+    Exact heatmaps are often flat plateaus whose argmax sits on a thin ridge (a depth edge), so
+    the peak alone misleads; the centroid says where the mass is.
+
+    Args:
+        pred, gt: ``(..., H, W)`` non-negative maps on the same pixel grid.
+
+    Returns:
+        ``(...)`` float64; NaN where either map has no positive mass.
+    """
+    pred, gt = _pair(pred, gt)
+    H, W = pred.shape[-2:]
+    us = torch.arange(W, dtype=torch.float64)
+    vs = torch.arange(H, dtype=torch.float64)
+
+    def centroid(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = torch.nan_to_num(m.to(torch.float64), nan=0.0).clamp(min=0)
+        total = m.sum(dim=(-1, -2))
+        safe = torch.where(total > 0, total, torch.ones_like(total))
+        c = torch.stack([(m.sum(-2) * us).sum(-1) / safe, (m.sum(-1) * vs).sum(-1) / safe], dim=-1)
+        return c, total > 0
+
+    cp, okp = centroid(pred)
+    cg, okg = centroid(gt)
+    distance = torch.linalg.vector_norm(cp - cg, dim=-1)
+    return torch.where(okp & okg, distance, torch.full_like(distance, _NAN))
 
 
 def _trajectories(pred: Any, gt: Any) -> tuple[torch.Tensor, torch.Tensor]:

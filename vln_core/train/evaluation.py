@@ -1,53 +1,76 @@
-"""Score a model on episode windows next to model-free baselines, so numbers mean something.
+"""Score the learned model per mode next to model-free baselines and the oracle, on the same windows.
 
-Heatmaps (over keyframes with overlap): KL, CC, NSS, SIM, AUC-Judd, peak distance in pixels
-(:func:`vln_core.metrics.heatmap_metrics`) for
+Each window (see :mod:`vln_core.train.dataset`) gives the colour frames, the true depth and poses,
+the keyframes (space-aware sampling on the true geometry, the same for every method) and the
+current frame last. The **oracle** is the ground truth itself: the reprojection of true depth with
+true poses. Every method answers in the same form (:class:`vln_core.heatmaps.InterFrameHeatmaps`)
+and is scored against it.
 
-* ``model``: ``softmax(heatmap_logits)`` over the image,
-* ``uniform``: every pixel equally likely,
-* ``center_gaussian``: an isotropic Gaussian at the image centre, sigma = min(H, W) / 4.
+Modes and methods:
 
-Waypoints (windows with all 20 future waypoints, i.e. not within 2 s of an episode end): ADE / FDE
-in metres for the model, ``constant_velocity`` (repeat the last past displacement) and ``stand_still``.
-Out of view: mean absolute error of ``sigmoid(out_of_view_logit)`` against the out-of-view
-fraction, for the model and for always predicting the eval set's mean fraction.
+* ``rgb_pose`` (mode 2, colour + known poses): ``model`` (predicted depth, true poses),
+  ``constant_depth`` (true poses, every pixel at the training data's median depth),
+  ``classical`` (ORB + known pose, triangulated depth, :func:`vln_core.baselines.classical_heatmaps_known_pose`),
+* ``rgb_only`` (mode 3, colour only): ``model`` (predicted depth and poses), ``classical`` (ORB +
+  RANSAC homography),
+* in both: ``uniform`` and ``center`` (maps with the evaluated set's mean shares: this favours
+  them), ``identity`` (content stays where it was), ``oracle``.
+
+Scoring protocol: every method places only the keyframe pixels that the ground truth has a depth
+measurement for (on real RGB-D data about a third), because only their landing is known; the
+current frame's unmeasured pixels hide nothing, as in the ground truth. A keyframe a method
+reports without overlap is scored as a uniform map (an honest "don't know").
+
+Metrics (means over keyframes): maps over keyframes with true overlap -- KL, CC, SIM, NSS,
+AUC-Judd, peak and centroid distance (px); shares over keyframes with depth -- in-view and hidden
+fraction absolute error; bearing error (degrees) over keyframes with >= 5 % out of view where the
+method gives a bearing (its coverage is reported); depth AbsRel / delta<1.25 over the keyframes
+and current frame (model, constant depth); relative pose rotation (deg) / translation (m) errors
+of the keyframes (mode 3); waypoints ADE/FDE against constant velocity; the goal heatmap's peak
+within ``GOAL_HIT_RADIUS`` of the goal's projection against a centre prior.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import cv2
+import numpy as np
 import torch
 
-from vln_core.metrics import ade, fde, heatmap_metrics
-from vln_core.train.dataset import EpisodeWindowDataset, collate_samples
-from vln_core.train.trainer import model_inputs_from_batch
+from vln_core.baselines import (
+    classical_heatmaps_homography,
+    classical_heatmaps_known_pose,
+    constant_depth_heatmaps,
+    identity_heatmaps,
+    prior_heatmaps,
+)
+from vln_core.config import VLNConfig
+from vln_core.heatmaps import InterFrameHeatmaps, heatmaps_from_config
+from vln_core.metrics import ade, centroid_distance_px, fde, heatmap_metrics
 
-__all__ = ["HEATMAP_BASELINES", "center_gaussian", "uniform_maps", "constant_velocity_waypoints", "evaluate_model"]
+__all__ = [
+    "MODES",
+    "MODE_METHODS",
+    "GOAL_HIT_FRACTION",
+    "constant_velocity_waypoints",
+    "window_methods",
+    "evaluate_windows",
+    "format_report",
+]
 
-HEATMAP_METRICS = ("kl", "cc", "nss", "sim", "auc_judd", "peak_distance_px")
-
-
-def uniform_maps(shape: Sequence[int]) -> torch.Tensor:
-    """``(..., H, W)`` maps of ``1 / (H W)``."""
-    H, W = shape[-2:]
-    return torch.full(tuple(shape), 1.0 / (H * W))
-
-
-def center_gaussian(shape: Sequence[int], sigma_fraction: float = 0.25) -> torch.Tensor:
-    """``(..., H, W)`` normalised Gaussians at the image centre, sigma = ``sigma_fraction * min(H, W)``."""
-    H, W = shape[-2:]
-    ys = torch.arange(H, dtype=torch.float32)[:, None] - (H - 1) / 2
-    xs = torch.arange(W, dtype=torch.float32)[None, :] - (W - 1) / 2
-    sigma = sigma_fraction * min(H, W)
-    g = torch.exp(-(xs**2 + ys**2) / (2 * sigma**2))
-    return (g / g.sum()).expand(tuple(shape)).clone()
-
-
-HEATMAP_BASELINES: dict[str, Callable[[Sequence[int]], torch.Tensor]] = {
-    "uniform": uniform_maps,
-    "center_gaussian": center_gaussian,
+MODES = ("rgb_pose", "rgb_only")
+MODE_METHODS = {
+    "rgb_pose": ("model", "constant_depth", "classical", "uniform", "center", "identity", "oracle"),
+    "rgb_only": ("model", "classical", "uniform", "center", "identity", "oracle"),
 }
+#: The goal counts as found when the goal heatmap's peak is within this fraction of min(H, W) of
+#: the goal's projection (22 px at 224x224).
+GOAL_HIT_FRACTION = 0.1
+#: Keyframes with at least this out-of-view share are scored on bearing.
+BEARING_MIN_FRACTION = 0.05
+MAP_METRICS = ("kl", "cc", "sim", "nss", "auc_judd", "peak_distance_px", "centroid_distance_px")
 
 
 def constant_velocity_waypoints(past: torch.Tensor, horizon: int) -> torch.Tensor:
@@ -63,94 +86,291 @@ class _Mean:
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
-        self.weights: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
 
-    def add(self, name: str, value: float, weight: float = 1.0) -> None:
-        if weight <= 0 or not math.isfinite(value):
-            return
-        self.sums[name] = self.sums.get(name, 0.0) + value * weight
-        self.weights[name] = self.weights.get(name, 0.0) + weight
+    def add(self, name: str, values: Any) -> None:
+        for v in np.atleast_1d(np.asarray(values, dtype=np.float64)):
+            if math.isfinite(v):
+                self.sums[name] = self.sums.get(name, 0.0) + float(v)
+                self.counts[name] = self.counts.get(name, 0.0) + 1.0
 
     def result(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.weights[k] for k in self.sums}
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
+def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    d = torch.remainder(a - b + math.pi, 2 * math.pi) - math.pi
+    return d.abs() * 180.0 / math.pi
+
+
+def _rotation_error_deg(T_pred: torch.Tensor, T_true: torch.Tensor) -> torch.Tensor:
+    R = T_pred[..., :3, :3].transpose(-1, -2) @ T_true[..., :3, :3]
+    cos = ((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+    return torch.rad2deg(torch.acos(cos))
+
+
+def _depth_metrics(pred: torch.Tensor, true: torch.Tensor) -> tuple[float, float]:
+    valid = true > 0
+    p, t = pred[valid].double(), true[valid].double()
+    if t.numel() == 0:
+        return float("nan"), float("nan")
+    absrel = float(((p - t).abs() / t).mean())
+    delta = float((torch.maximum(p / t, t / p) < 1.25).double().mean())
+    return absrel, delta
+
+
+def window_methods(sample: dict[str, Any], mode: str, cfg: VLNConfig, model: Optional[torch.nn.Module],
+                   constant_depth_m: float, prior_in_view: float, prior_hidden: float
+                   ) -> tuple[dict[str, InterFrameHeatmaps], dict[str, Any]]:
+    """Every method's heatmaps for one window in one mode.
+
+    Args:
+        sample: one dataset item (``frames (N, 3, H, W)``, ``depth (N, H, W)``, ``intrinsics (3, 3)``,
+            ``camera_poses (N, 4, 4)`` camera-to-current, ``keyframe_indices (N_k,)``).
+        mode: ``"rgb_pose"`` or ``"rgb_only"``.
+        model: a :class:`~vln_core.models.reprojection_model.ReprojectionHeatmapModel`, or None.
+        constant_depth_m: the constant-depth baseline's depth.
+        prior_in_view / prior_hidden: shares the prior maps report.
+
+    Returns:
+        ``({method: InterFrameHeatmaps}, extras)``; extras hold the model's ``depth (N, H, W)`` and
+        ``T_cur_cam (N, 4, 4)`` when a model ran.
+    """
+    frames = sample["frames"]
+    depth = sample["depth"]
+    K = sample["intrinsics"].float()
+    T = sample["camera_poses"].float()
+    kf = sample["keyframe_indices"].long()
+    H, W = depth.shape[-2:]
+    hcfg = cfg.heatmap
+    key_valid = depth[kf] > 0
+    cur_valid = depth[-1] > 0
+    eye = torch.eye(4)
+    methods: dict[str, InterFrameHeatmaps] = {}
+    extras: dict[str, Any] = {}
+    methods["oracle"] = heatmaps_from_config(depth[kf], K, T[kf], K, eye, (H, W), depth[-1], cfg=hcfg)
+    n_key = int(kf.numel())
+    methods["uniform"] = prior_heatmaps("uniform", n_key, (H, W), prior_in_view, prior_hidden)
+    methods["center"] = prior_heatmaps("center", n_key, (H, W), prior_in_view, prior_hidden)
+    methods["identity"] = identity_heatmaps(n_key, K, (H, W), hcfg)
+    key_images = [frames[i] for i in kf.tolist()]
+    if mode == "rgb_pose":
+        methods["constant_depth"] = constant_depth_heatmaps(T[kf], K, (H, W), hcfg, constant_depth_m, key_valid, cur_valid)
+        methods["classical"] = classical_heatmaps_known_pose(key_images, frames[-1], K, T[kf], (H, W), hcfg,
+                                                             constant_depth_m, key_valid, cur_valid)
+    else:
+        methods["classical"] = classical_heatmaps_homography(key_images, frames[-1], K, (H, W), hcfg, key_valid)
+    if model is not None:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            enc, T_pred = model.predict_geometry(frames.to(device), T.to(device) if mode == "rgb_pose" else None)
+            pred_depth = enc.depth.float().cpu()
+            T_pred = T_pred.float().cpu()
+            key_depth = torch.where(key_valid, pred_depth[kf], torch.zeros_like(pred_depth[kf]))
+            cur_depth = torch.where(cur_valid, pred_depth[-1], torch.zeros_like(pred_depth[-1]))
+            methods["model"] = heatmaps_from_config(key_depth, K, T_pred[kf], K, eye, (H, W), cur_depth, cfg=hcfg)
+        extras.update(depth=pred_depth, T_cur_cam=T_pred, encoding=enc)
+    return methods, extras
+
+
+def _score(methods: dict[str, InterFrameHeatmaps], oracle: InterFrameHeatmaps, acc: dict[str, _Mean]) -> None:
+    gt = oracle.heatmap.float()
+    overlap = oracle.has_overlap.bool()
+    has_depth = oracle.num_valid > 0
+    oov = oracle.out_of_view_fraction >= BEARING_MIN_FRACTION
+    H, W = gt.shape[-2:]
+    uniform = torch.full((H, W), 1.0 / (H * W))
+    for name, hm in methods.items():
+        pred = torch.where(hm.has_overlap.bool()[:, None, None], hm.heatmap.float(), uniform)
+        m = acc.setdefault(name, _Mean())
+        if overlap.any():
+            scores = heatmap_metrics(pred, gt, overlap)
+            n = int(overlap.sum())
+            for metric in ("kl", "cc", "sim", "nss", "auc_judd", "peak_distance_px"):
+                m.add(metric, [scores[metric]] * n)
+            m.add("centroid_distance_px", centroid_distance_px(pred[overlap], gt[overlap]))
+        if has_depth.any():
+            m.add("in_view_fraction_error", (hm.in_view_fraction.float() - oracle.in_view_fraction.float())[has_depth].abs())
+            m.add("hidden_fraction_error", (hm.occluded_fraction.float() - oracle.occluded_fraction.float())[has_depth].abs())
+        if oov.any():
+            pb = hm.out_of_view_bearing.float()[oov]
+            given = torch.isfinite(pb)
+            m.add("bearing_coverage", given.double())
+            if given.any():
+                m.add("bearing_error_deg", _angle_deg(pb[given], oracle.out_of_view_bearing.float()[oov][given]))
+
+
+def _panel(sample: dict[str, Any], mode: str, methods: dict[str, InterFrameHeatmaps], path: Path) -> None:
+    from vln_core.viz import overlay_mosaic
+
+    def rgb(t: torch.Tensor) -> np.ndarray:
+        return (t.permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+
+    kf = sample["keyframe_indices"].tolist()
+    n = len(kf)
+    labels = [f"kf {i - len(sample['frames']) + 1:+d}" for i in kf]
+    thumbs = [rgb(sample["frames"][i]) for i in kf]
+    current = rgb(sample["frames"][-1])
+    rows = []
+    for name in ("oracle", "model", "classical"):
+        if name not in methods:
+            continue
+        mosaic = overlay_mosaic(current, methods[name].numpy(), labels, thumbs, columns=n, tile_width=224)
+        bar = np.zeros((28, mosaic.shape[1], 3), np.uint8)
+        title = {"oracle": "ground truth (true depth + poses)", "model": f"model, {mode}",
+                 "classical": f"classical baseline, {mode}"}[name]
+        cv2.putText(bar, title, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+        rows.append(np.concatenate([bar, mosaic]))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows), cv2.COLOR_RGB2BGR))
 
 
 @torch.no_grad()
-def evaluate_model(model: Optional[torch.nn.Module], dataset: EpisodeWindowDataset, max_samples: int,
-                   batch_size: int, device: torch.device, max_instruction_length: int) -> dict[str, Any]:
-    """Metrics of ``model`` (None: baselines only) on up to ``max_samples`` evenly spread windows.
+def evaluate_windows(model: Optional[torch.nn.Module], dataset: Any, indices: Sequence[int], cfg: VLNConfig,
+                     constant_depth_m: float, modes: Sequence[str] = MODES, panel_dir: Optional[Path] = None,
+                     num_panels: int = 4, progress: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
+    """Score the model and every baseline on ``dataset[i] for i in indices`` in each mode.
 
     Returns:
-        ``{"num_windows", "num_keyframes", "num_full_routes", "heatmap": {method: {metric: value}},
-        "waypoints": {method: {"ade_m", "fde_m"}}, "out_of_view": {method: {"fraction_mae"}}}``.
+        ``{"num_windows", "num_keyframes", "modes": {mode: {"heatmap": {method: {metric: value}},
+        "depth": {...}, "pose": {...}}}, "waypoints": {...}, "goal": {...}, "panels": [paths]}``.
     """
-    n = len(dataset)
-    count = min(n, max_samples)
-    indices = sorted({int(i) for i in torch.linspace(0, n - 1, count).round().tolist()})
-    heat = {name: _Mean() for name in (["model"] if model is not None else []) + list(HEATMAP_BASELINES)}
-    way = {name: _Mean() for name in (["model"] if model is not None else []) + ["constant_velocity", "stand_still"]}
-    oov_err: list[torch.Tensor] = []
-    oov_frac: list[torch.Tensor] = []
+    samples_for_prior = [dataset[i] for i in indices[: min(len(indices), 8)]]
+    fr_in, fr_hid = [], []
+    for s in samples_for_prior:
+        kf = s["keyframe_indices"]
+        hm = heatmaps_from_config(s["depth"][kf], s["intrinsics"], s["camera_poses"][kf], s["intrinsics"], torch.eye(4),
+                                  s["depth"].shape[-2:], s["depth"][-1], cfg=cfg.heatmap)
+        valid = hm.num_valid > 0
+        fr_in.append((hm.in_view_fraction + hm.occluded_fraction)[valid])
+        fr_hid.append(hm.occluded_fraction[valid])
+    prior_in = float(torch.cat(fr_in).mean()) if fr_in else 0.5
+    prior_hid = float(torch.cat(fr_hid).mean()) if fr_hid else 0.0
+
+    heat = {mode: {} for mode in modes}
+    depth_acc = {mode: {"model": _Mean(), "constant_depth": _Mean()} for mode in modes}
+    pose_acc = {mode: {"model": _Mean(), "identity": _Mean()} for mode in modes}
+    way = {"model": _Mean(), "constant_velocity": _Mean(), "stand_still": _Mean()}
+    goal = {"model": _Mean(), "center": _Mean()}
+    panels: list[str] = []
     num_keyframes = 0
-    full_routes = 0
     if model is not None:
         model.eval()
-    for lo in range(0, len(indices), batch_size):
-        batch = collate_samples([dataset[i] for i in indices[lo:lo + batch_size]])
-        gt = batch["heatmap"]
-        valid = batch["has_overlap"]
-        B = gt.shape[0]
-        outputs = None
-        if model is not None:
-            outputs = model(model_inputs_from_batch(model, batch, device, max_instruction_length))
-            logits = outputs.heatmap_logits.float().cpu()
-            pred = torch.softmax(logits.reshape(*logits.shape[:2], -1), -1).reshape(logits.shape)
-            if pred.shape[-2:] != gt.shape[-2:]:
-                pred = torch.nn.functional.interpolate(pred, size=gt.shape[-2:], mode="bilinear", align_corners=False)
-        for b in range(B):
-            k = int(valid[b].sum())
-            if k == 0:
-                continue
-            num_keyframes += k
-            methods = {name: fn(gt[b].shape) for name, fn in HEATMAP_BASELINES.items()}
-            if outputs is not None:
-                methods["model"] = pred[b]
-            for name, maps in methods.items():
-                for metric, value in heatmap_metrics(maps, gt[b], valid[b]).items():
-                    if metric in HEATMAP_METRICS:
-                        heat[name].add(metric, value, k)
-        full = batch["waypoint_mask"].all(-1)
-        if full.any():
-            target = batch["waypoints"][full]
-            full_routes += int(full.sum())
-            candidates = {
-                "constant_velocity": constant_velocity_waypoints(batch["past_trajectory"][full], target.shape[1]),
-                "stand_still": torch.zeros_like(target),
-            }
-            if outputs is not None:
-                candidates["model"] = outputs.waypoints.float().cpu()[full]
-            for name, wp in candidates.items():
-                for value in ade(wp, target).tolist():
-                    way[name].add("ade_m", value)
-                for value in fde(wp, target).tolist():
-                    way[name].add("fde_m", value)
-        has_depth = batch["key_has_depth"]
-        oov_frac.append(batch["out_of_view_fraction"][has_depth])
-        if outputs is not None:
-            prob = torch.sigmoid(outputs.out_of_view_logit.float().cpu())
-            oov_err.append((prob - batch["out_of_view_fraction"]).abs()[has_depth])
+    for n, index in enumerate(indices):
+        sample = dataset[index]
+        kf = sample["keyframe_indices"].long()
+        num_keyframes += int(kf.numel())
+        true_depth = sample["depth"]
+        T_true = sample["camera_poses"]
+        enc = None
+        for mode in modes:
+            methods, extras = window_methods(sample, mode, cfg, model, constant_depth_m, prior_in, prior_hid)
+            _score(methods, methods["oracle"], heat[mode])
+            frames_scored = torch.cat([kf, torch.tensor([len(true_depth) - 1])])
+            if "depth" in extras:
+                enc = extras["encoding"]
+                absrel, delta = _depth_metrics(extras["depth"][frames_scored], true_depth[frames_scored])
+                depth_acc[mode]["model"].add("abs_rel", absrel)
+                depth_acc[mode]["model"].add("delta_1.25", delta)
+                if mode == "rgb_only":
+                    Tp = extras["T_cur_cam"][kf]
+                    pose_acc[mode]["model"].add("rotation_error_deg", _rotation_error_deg(Tp, T_true[kf]))
+                    pose_acc[mode]["model"].add("translation_error_m", (Tp[:, :3, 3] - T_true[kf][:, :3, 3]).norm(dim=-1))
+            if mode == "rgb_only":
+                eye = torch.eye(4).expand(len(kf), 4, 4)
+                pose_acc[mode]["identity"].add("rotation_error_deg", _rotation_error_deg(eye, T_true[kf]))
+                pose_acc[mode]["identity"].add("translation_error_m", T_true[kf][:, :3, 3].norm(dim=-1))
+            absrel, delta = _depth_metrics(torch.full_like(true_depth[frames_scored], constant_depth_m), true_depth[frames_scored])
+            depth_acc[mode]["constant_depth"].add("abs_rel", absrel)
+            depth_acc[mode]["constant_depth"].add("delta_1.25", delta)
+            if panel_dir is not None and n < num_panels:
+                path = Path(panel_dir) / f"window_{n:03d}_{mode}.png"
+                _panel(sample, mode, methods, path)
+                panels.append(str(path))
+        # waypoints and goal (independent of the mode: the current frame, instruction and past motion)
+        full = bool(sample["waypoint_mask"].all())
+        past = sample["past_trajectory"][None]
+        target = sample["waypoints"][None]
+        goal_logits = wp = None
+        if model is not None and enc is not None:
+            device = next(model.parameters()).device
+            ids, mask = model.encode_instructions([sample["instruction"]])
+            cur = enc.index(slice(len(true_depth) - 1, len(true_depth)))
+            goal_logits, wp = model.goal_and_waypoints(cur, ids.to(device), mask.to(device).bool(), past.to(device),
+                                                       sample["intent"][None].to(device), true_depth.shape[-2:])
+            goal_logits, wp = goal_logits.float().cpu()[0], wp.float().cpu()
+        if full:
+            candidates = {"constant_velocity": constant_velocity_waypoints(past, target.shape[1]),
+                          "stand_still": torch.zeros_like(target)}
+            if wp is not None:
+                candidates["model"] = wp
+            for name, pred in candidates.items():
+                way[name].add("ade_m", ade(pred, target))
+                way[name].add("fde_m", fde(pred, target))
+        if bool(sample["goal_valid"]):
+            H, W = true_depth.shape[-2:]
+            g = sample["goal_heatmap"]
+            flat = int(g.flatten().argmax())
+            goal_uv = torch.tensor([flat % W, flat // W], dtype=torch.float64)
+            radius = GOAL_HIT_FRACTION * min(H, W)
+            centre = torch.tensor([(W - 1) / 2, (H - 1) / 2], dtype=torch.float64)
+            d_centre = float((centre - goal_uv).norm())
+            goal["center"].add("peak_distance_px", d_centre)
+            goal["center"].add("hit_rate", float(d_centre <= radius))
+            if goal_logits is not None:
+                flat = int(goal_logits.flatten().argmax())
+                d = float((torch.tensor([flat % W, flat // W], dtype=torch.float64) - goal_uv).norm())
+                goal["model"].add("peak_distance_px", d)
+                goal["model"].add("hit_rate", float(d <= radius))
+        if progress is not None:
+            progress(1)
     result: dict[str, Any] = {
         "num_windows": len(indices),
         "num_keyframes": num_keyframes,
-        "num_full_routes": full_routes,
-        "heatmap": {name: m.result() for name, m in heat.items()},
-        "waypoints": {name: m.result() for name, m in way.items()},
+        "prior_shares": {"in_view_plus_hidden": prior_in, "hidden": prior_hid},
+        "constant_depth_m": constant_depth_m,
+        "modes": {},
+        "waypoints": {k: v.result() for k, v in way.items() if v.result()},
+        "goal": {k: {**v.result(), "windows": v.counts.get("hit_rate", 0)} for k, v in goal.items() if v.result()},
+        "panels": panels,
     }
-    fractions = torch.cat(oov_frac) if oov_frac else torch.zeros(0)
-    out_of_view: dict[str, dict[str, float]] = {}
-    if fractions.numel():
-        out_of_view["mean_fraction"] = {"fraction_mae": float((fractions - fractions.mean()).abs().mean())}
-    if oov_err:
-        out_of_view["model"] = {"fraction_mae": float(torch.cat(oov_err).mean())}
-    result["out_of_view"] = out_of_view
+    for mode in modes:
+        entry = {"heatmap": {name: heat[mode][name].result() for name in MODE_METHODS[mode] if name in heat[mode]},
+                 "depth": {k: v.result() for k, v in depth_acc[mode].items() if v.result()}}
+        if mode == "rgb_only":
+            entry["pose"] = {k: v.result() for k, v in pose_acc[mode].items() if v.result()}
+        oracle_cc = entry["heatmap"].get("oracle", {}).get("cc")
+        model_cc = entry["heatmap"].get("model", {}).get("cc")
+        if oracle_cc and model_cc is not None:
+            entry["model_cc_fraction_of_oracle"] = model_cc / oracle_cc
+        result["modes"][mode] = entry
     return result
+
+
+def format_report(result: dict[str, Any], title: str = "") -> str:
+    """Plain-text tables of :func:`evaluate_windows`' result."""
+    lines = [title] if title else []
+    cols = ("kl", "cc", "sim", "nss", "peak_distance_px", "centroid_distance_px", "in_view_fraction_error",
+            "hidden_fraction_error", "bearing_error_deg", "bearing_coverage")
+    short = ("KL", "CC", "SIM", "NSS", "peak px", "centroid px", "in-view err", "hidden err", "bearing deg", "bear cov")
+    for mode, entry in result["modes"].items():
+        lines.append(f"[{mode}] heatmaps ({result['num_windows']} windows, {result['num_keyframes']} keyframes)")
+        lines.append(f"  {'method':<15}" + "".join(f"{c:>12}" for c in short))
+        for name, values in entry["heatmap"].items():
+            lines.append(f"  {name:<15}" + "".join(f"{values.get(c, float('nan')):>12.3f}" for c in cols))
+        for name, values in entry["depth"].items():
+            lines.append(f"  depth {name:<15} AbsRel {values.get('abs_rel', float('nan')):.3f}  "
+                         f"delta<1.25 {values.get('delta_1.25', float('nan')):.3f}")
+        for name, values in entry.get("pose", {}).items():
+            lines.append(f"  pose  {name:<15} rotation {values.get('rotation_error_deg', float('nan')):.2f} deg  "
+                         f"translation {values.get('translation_error_m', float('nan')):.3f} m")
+        if "model_cc_fraction_of_oracle" in entry:
+            lines.append(f"  model CC as a fraction of the oracle: {entry['model_cc_fraction_of_oracle']:.3f}")
+    for name, values in result["waypoints"].items():
+        lines.append(f"waypoints {name:<18} ADE {values.get('ade_m', float('nan')):.3f} m  FDE {values.get('fde_m', float('nan')):.3f} m")
+    for name, values in result["goal"].items():
+        lines.append(f"goal {name:<8} hit rate {values.get('hit_rate', float('nan')):.3f}  peak distance "
+                     f"{values.get('peak_distance_px', float('nan')):.1f} px  ({int(values['windows'])} windows with the goal in view)")
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""The trained model that ships in the repository, and loading any model checkpoint.
+
+``models/embedded/checkpoint.pt`` holds ``{"model": state_dict, "config": config tree, "meta":
+{...}}`` (no optimiser state; see ``models/embedded/MODEL_CARD.md``). Training checkpoints
+(``runs/.../best.pt``) have the same ``model`` and ``config`` entries plus the optimiser and
+RNG state, so :func:`load_model_checkpoint` reads both. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from vln_core.atomic import atomic_open
+from vln_core.config import VLNConfig, config_to_dict
+from vln_core.errors import InputError
+from vln_core.train.checkpoint import load_checkpoint
+
+__all__ = ["SHIPPED_CHECKPOINT", "load_model_checkpoint", "write_shipped_checkpoint"]
+
+#: The embedded model trained by ``configs/train_embedded.yaml`` (see its model card).
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "embedded" / "checkpoint.pt"
+
+
+def load_model_checkpoint(path: str | os.PathLike | None = None, cfg: Optional[VLNConfig] = None,
+                          device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build the model a checkpoint was trained as and load its weights (eval mode).
+
+    Args:
+        path: checkpoint file; None -> :data:`SHIPPED_CHECKPOINT`.
+        cfg: the run's config; its ``video`` sizes (N_m, N_k, frame size) and ``heatmap`` settings
+            are used. ``model.name`` comes from the checkpoint (a checkpoint of one configuration
+            cannot load into another). None -> the checkpoint's own config.
+        device: where the model goes.
+
+    Returns:
+        ``(model, meta)``; ``meta`` is the checkpoint's ``meta`` dict (empty for training checkpoints).
+
+    Raises:
+        InputError: missing/unreadable file, or weights that do not fit (names the file).
+    """
+    from vln_core.models.registry import build_model
+
+    path = Path(path) if path is not None else SHIPPED_CHECKPOINT
+    if not path.is_file():
+        hint = " (the shipped model: see models/embedded/MODEL_CARD.md to reproduce it)" if path == SHIPPED_CHECKPOINT else ""
+        raise InputError(f"checkpoint {path} does not exist{hint}")
+    state = load_checkpoint(path)
+    if cfg is None:
+        from vln_core.config import config_from_dict
+
+        if "config" not in state:
+            raise InputError(f"checkpoint {path} records no config; pass the config it was trained with")
+        cfg = config_from_dict(state["config"])
+    cfg = copy.deepcopy(cfg)
+    saved_name = (state.get("config") or {}).get("model", {}).get("name")
+    if saved_name:
+        cfg.model.name = saved_name
+    cfg.model.checkpoint = ""
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"checkpoint {path} does not fit model '{cfg.model.name}' at video.frame_size "
+                         f"{tuple(cfg.video.frame_size)}: {str(exc).splitlines()[0]}") from None
+    model.to(device).eval()
+    return model, dict(state.get("meta") or {})
+
+
+def write_shipped_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    """Copy a training checkpoint's weights and config (float32, no optimiser) atomically to ``dst``."""
+    state = load_checkpoint(src)
+    weights = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
+               for k, v in state["model"].items()}
+    config = state.get("config")
+    if config is None:
+        raise InputError(f"checkpoint {src} records no config")
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(dst, "wb") as fh:
+        torch.save({"model": weights, "config": config, "meta": dict(meta)}, fh)
+    return dst
+
+
+def config_tree(cfg: VLNConfig) -> dict[str, Any]:
+    """The config as a plain tree (what checkpoints store)."""
+    return config_to_dict(cfg)

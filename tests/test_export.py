@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = tiny_cfg()
+    cfg = tiny_cfg("embedded_tokens")  # the token model; the reprojection model: test_onnx_backend.py
     torch.manual_seed(0)
     return build_model(cfg, arch_overrides=TINY_ARCH).eval(), cfg
 
@@ -116,7 +116,7 @@ def test_export_rejects_a_module_that_is_not_the_model(tiny, tmp_path):
 
 def test_cli_exports_random_init_only_when_allowed(tmp_path):
     out = tmp_path / "cli" / "embedded.onnx"
-    overrides = [f"video.total_frames={N_M}", f"video.keyframes={N_K}", f"video.frame_size=[{H}, {W}]"]
+    overrides = ["model.name=embedded_tokens", f"video.total_frames={N_M}", f"video.keyframes={N_K}", f"video.frame_size=[{H}, {W}]"]
     script = str(REPO / "export" / "export_onnx.py")
     refused = subprocess.run([sys.executable, script, "--config", str(REPO / "configs/train_embedded.yaml"),
                               "--out", str(out), *overrides], capture_output=True, text=True, timeout=120)

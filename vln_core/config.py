@@ -122,8 +122,15 @@ class NodeConfig:
     """The ROS 2 node (ros2_ws/src/vln_heatmap)."""
 
     topics: TopicsConfig = field(default_factory=TopicsConfig)
-    backend: Literal["geometry", "model", "onnx", "tensorrt"] = "geometry"
+    # auto: geometry when depth and poses arrive, else the learned "model" (vln_core/runtime/auto_backend.py)
+    backend: Literal["geometry", "model", "onnx", "tensorrt", "auto"] = "auto"
+    # checkpoint of the "model" backend (empty: the shipped models/embedded/checkpoint.pt); for
+    # "onnx" / "tensorrt" the folder that export/export_onnx.py wrote (empty: exports/embedded)
     model_path: str = ""
+    # what the learned backends take: "rgb_pose" (colour + odometry/tf poses, mode 2), "rgb_only"
+    # (colour alone, poses predicted, mode 3), "auto" (known poses when every frame has one)
+    learned_mode: Literal["auto", "rgb_pose", "rgb_only"] = "auto"
+    onnx_providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")  # those present are used
     inference_rate_hz: float = 5.0
     # camera mount: base_link -> camera optical frame, [x, y, z, qx, qy, qz, qw] in metres
     camera_mount: tuple[float, ...] = (0.2, 0.0, 1.0, -0.5, 0.5, -0.5, 0.5)

@@ -100,6 +100,15 @@ class HeatmapBackend(abc.ABC):
         """``(H, W)`` of the heatmaps for this current frame (default: the image's own size)."""
         return current.size
 
+    def frame_geometry(self, frame: CameraFrame) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Geometry for keyframe selection when a frame lacks measured depth or a pose.
+
+        Learned backends predict it (and cache it per frame: a frame entering the keyframe memory
+        is encoded once). Returns ``(depth (h, w) float32 metres, K (3, 3) of that grid,
+        T_wc (4, 4) camera-to-world)`` or None (default: the backend predicts no geometry).
+        """
+        return None
+
     def describe(self) -> dict[str, str]:
         """Facts for diagnostics (name, needs, what it predicts)."""
         return {

@@ -1,0 +1,279 @@
+"""The learned backends: heatmaps from predicted geometry for robots without a depth camera.
+
+:class:`LearnedBackend` is the runtime side of :class:`~vln_core.models.reprojection_model.ReprojectionHeatmapModel`.
+It needs only colour and CameraInfo; with poses (odometry or tf) it runs the RGB + pose mode, else
+the RGB-only mode (``node.learned_mode``). The networks run through an *engine* with three calls,
+so PyTorch (``model``, here), onnxruntime (``onnx``) and TensorRT (``tensorrt``) share all the
+rest -- preprocessing, caching, reprojection, trajectory bookkeeping:
+
+* ``encode(frames (B, 3, H, W) float32) -> FrameEncoding`` (depth, confidence, pose features, f8, f32),
+* ``relative_poses(pose_frames (P, C, h, w), pose_current (P, C, h, w)) -> T_cur_cam (P, 4, 4)``,
+* ``goal_and_waypoints(f8 (1, ...), f32 (1, ...), ids (1, L), mask (1, L), past (1, 16, 4), intent (1,))
+  -> (goal_logits (1, H, W), waypoints (1, 20, 2))``.
+
+Per frame the encoding is computed once and cached (a keyframe stays in memory for many
+updates), so an update encodes only the new current frame. The heatmaps come from the geometry
+core's own reprojection (:func:`vln_core.heatmaps.heatmaps_from_config`), on the
+``video.frame_size`` grid like the geometry backend's.
+
+Frames: ``CameraFrame.T_wc`` camera-to-world (OpenCV optical axes). Without poses the backend
+keeps its own camera-to-world estimate per frame by chaining the predicted motion between
+consecutive frames (visual odometry; it drifts), used for keyframe selection and the past
+trajectory; the heatmaps use the poses predicted directly between each keyframe and the current
+frame.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from typing import Any, Optional, Protocol
+
+import numpy as np
+import torch
+
+from vln_core.config import VLNConfig
+from vln_core.errors import InputError
+from vln_core.geometry.transforms import invert_pose, optical_to_body_pose, pose_from_xyz_quat
+from vln_core.heatmaps import heatmaps_from_config
+from vln_core.models.reprojection_model import FrameEncoding, default_intrinsics
+from vln_core.models.spatial_model import PAST_TRAJECTORY_LENGTH
+from vln_core.preprocess import preprocess_frames
+from vln_core.runtime.backends import BackendResult, HeatmapBackend, register_backend
+from vln_core.runtime.buffer import CameraFrame
+
+__all__ = ["FrameEngine", "TorchEngine", "LearnedBackend", "ModelBackend", "past_trajectory_from_history",
+           "TRAJECTORY_STEP_S"]
+
+#: The waypoint head was trained on 10 Hz trajectories: the past is resampled at this step.
+TRAJECTORY_STEP_S = 0.1
+#: Frames whose encodings are kept (keyframes + recent frames).
+ENCODING_CACHE_SIZE = 64
+
+
+class FrameEngine(Protocol):
+    """What runs the networks (see the module doc)."""
+
+    frame_size: tuple[int, int]
+    tokenizer: Any
+
+    def encode(self, frames: torch.Tensor) -> FrameEncoding: ...
+
+    def relative_poses(self, pose_frames: torch.Tensor, pose_current: torch.Tensor) -> torch.Tensor: ...
+
+    def goal_and_waypoints(self, f8: torch.Tensor, f32: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                           past: torch.Tensor, intent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class TorchEngine:
+    """The PyTorch model as an engine (``node.backend: model``)."""
+
+    def __init__(self, cfg: VLNConfig, checkpoint: Optional[str] = None, device: str = "cpu") -> None:
+        from vln_core.models.shipped import load_model_checkpoint
+
+        self.model, self.meta = load_model_checkpoint(checkpoint or None, cfg, device=device)
+        if getattr(self.model, "kind", "") != "reprojection":
+            raise InputError(f"checkpoint {checkpoint} holds model '{self.model.cfg.model.name}', not a reprojection "
+                             "model (model.name=embedded); the learned backends serve the embedded model")
+        self.device = torch.device(device)
+        self.frame_size = self.model.frame_size
+        self.tokenizer = self.model.tokenizer
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> FrameEncoding:
+        enc = self.model.encode_frames(frames.to(self.device))
+        return FrameEncoding(*(getattr(enc, n).cpu() for n in ("depth", "depth_conf", "pose_features", "f8", "f32")))
+
+    @torch.no_grad()
+    def relative_poses(self, pose_frames: torch.Tensor, pose_current: torch.Tensor) -> torch.Tensor:
+        return self.model.pose_head(pose_frames.to(self.device), pose_current.to(self.device))[0].cpu()
+
+    @torch.no_grad()
+    def goal_and_waypoints(self, f8, f32, ids, mask, past, intent):
+        enc = FrameEncoding(f8.new_zeros(0), f8.new_zeros(0), f8.new_zeros(0), f8.to(self.device), f32.to(self.device))
+        goal, wp = self.model.goal_and_waypoints(enc, ids.to(self.device), mask.to(self.device).bool(),
+                                                 past.to(self.device), intent.to(self.device), self.frame_size)
+        return goal.cpu(), wp.cpu()
+
+
+def past_trajectory_from_history(history: list[tuple[float, np.ndarray]], now_s: float,
+                                 steps: int = PAST_TRAJECTORY_LENGTH, dt: float = TRAJECTORY_STEP_S) -> np.ndarray:
+    """The waypoint head's ``past_trajectory`` from base poses seen at irregular times.
+
+    Args:
+        history: ``[(time_s, T_world_base (4, 4)), ...]`` in time order, the current one last.
+        now_s: the current time (the last entry's).
+
+    Returns:
+        ``(steps, 4)`` float32 ``[x, y, v, w]`` at ``now - (steps-1) dt ... now`` in the current
+        base frame (REP 103: x forward, y left), oldest first; before the history starts the first
+        pose is held with zero speed (as in training).
+    """
+    times = np.array([t for t, _ in history], dtype=np.float64)
+    xy = np.array([T[:2, 3] for _, T in history], dtype=np.float64)
+    yaw = np.unwrap(np.array([math.atan2(T[1, 0], T[0, 0]) for _, T in history], dtype=np.float64))
+    query = now_s - dt * np.arange(steps - 1, -1, -1)
+    before = query < times[0]
+    qx = np.interp(query, times, xy[:, 0])
+    qy = np.interp(query, times, xy[:, 1])
+    qyaw = np.interp(query, times, yaw)
+    cur_T = history[-1][1]
+    c, s = math.cos(yaw[-1]), math.sin(yaw[-1])
+    dx, dy = qx - cur_T[0, 3], qy - cur_T[1, 3]
+    local = np.stack([c * dx + s * dy, -s * dx + c * dy], axis=1)
+    v = np.zeros(steps)
+    w = np.zeros(steps)
+    for i in range(1, steps):
+        ddx, ddy = qx[i] - qx[i - 1], qy[i] - qy[i - 1]
+        v[i] = (math.cos(qyaw[i - 1]) * ddx + math.sin(qyaw[i - 1]) * ddy) / dt
+        w[i] = (qyaw[i] - qyaw[i - 1]) / dt
+    v[before] = 0.0
+    w[before] = 0.0
+    return np.concatenate([local, v[:, None], w[:, None]], axis=1).astype(np.float32)
+
+
+class LearnedBackend(HeatmapBackend):
+    """Heatmaps, goal heatmap and waypoints from predicted geometry (see the module doc).
+
+    Args:
+        cfg: the project config (``video.frame_size``, ``heatmap``, ``node.learned_mode``,
+            ``node.camera_mount``, ``model.default_hfov_deg``).
+        engine: a :class:`FrameEngine`.
+    """
+
+    name = "learned"
+    needs_depth = False
+    needs_intrinsics = True
+    predicts_waypoints = True
+
+    def __init__(self, cfg: VLNConfig, engine: FrameEngine) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.mode = cfg.node.learned_mode
+        self.needs_pose = self.mode == "rgb_pose"
+        self.frame_size = tuple(int(s) for s in engine.frame_size)
+        self.heatmap_cfg = cfg.heatmap
+        self.T_cam_base = invert_pose(pose_from_xyz_quat(torch.tensor(cfg.node.camera_mount, dtype=torch.float64))).numpy()
+        self._cache: OrderedDict[int, tuple[FrameEncoding, np.ndarray]] = OrderedDict()
+        self._vo_pose: OrderedDict[int, np.ndarray] = OrderedDict()  # seq -> estimated T_wc (no poses given)
+        self._last_vo: Optional[tuple[int, FrameEncoding]] = None
+        self._history: deque[tuple[float, np.ndarray]] = deque(maxlen=64)
+        self.last_mode = ""
+
+    def output_size(self, current: CameraFrame) -> tuple[int, int]:
+        return self.frame_size
+
+    def describe(self) -> dict[str, str]:
+        info = super().describe()
+        info["learned_mode"] = self.mode
+        info["last_update_mode"] = self.last_mode or "none yet"
+        info["heatmap_grid"] = f"video.frame_size {self.frame_size[0]}x{self.frame_size[1]} (HxW)"
+        return info
+
+    # ------------------------------------------------------------------ per-frame cache
+    def _intrinsics(self, frame: CameraFrame) -> np.ndarray:
+        if frame.K is not None:
+            return np.asarray(frame.K, dtype=np.float64)
+        H, W = frame.size
+        return default_intrinsics((H, W), self.cfg.model.default_hfov_deg, dtype=torch.float64).numpy()
+
+    def encoding(self, frame: CameraFrame) -> tuple[FrameEncoding, np.ndarray]:
+        """``(encoding (1 row), K (3, 3) on the model grid)`` of a frame, computed once per ``seq``."""
+        hit = self._cache.get(frame.seq)
+        if hit is not None:
+            self._cache.move_to_end(frame.seq)
+            return hit
+        pre = preprocess_frames([frame.rgb], None, self._intrinsics(frame), self.frame_size)
+        item = (self.engine.encode(pre.frames), pre.K.numpy().astype(np.float64))
+        self._cache[frame.seq] = item
+        while len(self._cache) > ENCODING_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return item
+
+    def _estimated_pose(self, frame: CameraFrame) -> np.ndarray:
+        """Camera-to-world pose: the given one, else visual odometry chained from the previous frame."""
+        if frame.T_wc is not None and self.mode != "rgb_only":
+            return np.asarray(frame.T_wc, dtype=np.float64)
+        known = self._vo_pose.get(frame.seq)
+        if known is not None:
+            return known
+        enc, _ = self.encoding(frame)
+        if self._last_vo is None or self._last_vo[0] not in self._vo_pose:
+            T = np.eye(4)
+        else:
+            prev_seq, prev_enc = self._last_vo
+            T_cur_prev = self.engine.relative_poses(prev_enc.pose_features, enc.pose_features)[0].double().numpy()
+            T = self._vo_pose[prev_seq] @ np.linalg.inv(T_cur_prev)
+        self._vo_pose[frame.seq] = T
+        while len(self._vo_pose) > ENCODING_CACHE_SIZE:
+            self._vo_pose.popitem(last=False)
+        self._last_vo = (frame.seq, enc)
+        return T
+
+    def frame_geometry(self, frame: CameraFrame) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        enc, K = self.encoding(frame)
+        return enc.depth[0].numpy().astype(np.float32), K, self._estimated_pose(frame)
+
+    # ------------------------------------------------------------------ update
+    def _base_pose(self, frame: CameraFrame, T_wc: np.ndarray) -> np.ndarray:
+        if frame.T_odom_base is not None:
+            return np.asarray(frame.T_odom_base, dtype=np.float64)
+        if frame.T_wc is not None:
+            return T_wc @ self.T_cam_base
+        return optical_to_body_pose(torch.from_numpy(T_wc)).numpy()
+
+    def infer(self, current: CameraFrame, keyframes: list[CameraFrame], instruction: str) -> BackendResult:
+        """Heatmaps ``(K, H, W)`` on ``video.frame_size``, goal heatmap ``(H, W)`` (sums to 1) and
+        waypoints ``(20, 2)`` (x forward, y left, metres, base frame at the current stamp)."""
+        if not keyframes:
+            raise InputError(f"{self.name} backend: needs at least one keyframe")
+        frames = list(keyframes) + [current]
+        encs = [self.encoding(f) for f in frames]
+        K = torch.from_numpy(encs[-1][1]).float()
+        depth = torch.cat([e.depth for e, _ in encs])  # (K + 1, H, W)
+        known = self.mode != "rgb_only" and all(f.T_wc is not None for f in frames)
+        if self.mode == "rgb_pose" and not known:
+            missing = [f.seq for f in frames if f.T_wc is None]
+            raise InputError(f"{self.name} backend (learned_mode rgb_pose): frames {missing} have no pose")
+        if known:
+            T_wc = torch.from_numpy(np.stack([np.asarray(f.T_wc, dtype=np.float64) for f in frames]))
+            T_cur_key = (invert_pose(T_wc[-1]) @ T_wc[:-1]).float()
+        else:
+            pose_k = torch.cat([e.pose_features for e, _ in encs[:-1]])
+            pose_c = encs[-1][0].pose_features.expand_as(pose_k)
+            T_cur_key = self.engine.relative_poses(pose_k, pose_c).float()
+        self.last_mode = "rgb_pose" if known else "rgb_only"
+        with torch.no_grad():
+            heatmaps = heatmaps_from_config(depth[:-1].float(), K, T_cur_key, K, torch.eye(4), self.frame_size,
+                                            depth[-1].float(), cfg=self.heatmap_cfg)
+        # past motion at the training rate, then the goal and waypoint heads
+        T_wc_cur = self._estimated_pose(current)
+        now_s = current.stamp_ns * 1e-9
+        if self._history and now_s <= self._history[-1][0]:
+            self._history.clear()  # time went back (bag loop): start a new trajectory
+        self._history.append((now_s, self._base_pose(current, T_wc_cur)))
+        past = torch.from_numpy(past_trajectory_from_history(list(self._history), now_s))[None]
+        ids, mask = self.engine.tokenizer.encode([instruction or ""], self.cfg.model.max_instruction_length)
+        cur = encs[-1][0]
+        goal_logits, waypoints = self.engine.goal_and_waypoints(cur.f8, cur.f32, ids, mask, past,
+                                                                torch.ones(1, dtype=torch.long))
+        goal = torch.softmax(goal_logits[0].float().flatten(), 0).reshape(goal_logits.shape[-2:])
+        return BackendResult(heatmaps=heatmaps, waypoints=waypoints[0].numpy().astype(np.float32),
+                             goal_heatmap=goal.numpy().astype(np.float32))
+
+    def close(self) -> None:
+        self._cache.clear()
+        self._vo_pose.clear()
+
+
+@register_backend("model")
+class ModelBackend(LearnedBackend):
+    """``node.backend: model``: the PyTorch checkpoint ``node.model_path`` (default: the shipped
+    ``models/embedded/checkpoint.pt``) on the CPU (or ``model.geometry_device``)."""
+
+    name = "model"
+
+    def __init__(self, cfg: VLNConfig) -> None:
+        from vln_core.models.spatial_model import resolve_device
+
+        device = resolve_device(cfg.model.geometry_device)
+        super().__init__(cfg, TorchEngine(cfg, cfg.node.model_path or None, device=str(device)))

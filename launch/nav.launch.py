@@ -2,7 +2,7 @@
 
     ros2 launch vln_heatmap nav.launch.py
     ros2 launch vln_heatmap nav.launch.py camera_topic:=/camera/image_raw depth_topic:=/camera/depth \
-        camera_info_topic:=/camera/camera_info odometry_topic:=/odom backend:=geometry rviz:=true
+        camera_info_topic:=/camera/camera_info odometry_topic:=/odom backend:=auto rviz:=true
 
 Parameters come from ``params_file`` (default: the package's ``config/vln_heatmap.yaml``, a ROS
 parameter file holding the ``vln_core.config`` tree) with ``backend`` / ``model_path`` laid on top.
@@ -75,9 +75,10 @@ def generate_launch_description() -> LaunchDescription:
                               description="nav_msgs/Odometry of base_link in the odom frame (empty: node.topics.odometry)"),
         DeclareLaunchArgument("params_file", default_value=default_params,
                               description="ROS parameter file holding the vln_core config tree"),
-        DeclareLaunchArgument("backend", default_value="geometry",
-                              choices=["geometry", "model", "onnx", "tensorrt"],
-                              description="heatmap backend: geometry (depth reprojection), model, onnx, tensorrt"),
+        DeclareLaunchArgument("backend", default_value="auto",
+                              choices=["geometry", "model", "onnx", "tensorrt", "auto"],
+                              description="heatmap backend: geometry (depth reprojection), model, onnx, tensorrt, "
+                                          "auto (geometry when depth and poses arrive, else model)"),
         DeclareLaunchArgument("model_path", default_value="",
                               description="checkpoint / ONNX / engine file for the learned backends"),
         DeclareLaunchArgument("rviz", default_value="false", choices=["true", "false"],

@@ -41,7 +41,9 @@ INFERENCE_RATE_HZ = 2.0
 # tolerance can be strict: with the default 0.1 s (3 frames at 30 Hz) a busy CPU lets the runtime
 # pair an image with the depth or pose of an earlier frame that happened to arrive first, and the
 # heatmaps would (rightly) not match the geometry core recomputed from the recorded frame.
-NODE_PARAMETERS = (f"node.inference_rate_hz:={INFERENCE_RATE_HZ}", "node.max_stamp_gap_s:=0.01")
+# node.backend geometry (not the default auto): these tests check the exact geometry core and feed
+# depth-less bad images, which auto would hand to the learned model (tests/test_node_learned.py)
+NODE_PARAMETERS = ("node.backend:=geometry", f"node.inference_rate_hz:={INFERENCE_RATE_HZ}", "node.max_stamp_gap_s:=0.01")
 CAMERA_FRAME = "camera_color_optical_frame"
 REPLAY_SECONDS = 8.0
 

@@ -41,7 +41,7 @@ FRAMES = 30
 #: The type hash of tf2_msgs/msg/TFMessage that real ROS 2 (Jazzy, Kilted) tf publishers announce
 #: (`ros2 topic info -v /tf`); ours, generated from the same definition, must be identical.
 TF_MESSAGE_TYPE_HASH = "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cbf22d5abe85d020f087"
-PARAMETERS = ("node.pose_source:=tf", "node.inference_rate_hz:=2.0", "node.geometry_resolution:=input",
+PARAMETERS = ("node.backend:=geometry", "node.pose_source:=tf", "node.inference_rate_hz:=2.0", "node.geometry_resolution:=input",
               "node.publish_overlay:=false")
 
 

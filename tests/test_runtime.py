@@ -77,7 +77,8 @@ def synthetic_rgb(i: int) -> np.ndarray:
 
 
 def make_cfg(*overrides: str):
-    return load_config(None, ["node.publish_overlay=false", "video.total_frames=8", "video.keyframes=4", *overrides])
+    return load_config(None, ["node.backend=geometry", "node.publish_overlay=false", "video.total_frames=8", "video.keyframes=4",
+                               *overrides])
 
 
 class Feeder:
@@ -229,7 +230,7 @@ def test_step_heatmaps_equal_geometry_reference_synthetic(resolution):
 
 def test_step_heatmaps_equal_geometry_reference_real(real_rgbd_dir):
     seq = load_posed_sequence(real_rgbd_dir, stride=4, max_frames=10)
-    cfg = load_config(None, ["node.publish_overlay=true", "video.keyframes=4"])
+    cfg = load_config(None, ["node.backend=geometry", "node.publish_overlay=true", "video.keyframes=4"])
     rt = NavigationRuntime(cfg)
     h, w = seq.image_size
     rt.set_camera_info(seq.K, w, h)

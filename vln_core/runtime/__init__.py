@@ -15,12 +15,14 @@ from vln_core.runtime.backends import (
     register_backend_provider,
     registered_backends,
 )
+from vln_core.runtime.auto_backend import AutoBackend  # registers node.backend "auto"
 from vln_core.runtime.buffer import CameraFrame, FrameRing, StampedHistory, interpolate_pose, pose_at
 from vln_core.runtime.diagnostics import LEVEL_BYTES
 from vln_core.runtime.recorder import EpisodeRecorder
 from vln_core.runtime.runtime import NavigationRuntime, RuntimeOutput
 
 __all__ = [
+    "AutoBackend",
     "BACKEND_PROVIDERS",
     "BackendResult",
     "BackendUnavailableError",

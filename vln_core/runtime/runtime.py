@@ -56,6 +56,7 @@ from vln_core.geometry.reproject import unproject_depth
 from vln_core.geometry.tf_buffer import ExtrapolationError, TransformBuffer, TransformError
 from vln_core.geometry.transforms import camera_pose_from_base, is_rotation, pose_from_xyz_quat
 from vln_core.heatmaps import InterFrameHeatmaps
+from vln_core.runtime.auto_backend import AutoBackend
 from vln_core.runtime.backends import NUM_WAYPOINTS, BackendResult, HeatmapBackend, create_backend
 from vln_core.runtime.buffer import (
     BufferedImage,
@@ -124,6 +125,9 @@ class RuntimeOutput:
             "total").
         input_to_output_ms: from the image's arrival in ``add_image`` to the end of ``step``.
         T_wc: ``(4, 4)`` the current camera pose used, or None.
+        T_odom_base: ``(4, 4)`` the base pose (odometry) at the image stamp, or None (tf poses,
+            no pose): with it the waypoints go into ``node.world_frame``.
+        backend: name of the backend that produced this output (``auto`` says which it chose).
     """
 
     stamp_ns: int
@@ -138,6 +142,8 @@ class RuntimeOutput:
     latency_ms: dict[str, float]
     input_to_output_ms: float
     T_wc: Optional[np.ndarray] = None
+    T_odom_base: Optional[np.ndarray] = None
+    backend: str = ""
 
 
 def _stamp(stamp_ns: Any, what: str) -> int:
@@ -225,6 +231,10 @@ class NavigationRuntime:
         self._recorder: Optional[EpisodeRecorder] = None
         self._waiting_reason = "no image received yet"
         self._last_output_keyframes: list[int] = []
+        self._memory_source = ""  # "measured" (depth + pose) or "predicted" (backend.frame_geometry)
+        self._first_image_s: Optional[float] = None  # node.backend auto: images wait for depth from here
+        self._last_tf_s: Optional[float] = None  # arrival of the last dynamic /tf transform
+        self._overlays = {"drawn": 0, "skipped": 0}  # step(overlay=False): nobody subscribed
         self.last_exception: Optional[BaseException] = None
 
         # diagnostics
@@ -488,6 +498,8 @@ class NavigationRuntime:
             ones are stored (kind ``tf_invalid``).
         """
         accepted, problems = self.tf.set_transforms(transforms, static=static)
+        if accepted and not static:
+            self._last_tf_s = self.clock()
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise self._error("tf_invalid", problems[0] + more)
@@ -552,6 +564,8 @@ class NavigationRuntime:
                 self._reset_frames_locked()
                 self._warn("image_size_changed", f"image size changed from {old[1]}x{old[0]} to {size[1]}x{size[0]}: frames and keyframes reset")
             self._image_size = size
+            if self._first_image_s is None:
+                self._first_image_s = now
             entry = BufferedImage(self._next_seq, stamp_ns, frame_id, rgb, now)
             self._next_seq += 1
             evicted = self._ring.push(entry)
@@ -622,8 +636,13 @@ class NavigationRuntime:
         return depth
 
     # ================================================================== step
-    def step(self) -> Optional[RuntimeOutput]:
+    def step(self, overlay: Optional[bool] = None) -> Optional[RuntimeOutput]:
         """Process the newest complete frame not processed yet.
+
+        Args:
+            overlay: draw the overlay mosaic for this output; None = ``node.publish_overlay``.
+                The node passes False while nobody subscribes to ``~/overlay`` (the mosaic costs
+                more than the geometry backend itself), as image_transport publishers do.
 
         Returns:
             :class:`RuntimeOutput`, or None when no new frame is complete yet (the reason is in
@@ -632,7 +651,7 @@ class NavigationRuntime:
         """
         with self._step_lock:
             try:
-                return self._step()
+                return self._step(self.cfg.node.publish_overlay if overlay is None else bool(overlay))
             except Exception as exc:  # the node must keep serving; the error is reported, not hidden
                 self.last_exception = exc
                 self._events.record("step_failed", f"{type(exc).__name__}: {exc}", ERROR)
@@ -644,7 +663,30 @@ class NavigationRuntime:
         """Why the last ``step`` returned None ("" after an output)."""
         return self._waiting_reason
 
-    def _step(self) -> Optional[RuntimeOutput]:
+    def _auto_choose(self) -> bool:
+        """``node.backend: auto``: let the backend choose from what arrives (False: wait)."""
+        backend = self.backend
+        assert isinstance(backend, AutoBackend)
+        now = self.clock()
+        depth_age = self._rates["depth"].age_s(now)
+        if self.cfg.node.pose_source == "odometry":
+            pose_age = self._rates["odometry"].age_s(now)
+        else:
+            ages = [a for a in (self._rates["camera_pose"].age_s(now),
+                                None if self._last_tf_s is None else now - self._last_tf_s) if a is not None]
+            pose_age = min(ages) if ages else (0.0 if self._tf_external else None)
+        first = self._first_image_s
+        before = backend.choice
+        switched, reason = backend.choose(depth_age, pose_age, None if first is None else now - first)
+        if not backend.decided:
+            self._waiting_reason = reason
+            return False
+        if switched:
+            self._clear_memory()
+            self._warn("backend_switched", f"auto: {before} -> {reason}; keyframe memory cleared")
+        return True
+
+    def _step(self, draw_overlay: bool) -> Optional[RuntimeOutput]:
         t0 = time.perf_counter()
         with self._lock:
             reset_memory, self._memory_reset_pending = self._memory_reset_pending, False
@@ -660,6 +702,8 @@ class NavigationRuntime:
             self._clear_memory()
         if not candidates:
             self._waiting_reason = "no new image since the last output" if any_image else "no image received yet"
+            return None
+        if isinstance(self.backend, AutoBackend) and not self._auto_choose():
             return None
 
         frame, entry, reasons = None, None, []
@@ -693,7 +737,8 @@ class NavigationRuntime:
         self._check_result(result, frame, len(keyframes))
         t_backend = time.perf_counter()
 
-        overlay = self._compose_overlay(frame, keyframes, result) if self.cfg.node.publish_overlay else None
+        overlay = self._compose_overlay(frame, keyframes, result) if draw_overlay else None
+        self._overlays["drawn" if draw_overlay else "skipped"] += 1
         t_overlay = time.perf_counter()
 
         if self.cfg.node.record:
@@ -727,6 +772,8 @@ class NavigationRuntime:
             latency_ms=latency,
             input_to_output_ms=input_to_output_ms,
             T_wc=frame.T_wc,
+            T_odom_base=frame.T_odom_base,
+            backend=self.backend.name,
         )
 
     def _assemble(
@@ -771,7 +818,9 @@ class NavigationRuntime:
         if self.cfg.node.pose_source == "odometry":
             stamps, values = odometry
             T_odom_base, nearest, why = pose_at(stamps, [v[0] for v in values], entry.stamp_ns, self.tolerance_ns)
-            if why == "nearest" and not waited_enough and backend.needs_pose:
+            # a backend that can run without poses still waits (max_stamp_gap_s) for the bracketing
+            # pose while odometry flows: the RGB + pose mode gets the interpolated pose, not a stale one
+            if why == "nearest" and not waited_enough and (backend.needs_pose or stamps):
                 return None, "waiting for odometry after the image stamp (to interpolate, not hold a stale pose)"
             if T_odom_base is not None:
                 T_wc = camera_pose_from_base(T_odom_base, self.T_base_cam).numpy()
@@ -781,13 +830,13 @@ class NavigationRuntime:
         elif camera_poses[0] or not (self._tf_external or self.tf.frames):
             stamps, values = camera_poses  # poses given with set_camera_pose (or none at all yet)
             T_wc, _, why = pose_at(stamps, values, entry.stamp_ns, self.tolerance_ns)
-            if why == "nearest" and not waited_enough and backend.needs_pose:
+            if why == "nearest" and not waited_enough and (backend.needs_pose or stamps):
                 return None, "waiting for a camera pose after the image stamp (to interpolate, not hold a stale pose)"
             if T_wc is None:
                 why = f"tf camera pose: {why}"
         else:  # looked up in tf at the image stamp
             T_wc, why, wait = self._tf_camera_pose(entry.frame_id, entry.stamp_ns, waited_enough)
-            if wait and backend.needs_pose:
+            if wait:  # transforms flow but not yet past the stamp: worth max_stamp_gap_s for any backend
                 return None, why
         if backend.needs_pose and T_wc is None:
             return None, why
@@ -800,26 +849,28 @@ class NavigationRuntime:
     # ------------------------------------------------------------------ keyframe memory
     def _clear_memory(self) -> None:
         self._memory = None
+        self._memory_source = ""
         self._keyframes = {}
         self._recent.clear()
         self._voxel_size = self.cfg.frame_sampling.voxel_size
         # the recorder needs no reset: it starts a new episode by itself when the size, the
         # intrinsics or the stamp order change
 
-    def _frame_voxel_keys(self, frame: CameraFrame) -> np.ndarray:
-        """Voxel keys (int64) of the world points a frame's depth sees, at the memory's voxel size.
+    def _frame_voxel_keys(self, depth_m: np.ndarray, K: np.ndarray, T_wc: np.ndarray) -> np.ndarray:
+        """Voxel keys (int64) of the world points a frame's depth ``(H, W)`` (intrinsics ``K`` of
+        that grid, camera-to-world ``T_wc``) sees, at the memory's voxel size.
 
         Pixels are taken on a regular stride chosen so about ``max_points_per_frame`` remain;
         the first frame after a reset fixes the voxel size when ``frame_sampling.voxel_size`` is
         null (:func:`estimate_voxel_size` of its points).
         """
         fs = self.cfg.frame_sampling
-        H, W = frame.size
+        H, W = depth_m.shape[:2]
         stride = max(1, int(math.ceil(math.sqrt(H * W / max(1, fs.max_points_per_frame)))))
         with torch.no_grad():
             points, valid = unproject_depth(
-                torch.from_numpy(frame.depth_m), torch.from_numpy(np.asarray(frame.K)),
-                torch.from_numpy(np.asarray(frame.T_wc)), stride=stride,
+                torch.from_numpy(np.asarray(depth_m, dtype=np.float32)), torch.from_numpy(np.asarray(K)),
+                torch.from_numpy(np.asarray(T_wc)), stride=stride,
             )
         points = points.reshape(1, -1, 3)
         valid = valid.reshape(1, -1)
@@ -834,15 +885,31 @@ class NavigationRuntime:
     def _update_memory(self, frame: CameraFrame) -> list[CameraFrame]:
         """Offer ``frame`` to the keyframe memory; return the keyframes, oldest first (never empty).
 
-        ``space_aware``: :class:`KeyframeMemory` over voxel keys (frames need depth, K, pose;
-        otherwise this falls back to ``uniform`` with a warning). ``uniform`` / ``random``: chosen
-        from the last ``video.total_frames`` processed frames.
+        ``space_aware``: :class:`KeyframeMemory` over voxel keys of the measured depth and pose;
+        a frame without measured depth or pose uses the geometry the backend predicts for it
+        (:meth:`HeatmapBackend.frame_geometry`: learned backends; the prediction is not stored in
+        the frame, so recordings hold measurements only). The memory is cleared when frames
+        change from measured to predicted geometry or back (the two do not share a world frame
+        or scale). Without either this falls back to ``uniform`` with a warning.
+        ``uniform`` / ``random``: chosen from the last ``video.total_frames`` processed frames.
         """
         fs = self.cfg.frame_sampling
         capacity = self.cfg.video.keyframes
         if fs.method == "space_aware":
+            geometry, source = None, ""
             if frame.depth_m is not None and frame.K is not None and frame.T_wc is not None:
-                keys = self._frame_voxel_keys(frame)
+                geometry, source = (frame.depth_m, frame.K, frame.T_wc), "measured"
+            else:
+                predicted = self.backend.frame_geometry(frame)
+                if predicted is not None:
+                    geometry, source = predicted, "predicted"
+            if geometry is not None:
+                if self._memory_source and source != self._memory_source:
+                    self._warn("keyframe_geometry_changed", f"keyframe memory cleared: frames now have {source} "
+                               f"geometry, the memory held {self._memory_source} geometry")
+                    self._clear_memory()
+                self._memory_source = source
+                keys = self._frame_voxel_keys(*geometry)
                 if self._voxel_size is None:  # no valid point sampled yet to size the voxels
                     return [frame]
                 if self._memory is None:
@@ -855,7 +922,8 @@ class NavigationRuntime:
                     return [self._keyframes[i] for i in ids]
                 return [frame]
             if self._events.count("space_aware_unavailable") == 0:
-                self._warn("space_aware_unavailable", "space-aware sampling needs depth, CameraInfo and a pose; using uniform sampling")
+                self._warn("space_aware_unavailable", "space-aware sampling needs depth, CameraInfo and a pose (measured, "
+                           "or predicted by a learned backend); using uniform sampling")
         self._recent.append(frame)  # only these methods need the recent frames kept
         recent = list(self._recent)
         if fs.method == "random":
@@ -989,7 +1057,7 @@ class NavigationRuntime:
         bad, total = self._last_depth_invalid
         input_values["depth_nan_inf_negative_pixels_last"] = f"{bad}/{total}"
         input_values["instruction"] = instruction[:120] if instruction else "(none)"
-        if node.backend != "geometry" and not instruction:
+        if node.backend != "geometry" and self.backend.predicts_waypoints and not instruction:
             levels.append(WARN)
             problems.append("no instruction received")
         out.append(status("vln_heatmap: inputs", worst_level(levels), "; ".join(problems) or "all inputs flowing", input_values))
@@ -1003,6 +1071,9 @@ class NavigationRuntime:
             "outputs": out_meter.count,
             "last_output_age_s": "never" if age is None else f"{age:.2f}",
             "waiting_for": self._waiting_reason or "-",
+            # step(overlay=False) while ~/overlay has no subscriber: the mosaic is not drawn
+            "overlays_drawn": self._overlays["drawn"],
+            "overlays_skipped_no_subscriber": self._overlays["skipped"],
         }
         latency = self._latency.summary()
         for stage, (median, p95, n) in latency.items():
@@ -1042,8 +1113,11 @@ class NavigationRuntime:
         if memory is not None:
             kf_values.update({f"memory_{k}": v for k, v in memory.stats().items()})
         kf_values.update(self.backend.describe())
+        kf_values["keyframe_geometry"] = self._memory_source or "-"
         waypoint_note = "" if self.backend.predicts_waypoints else "; predicts no waypoints (published as none)"
-        out.append(status("vln_heatmap: keyframes and backend", OK, f"backend {self.backend.name}{waypoint_note}", kf_values))
+        selection = f": {self.backend.reason}" if isinstance(self.backend, AutoBackend) else ""
+        out.append(status("vln_heatmap: keyframes and backend", OK,
+                          f"backend {self.backend.name}{selection}{waypoint_note}", kf_values))
 
         # --- errors
         recent = self._events.recent(RECENT_EVENT_S)

@@ -46,13 +46,16 @@ def median_seconds(fn: Callable[[], object], runs: int) -> float:
     return statistics.median(times)
 
 
-def _checkpoint_model_name(path: Path) -> str:
+def _checkpoint_config(path: Path):
+    """``(model name, the config the checkpoint records or None)``."""
     from vln_core.train.checkpoint import load_checkpoint
 
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
-    state = load_checkpoint(path)
-    return str(((state.get("config") or {}).get("model") or {}).get("name") or "")
+    saved = load_checkpoint(path).get("config")
+    if not isinstance(saved, dict):
+        return "", None
+    return str((saved.get("model") or {}).get("name") or ""), load_config(None, dict(saved))
 
 
 def time_reprojection(model, folder: Path, runs: int, threads: int, keyframes: int) -> dict[str, float]:
@@ -229,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         explicit = bool(args.config or args.overrides)
         cfg = load_config(args.config or (str(REPO / "configs/train_embedded.yaml") if not args.checkpoint else None),
                           args.overrides) if (explicit or not args.checkpoint) else None
-        name = _checkpoint_model_name(Path(args.checkpoint)) if args.checkpoint else ""
+        name, saved_cfg = _checkpoint_config(Path(args.checkpoint)) if args.checkpoint else ("", None)
+        cfg = cfg if cfg is not None else saved_cfg  # the checkpoint's own sizes unless told otherwise
         name = name or (cfg.model.name if cfg is not None else "")
         if name == "embedded_tokens":
             if cfg is None:

@@ -22,9 +22,10 @@ Subscribes (names from the ``node.topics`` parameters, remappable):
 Publishes (stamped with the input colour image's stamp and frame_id):
     ``~/heatmaps`` (32FC1 Image, K heatmaps stacked vertically, see ``msg_conversions``),
     ``~/keyframe_indices`` (Int32MultiArray), ``~/keyframe_stamps`` (Int64MultiArray, ns),
-    ``~/overlay`` (rgb8 mosaic for RViz), ``~/waypoints`` (nav_msgs/Path) and
-    ``~/waypoint_markers`` (MarkerArray) when the backend predicts waypoints,
-    ``/diagnostics`` (DiagnosticArray, 1 Hz).
+    ``~/overlay`` (rgb8 mosaic for RViz; drawn only while it has a subscriber), ``~/waypoints``
+    (nav_msgs/Path in ``node.world_frame``, or ``node.base_frame`` without a pose),
+    ``~/waypoint_markers`` (MarkerArray) and ``~/goal_heatmap`` (32FC1 Image) when the backend
+    predicts them, ``/diagnostics`` (DiagnosticArray, 1 Hz).
 
 Every callback catches bad input (``InputError``) and any other exception, logs it rate-limited,
 reports it to the runtime (it appears in ``/diagnostics`` by kind) and keeps serving.
@@ -209,7 +210,8 @@ class VLNHeatmapNode(Node):
         self.create_subscription(CameraInfo, topics.camera_info, self._on_camera_info, output_qos(1), callback_group=own_group())
         self.create_subscription(String, topics.instruction, self._on_instruction, output_qos(10),
                                  callback_group=own_group())
-        self.create_subscription(Image, topics.depth, self._on_depth, qos, callback_group=own_group())
+        if topics.depth:  # "" = a colour-only camera: no depth subscription at all
+            self.create_subscription(Image, topics.depth, self._on_depth, qos, callback_group=own_group())
         if topics.compressed_image:
             self.create_subscription(CompressedImage, topics.compressed_image, self._on_image, qos,
                                      callback_group=own_group())
@@ -224,13 +226,14 @@ class VLNHeatmapNode(Node):
         self._overlay_pub = self.create_publisher(Image, "~/overlay", output_qos(2))
         self._path_pub = self.create_publisher(Path, "~/waypoints", output_qos())
         self._marker_pub = self.create_publisher(MarkerArray, "~/waypoint_markers", output_qos())
+        self._goal_pub = self.create_publisher(Image, "~/goal_heatmap", output_qos())
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", output_qos(10))
 
         self.create_timer(1.0, self._on_diagnostics_timer, callback_group=self._diagnostics_group)
         self._inference = InferenceLoop(self.cfg.node.inference_rate_hz, self._on_inference_tick)
         self._inference.start()
         self.get_logger().info(
-            f"ready: backend={self.cfg.node.backend}, colour={image_topic}, depth={topics.depth}, "
+            f"ready: backend={self.cfg.node.backend}, colour={image_topic}, depth={topics.depth or '(none)'}, "
             f"camera_info={topics.camera_info}, pose={pose_input}, "
             f"inference at {self.cfg.node.inference_rate_hz:g} Hz, {self.cfg.video.keyframes} keyframes"
         )
@@ -401,7 +404,10 @@ class VLNHeatmapNode(Node):
     def _on_inference_tick(self) -> None:
         # step() records its own failures (kind "step_failed") and returns None
         try:
-            output = self.runtime.step()
+            # the mosaic costs more than the geometry backend: draw it only for a subscriber
+            # (as image_transport publishers do); the runtime counts drawn / skipped overlays
+            overlay = self.cfg.node.publish_overlay and self._overlay_pub.get_subscription_count() > 0
+            output = self.runtime.step(overlay=overlay)
         except Exception as exc:
             self._report("step_unexpected", exc)
             return
@@ -420,9 +426,17 @@ class VLNHeatmapNode(Node):
         self._keyframe_stamp_pub.publish(stamps)
         if self.cfg.node.publish_overlay and out.overlay is not None:
             self._overlay_pub.publish(conv.rgb_to_image_msg(out.overlay, stamp, frame_id))
+        if out.goal_heatmap is not None:
+            self._goal_pub.publish(conv.heatmaps_to_image_msg(np.asarray(out.goal_heatmap)[None], stamp, frame_id))
         if out.waypoints is not None:
-            # waypoints are in base_link; with the camera pose known they are drawn in the world frame
-            T_world_base = None if out.T_wc is None else out.T_wc @ np.linalg.inv(self.runtime.T_base_cam)
+            # waypoints are (x forward, y left) in base_link at the image stamp: into the world frame
+            # with the odometry base pose, else the camera pose and the mount, else left in base_link
+            if out.T_odom_base is not None:
+                T_world_base = np.asarray(out.T_odom_base, dtype=np.float64)
+            elif out.T_wc is not None:
+                T_world_base = out.T_wc @ np.linalg.inv(self.runtime.T_base_cam)
+            else:
+                T_world_base = None
             path_frame = self.cfg.node.world_frame if T_world_base is not None else self.cfg.node.base_frame
             self._path_pub.publish(conv.waypoints_to_path(out.waypoints, stamp, path_frame, T_world_base))
             self._marker_pub.publish(conv.waypoints_to_markers(out.waypoints, stamp, path_frame, T_world_base))

@@ -11,6 +11,9 @@ Stamps are "now" at start plus the recorded time offsets, and keep increasing ac
 passes; ``--manifest FILE`` writes which stamp each published frame got (JSON), so outputs can be
 matched back to episode frames.
 
+``--no-depth`` leaves the depth topic out (a colour-only robot: no depth publisher at all),
+``--no-odometry`` the odometry topic (RGB only).
+
 Images follow their odometry by ``--camera-latency`` seconds (default 0.04 s), as a real camera
 driver delivers them after exposure and transfer while odometry is prompt.
 
@@ -114,7 +117,7 @@ class EpisodePublisher(Node):
     """Publishes one episode (optionally looped) on the node's input topics."""
 
     def __init__(self, cfg: VLNConfig, compressed: str = "", depth_encoding: str = "16UC1",
-                 camera_frame: str = "camera_color_optical_frame") -> None:
+                 camera_frame: str = "camera_color_optical_frame", depth: bool = True, odometry: bool = True) -> None:
         super().__init__("vln_heatmap_replay")
         topics = cfg.node.topics
         # a deep writer queue: a busy subscriber (the node under load) gets frames late rather than never
@@ -126,9 +129,10 @@ class EpisodePublisher(Node):
             self.image_pub = self.create_publisher(CompressedImage, topics.compressed_image, qos)
         else:
             self.image_pub = self.create_publisher(Image, topics.image, qos)
-        self.depth_pub = self.create_publisher(Image, topics.depth, qos)
+        # None: the topic is not published at all (--no-depth / --no-odometry)
+        self.depth_pub = self.create_publisher(Image, topics.depth, qos) if depth else None
         self.info_pub = self.create_publisher(CameraInfo, topics.camera_info, qos)
-        self.odom_pub = self.create_publisher(Odometry, topics.odometry, reliable_qos(50))
+        self.odom_pub = self.create_publisher(Odometry, topics.odometry, reliable_qos(50)) if odometry else None
         self.instruction_pub = self.create_publisher(String, topics.instruction, reliable_qos(10))
         self.depth_encoding = depth_encoding
         self.camera_frame = camera_frame
@@ -149,7 +153,8 @@ class EpisodePublisher(Node):
         deadline = time.monotonic() + timeout_s
         publishers = (self.info_pub, self.odom_pub, self.depth_pub, self.image_pub, self.instruction_pub)
         return all(
-            pub.wait_for_all_acked(Duration(seconds=max(deadline - time.monotonic(), 0.0))) for pub in publishers
+            pub.wait_for_all_acked(Duration(seconds=max(deadline - time.monotonic(), 0.0)))
+            for pub in publishers if pub is not None
         )
 
     def publish_instruction(self, text: str) -> None:
@@ -160,7 +165,8 @@ class EpisodePublisher(Node):
         """CameraInfo (``K (3, 3)`` of the ``(H, W)`` image) and Odometry (``T_odom_base (4, 4)``) at ``stamp`` (ns)."""
         height, width = image_size
         self.info_pub.publish(conv.camera_info_msg(K, width, height, stamp, self.camera_frame))
-        self.odom_pub.publish(conv.odometry_msg(T_odom_base, stamp, self.odom_frame, self.base_frame, velocity))
+        if self.odom_pub is not None:
+            self.odom_pub.publish(conv.odometry_msg(T_odom_base, stamp, self.odom_frame, self.base_frame, velocity))
 
     def encode_frame(self, rgb: np.ndarray, depth_m: Optional[np.ndarray]) -> tuple[Any, Optional[Image]]:
         """Colour (``(H, W, 3)`` uint8 RGB) and depth (``(H, W)`` metres or None) messages, stamp 0;
@@ -169,7 +175,7 @@ class EpisodePublisher(Node):
             color = conv.rgb_to_compressed_msg(rgb, 0, self.camera_frame, self.compressed)
         else:
             color = conv.rgb_to_image_msg(rgb, 0, self.camera_frame)
-        depth = None if depth_m is None else conv.depth_to_image_msg(depth_m, 0, self.camera_frame, self.depth_encoding)
+        depth = None if depth_m is None or self.depth_pub is None else conv.depth_to_image_msg(depth_m, 0, self.camera_frame, self.depth_encoding)
         return color, depth
 
     def publish_images(self, color: Any, depth: Optional[Image], stamp: int) -> None:
@@ -215,12 +221,13 @@ def replay_episode(args: argparse.Namespace, cfg: VLNConfig, stop: _Stop) -> int
           f"{1.0 / period:.1f} Hz recorded x {args.rate:g}, odometry: {pose_origin}", flush=True)
 
     rclpy.init(args=args.ros_args, signal_handler_options=SignalHandlerOptions.NO)  # _Stop handles SIGINT/SIGTERM
-    publisher = EpisodePublisher(cfg, args.compressed, args.depth_encoding, args.camera_frame)
+    publisher = EpisodePublisher(cfg, args.compressed, args.depth_encoding, args.camera_frame,
+                                 depth=not args.no_depth, odometry=not args.no_odometry)
     manifest: list[dict[str, Any]] = []
     published = 0
     try:
         # decode and encode once up front so the publishing rate is not limited by PNG decoding
-        frames = [publisher.encode_frame(episode.color(i), episode.depth(i)) for i in range(n)]
+        frames = [publisher.encode_frame(episode.color(i), None if args.no_depth else episode.depth(i)) for i in range(n)]
         if args.wait_for_node > 0 and not publisher.wait_for_subscribers(args.wait_for_node):
             print(f"replay: no subscriber on the input topics after {args.wait_for_node:g} s", file=sys.stderr)
             return 3
@@ -354,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="episodes: publish colour as CompressedImage on node.topics.compressed_image")
     parser.add_argument("--depth-encoding", choices=["16UC1", "32FC1"], default="16UC1")
     parser.add_argument("--camera-frame", default="camera_color_optical_frame")
+    parser.add_argument("--no-depth", action="store_true", help="episodes: publish no depth (a colour-only camera)")
+    parser.add_argument("--no-odometry", action="store_true", help="episodes: publish no odometry (RGB only)")
     parser.add_argument("--camera-latency", type=float, default=0.04,
                         help="episodes: seconds between a frame's odometry and its images (camera transfer delay)")
     parser.add_argument("--wait-for-node", type=float, default=30.0,

@@ -166,14 +166,16 @@ def test_collect_workers_die_with_a_killed_parent(tmp_path):
     workers: list[int] = []
     try:
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:  # both workers are inside an episode
-            partial = list(out.glob("*.partial")) if out.exists() else []
+        while time.monotonic() < deadline:
             workers = [p for p in _children(parent.pid)
                        if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-            if len(partial) == 2 and len(workers) == 2:
+            if len(workers) == 2:
                 break
             time.sleep(0.2)
         assert len(workers) == 2, "workers did not start"
+        # the two jobs are queued at once: from here each worker holds a 2000-frame episode
+        # (minutes of work), so one that outlives its parent keeps running long after the kill
+        time.sleep(3.0)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
         deadline = time.monotonic() + 8

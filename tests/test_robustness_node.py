@@ -142,13 +142,11 @@ def test_config_error_has_no_misleading_attribute_error_at_shutdown():
 
 
 @pytest.mark.ros
-def test_node_help_prints_usage_without_starting(capfd):
-    from vln_heatmap import node as node_module
-
-    assert node_module.main(["vln_heatmap_node", "--help"]) == 0
-    out = capfd.readouterr().out
-    assert out.startswith("usage: vln_heatmap_node") and "--params-file" in out
-    assert not rclpy.ok()  # ROS was never initialised: no node started
+def test_node_help_prints_usage_without_starting():
+    proc = _node_cli("--help", timeout=45)  # a node that starts instead runs until the timeout
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: vln_heatmap_node") and "--params-file" in proc.stdout
+    assert "ready:" not in proc.stdout + proc.stderr
 
 
 # ----------------------------------------------------------------------------- node on DDS

@@ -106,6 +106,8 @@ def engines(exported):
     from vln_core.models.onnx_backend import OnnxEngine
     from vln_core.models.runtime_backend import TorchEngine
 
+    from_cfg = OnnxEngine(node_cfg(exported[0]))  # the other constructor: folder and providers from the config
+    assert from_cfg.folder == exported[0].resolve() and from_cfg.active_providers == ["CPUExecutionProvider"]
     return TorchEngine(model_cfg(), str(CHECKPOINT)), OnnxEngine(exported[0])
 
 

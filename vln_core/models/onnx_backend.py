@@ -86,16 +86,33 @@ def check_export_meta(meta: dict[str, Any], cfg: VLNConfig) -> None:
 class OnnxEngine:
     """The three exported graphs as a :class:`~vln_core.models.runtime_backend.FrameEngine`.
 
+    ``OnnxEngine(folder, providers)``, or ``OnnxEngine(cfg, model_path=None)``: the folder
+    ``model_path`` (else ``node.model_path``, else exports/embedded), ``node.onnx_providers``, and
+    the export checked against ``cfg`` (:func:`check_export_meta`).
+
     Args:
-        folder: the export folder.
-        providers: execution providers in order of preference (those available are used).
+        folder: the export folder (or the config, as above).
+        providers: execution providers in order of preference (those available are used; default
+            the CPU's); with a config: the model path or None.
         threads: intra-op threads per session (0: onnxruntime's default, all cores).
+
+    Raises:
+        InputError: see :func:`~vln_core.models.reprojection_export.load_export`,
+            :func:`choose_providers`, :func:`tokenizer_from_meta`, :func:`check_export_meta`.
     """
 
-    def __init__(self, folder: str | os.PathLike, providers: Sequence[str] = ("CPUExecutionProvider",),
+    def __init__(self, folder: "str | os.PathLike | VLNConfig",
+                 providers: "Sequence[str] | str | os.PathLike | None" = None,
                  threads: int = 0) -> None:
         import onnxruntime as ort
 
+        cfg: Optional[VLNConfig] = None
+        if isinstance(folder, VLNConfig):
+            cfg, model_path = folder, providers
+            folder = Path(model_path).expanduser() if model_path else export_folder(cfg)
+            providers = tuple(getattr(cfg.node, "onnx_providers", ()) or ("CPUExecutionProvider",))
+        elif providers is None:
+            providers = ("CPUExecutionProvider",)
         self.meta = load_export(folder)
         self.folder = Path(self.meta["folder"])
         self.providers = choose_providers(providers, ort.get_available_providers())
@@ -117,6 +134,8 @@ class OnnxEngine:
                                  f"{(spec.inputs, spec.outputs)}; re-export with export/export_onnx.py")
             self.sessions[name] = session
         self.active_providers = list(self.sessions["encoder"].get_providers())
+        if cfg is not None:
+            check_export_meta(self.meta, cfg)
 
     def _run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.sessions[name].run(list(GRAPHS[name].outputs), feeds)

@@ -236,6 +236,13 @@ def test_failed_export_leaves_the_good_one_and_bad_out_is_exit_2(exported, tmp_p
         rx.export_reprojection(model, good, checkpoint=CHECKPOINT)
     assert {p.name: p.read_bytes() for p in good.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["embedded"]  # no temporary folder left
+    monkeypatch.undo()
+    # a successful re-export swaps the folder and carries the TensorRT engine cache over
+    (good / "engines").mkdir()
+    (good / "engines" / "encoder.fp32.x.engine").write_bytes(b"cached")
+    rx.export_reprojection(model, good, checkpoint=CHECKPOINT, atol=None)
+    assert (good / "engines" / "encoder.fp32.x.engine").read_bytes() == b"cached"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embedded"]
 
     script = str(REPO / "export/export_onnx.py")
     for argv, message in (([f"--out={REPO / 'export'}"], "is not an export folder"),

@@ -221,12 +221,20 @@ def _replace_folder(tmp: Path, out: Path) -> None:
     """
     old: Optional[Path] = None
     if out.exists():
-        engines = out / "engines"
-        if engines.is_dir() and not (tmp / "engines").exists():
-            os.rename(engines, tmp / "engines")
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
         os.rename(out, old / out.name)
-    os.rename(tmp, out)
+        engines = old / out.name / "engines"
+        if engines.is_dir() and not (tmp / "engines").exists():
+            os.rename(engines, tmp / "engines")
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None:  # put the previous export back, engines included
+            if (tmp / "engines").is_dir() and not (old / out.name / "engines").exists():
+                os.rename(tmp / "engines", old / out.name / "engines")
+            os.rename(old / out.name, out)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
     fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -131,6 +131,7 @@ class NodeConfig:
     # (colour alone, poses predicted, mode 3), "auto" (known poses when every frame has one)
     learned_mode: Literal["auto", "rgb_pose", "rgb_only"] = "auto"
     onnx_providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")  # those present are used
+    tensorrt_precision: Literal["fp32", "fp16"] = "fp32"  # which engines the "tensorrt" backend loads
     inference_rate_hz: float = 5.0
     # camera mount: base_link -> camera optical frame, [x, y, z, qx, qy, qz, qw] in metres
     camera_mount: tuple[float, ...] = (0.2, 0.0, 1.0, -0.5, 0.5, -0.5, 0.5)

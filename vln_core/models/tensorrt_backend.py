@@ -342,13 +342,13 @@ class TensorRTEngine:
 
 
 def _precision(cfg: VLNConfig) -> str:
-    return str(getattr(cfg.node, "tensorrt_precision", "fp32"))
+    return str(cfg.node.tensorrt_precision)
 
 
 @register_backend("tensorrt")
 class TensorRTBackend(LearnedBackend):
     """``node.backend: tensorrt``: cached engines of the export ``node.model_path`` (default
-    exports/embedded), fp32 unless ``node.tensorrt_precision`` says fp16. UNTESTED on a GPU."""
+    exports/embedded) at ``node.tensorrt_precision`` (fp32 or fp16). UNTESTED on a GPU."""
 
     name = "tensorrt"
 

@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TF2_STAMP := $(VENV)/.tf2_msgs
 
-.PHONY: venv demo test bench clean-venv
+.PHONY: venv demo demo-geometry test bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ $(TF2_STAMP): $(STAMP) tools/build_tf2_msgs.sh $(wildcard ros2_ws/src/tf2_msgs/*
 
 venv: $(TF2_STAMP)
 
+# the learned backend from colour + odometry alone, its overlays beside the exact heatmaps
 demo: $(TF2_STAMP)
 	$(PY) tools/demo.py
+
+# the RGB-D demo: depth published, the node's exact geometry backend
+demo-geometry: $(TF2_STAMP)
+	$(PY) tools/demo.py --backend geometry --out outputs/demo_geometry
 
 test: $(TF2_STAMP)
 	$(PY) -m pytest -q tests

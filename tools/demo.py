@@ -1,6 +1,13 @@
 #!/usr/bin/env python3
 """`make demo`: the vln_heatmap node on real ROS 2 middleware, fed a simulated episode.
 
+By default the node runs the learned backend (``--backend model``, the shipped checkpoint) from
+colour, CameraInfo and odometry alone (the replay publishes no depth topic), and every overlay
+written shows the node's learned heatmaps beside the exact ones the geometry core computes from
+the episode's recorded depth and poses for the same current frame and keyframes; ``summary.json``
+adds their correlation coefficient per output. ``--backend geometry`` (``make demo-geometry``) is
+the RGB-D demo: depth published, the node's exact heatmaps.
+
 Steps (each printed as it happens):
 
 1. make a simulated episode with ``training/collect.py`` (30 Hz camera), or reuse one already in
@@ -11,11 +18,13 @@ Steps (each printed as it happens):
 3. replay the episode into it (``python -m vln_heatmap.replay``, another process) while this
    process collects heatmaps, keyframe arrays, overlays and /diagnostics;
 4. stop both cleanly and write ``<out>/overlay_*.png`` and ``<out>/summary.json`` (input and output
-   rates, latency median/p95, keyframes, drops, errors).
+   rates, latency median/p95, keyframes, drops, errors; learned backends: CC against the exact
+   heatmaps per output).
 
 Usage::
 
-    python tools/demo.py [--out outputs/demo] [--frames 150] [--size 240x320] [--episode DIR]
+    python tools/demo.py [--out outputs/demo] [--frames 240] [--size 240x320] [--episode DIR]
+    python tools/demo.py --backend geometry --out outputs/demo_geometry     # make demo-geometry
 """
 from __future__ import annotations
 
@@ -26,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_SRC = REPO / "ros2_ws" / "src" / "vln_heatmap"
@@ -91,8 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="240x320", help="simulated image size HxW")
     parser.add_argument("--params-file", type=Path, default=PARAMS_FILE)
     parser.add_argument("--inference-rate", type=float, default=None, help="override node.inference_rate_hz")
-    parser.add_argument("--backend", default=None, help="override node.backend")
+    parser.add_argument("--backend", default="model",
+                        help="node.backend (default model: the learned backend from colour + odometry; geometry: RGB-D)")
+    parser.add_argument("--depth", choices=["auto", "yes", "no"], default="auto",
+                        help="publish depth (auto: only for the geometry and auto backends)")
     args = parser.parse_args(argv)
+    publish_depth = args.depth == "yes" or (args.depth == "auto" and args.backend in ("geometry", "auto"))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("overlay_*.png"):
@@ -127,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"demo: node exited:\n{node.log_text()[-2000:]}")
         step("node is up; replaying the episode into it (vln_heatmap_replay)")
         manifest_path = out / "replay_manifest.json"
-        replay = start_replay(episode_dir, args.params_file, domain_id, out / "replay.log", manifest_path)
+        step("replay publishes colour, CameraInfo and odometry" + (" and depth" if publish_depth else " (no depth topic)"))
+        replay = start_replay(episode_dir, args.params_file, domain_id, out / "replay.log", manifest_path,
+                              [] if publish_depth else ["--no-depth"])
         last_report = time.monotonic()
         while replay.running():
             collector.spin_for(0.2)
@@ -148,7 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads((out / "replay_manifest.json").read_text())["frames"]
     stamp_to_index = {f["stamp_ns"]: f["index"] for f in manifest}
     summary = summarize(collector, manifest, stamp_to_index, cfg, episode_dir, node_exit)
-    written = write_overlays(collector, stamp_to_index, out)
+    summary["depth_published"] = publish_depth
+    exact = None
+    if args.backend != "geometry" and episode.has_depth and len(collector.outputs):
+        step("computing the exact heatmaps (geometry core, recorded depth + poses) for every output")
+        exact = ExactHeatmaps(episode, cfg)
+        summary["learned_vs_exact"] = compare_with_exact(collector, stamp_to_index, exact)
+        cc = summary["learned_vs_exact"]["cc_mean_over_outputs"]
+        step(f"learned vs exact heatmaps: CC mean {cc:.3f} over {len(collector.outputs)} outputs")
+    written = write_overlays(collector, stamp_to_index, out, exact)
     summary["overlays"] = written
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     step(f"wrote {len(written)} overlay PNGs and summary.json to {out}")
@@ -202,19 +226,119 @@ def summarize(collector: OutputCollector, manifest: list[dict], stamp_to_index: 
     }
 
 
-def write_overlays(collector: OutputCollector, stamp_to_index: dict[int, int], out: Path) -> list[str]:
-    """At most MAX_OVERLAYS overlay mosaics, evenly spaced over the run, plus the last one."""
+class ExactHeatmaps:
+    """The geometry core's heatmaps for episode frames (recorded depth and poses), on the node's grid."""
+
+    def __init__(self, episode, cfg) -> None:
+        from vln_core.runtime import GeometryBackend
+
+        self.episode, self.cfg = episode, cfg
+        self.backend = GeometryBackend(cfg)
+        self._results: dict[int, tuple] = {}  # output stamp -> (current, keyframes, result)
+
+    def frame(self, index: int, stamp: int, seq: int):
+        from vln_core.runtime import CameraFrame
+
+        ep = self.episode
+        return CameraFrame(stamp_ns=stamp, frame_id="camera", rgb=ep.color(index), depth_m=ep.depth(index), K=ep.K,
+                           T_wc=ep.poses[index], seq=seq)
+
+    def result(self, output, stamp_to_index: dict[int, int]):
+        """(current frame, keyframes, BackendResult) for one collected output (computed once)."""
+        if output.stamp_ns not in self._results:
+            current = self.frame(stamp_to_index[output.stamp_ns], output.stamp_ns, -1)
+            keys = [self.frame(stamp_to_index[s], s, q) for s, q in zip(output.keyframe_stamps, output.keyframe_indices)]
+            self._results[output.stamp_ns] = (current, keys, self.backend.infer(current, keys, ""))
+        return self._results[output.stamp_ns]
+
+
+def compare_with_exact(collector: OutputCollector, stamp_to_index: dict[int, int], exact: ExactHeatmaps) -> dict:
+    """Per output: Pearson CC (vln_core.metrics.correlation_coefficient) of each learned keyframe
+    heatmap with the exact one, and their mean (NaN maps, e.g. a keyframe out of view in both, skipped)."""
+    from vln_core.metrics import correlation_coefficient
+
+    per_output = []
+    for o in collector.outputs:
+        if o.stamp_ns not in stamp_to_index or not all(s in stamp_to_index for s in o.keyframe_stamps):
+            continue
+        _, _, result = exact.result(o, stamp_to_index)
+        cc = correlation_coefficient(o.heatmaps, result.heatmaps.heatmap.numpy()).numpy()
+        finite = cc[np.isfinite(cc)]
+        per_output.append({
+            "frame": stamp_to_index[o.stamp_ns],
+            "keyframe_frames": [stamp_to_index[s] for s in o.keyframe_stamps],
+            "cc_per_keyframe": [None if not np.isfinite(c) else round(float(c), 4) for c in cc],
+            "cc_mean": float(finite.mean()) if finite.size else None,
+        })
+    means = [p["cc_mean"] for p in per_output if p["cc_mean"] is not None]
+    return {
+        "metric": "Pearson CC per keyframe heatmap, learned (node) vs exact (geometry core on recorded depth + poses)",
+        "cc_mean_over_outputs": float(np.mean(means)) if means else float("nan"),
+        "cc_median_over_outputs": float(np.median(means)) if means else float("nan"),
+        "outputs_compared": len(per_output),
+        "per_output": per_output,
+    }
+
+
+def _titled(rgb: np.ndarray, title: str) -> np.ndarray:
+    bar = np.full((28, rgb.shape[1], 3), 32, np.uint8)
+    cv2.putText(bar, title, (8, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([bar, rgb], axis=0)
+
+
+def side_by_side(learned_rgb: np.ndarray, exact_rgb: np.ndarray, cc: Optional[float]) -> np.ndarray:
+    """The node's learned overlay beside the exact one (same current frame and keyframes)."""
+    cc_text = "n/a" if cc is None else f"{cc:.2f}"
+    left = _titled(learned_rgb, f"learned (node, colour + odometry), CC vs exact {cc_text}")
+    right = _titled(exact_rgb, "exact (geometry core, recorded depth + poses)")
+    h = max(left.shape[0], right.shape[0])
+    pad = lambda im: np.pad(im, ((0, h - im.shape[0]), (0, 0), (0, 0)))  # noqa: E731
+    return np.concatenate([pad(left), np.full((h, 8, 3), 255, np.uint8), pad(right)], axis=1)
+
+
+def exact_overlay(output, stamp_to_index: dict[int, int], exact: ExactHeatmaps) -> np.ndarray:
+    """The mosaic the node would draw for the exact heatmaps (same labels, thumbnails and size)."""
+    from vln_core.runtime.runtime import OVERLAY_MAX_WIDTH
+    from vln_core.viz import overlay_mosaic
+
+    current, keys, result = exact.result(output, stamp_to_index)
+    rgb = current.rgb
+    h, w = rgb.shape[:2]
+    if w > OVERLAY_MAX_WIDTH:
+        rgb = cv2.resize(rgb, (OVERLAY_MAX_WIDTH, max(1, round(h * OVERLAY_MAX_WIDTH / w))), interpolation=cv2.INTER_AREA)
+    labels = ["current" if k.stamp_ns == current.stamp_ns else f"kf #{k.seq} ({(current.stamp_ns - k.stamp_ns) * 1e-9:.1f} s ago)"
+              for k in keys]
+    return overlay_mosaic(rgb, result.heatmaps, labels, [k.rgb for k in keys])
+
+
+def write_overlays(collector: OutputCollector, stamp_to_index: dict[int, int], out: Path,
+                   exact: Optional[ExactHeatmaps] = None) -> list[str]:
+    """At most MAX_OVERLAYS overlay mosaics, evenly spaced over the run, plus the last one; with
+    ``exact`` each is the node's (learned) mosaic beside the exact one."""
     overlays = collector.overlays
     if not overlays:
         return []
+    by_stamp = {o.stamp_ns: o for o in collector.outputs}
+
+    def picture(stamp: int, rgb: np.ndarray) -> np.ndarray:
+        output = by_stamp.get(stamp)
+        if exact is None or output is None or stamp not in stamp_to_index:
+            return rgb
+        from vln_core.metrics import correlation_coefficient
+
+        _, _, result = exact.result(output, stamp_to_index)
+        cc = correlation_coefficient(output.heatmaps, result.heatmaps.heatmap.numpy()).numpy()
+        finite = cc[np.isfinite(cc)]
+        return side_by_side(rgb, exact_overlay(output, stamp_to_index, exact), float(finite.mean()) if finite.size else None)
+
     picks = sorted(set(np.linspace(0, len(overlays) - 1, min(MAX_OVERLAYS, len(overlays))).round().astype(int)))
     written = []
     for n, i in enumerate(picks):
         stamp, rgb = overlays[i]
         name = f"overlay_{n:02d}_frame{stamp_to_index.get(stamp, -1):04d}.png"
-        cv2.imwrite(str(out / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(out / name), cv2.cvtColor(picture(stamp, rgb), cv2.COLOR_RGB2BGR))
         written.append(name)
-    cv2.imwrite(str(out / "overlay_last.png"), cv2.cvtColor(overlays[-1][1], cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(out / "overlay_last.png"), cv2.cvtColor(picture(*overlays[-1]), cv2.COLOR_RGB2BGR))
     written.append("overlay_last.png")
     return written
 

@@ -157,7 +157,11 @@ class IsolatedRosNode:
 class OutputCollector(IsolatedRosNode):
     """Records the vln_heatmap node's outputs and diagnostics (own rclpy context)."""
 
-    def __init__(self, domain_id: int, node_name: str = NODE_NAME, keep_overlays: bool = True):
+    def __init__(self, domain_id: int, node_name: str = NODE_NAME, keep_overlays: bool = True,
+                 subscribe_overlay: Optional[bool] = None):
+        """``subscribe_overlay`` (default: ``keep_overlays``): subscribe to ``~/overlay`` at all; the
+        node draws the mosaic only while somebody does, so a benchmark without it measures a
+        robot with no RViz attached."""
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
@@ -179,7 +183,8 @@ class OutputCollector(IsolatedRosNode):
         self.node.create_subscription(Image, f"/{node_name}/heatmaps", self._on_heatmaps, qos)
         self.node.create_subscription(Int64MultiArray, f"/{node_name}/keyframe_stamps", self._on_keyframe_stamps, qos)
         self.node.create_subscription(Int32MultiArray, f"/{node_name}/keyframe_indices", self._on_keyframe_indices, qos)
-        self.node.create_subscription(Image, f"/{node_name}/overlay", self._on_overlay, qos)
+        if keep_overlays if subscribe_overlay is None else subscribe_overlay:
+            self.node.create_subscription(Image, f"/{node_name}/overlay", self._on_overlay, qos)
         self.node.create_subscription(DiagnosticArray, "/diagnostics",
                                       lambda m: self.diagnostics.append(conv.diagnostic_array_to_dicts(m)), qos)
 

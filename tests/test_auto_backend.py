@@ -180,3 +180,21 @@ def test_overlay_is_drawn_only_when_asked(episode):
     values = next(s for s in rt.diagnostics() if s["name"].endswith("output"))["values"]
     assert int(values["overlays_drawn"]) == 1 and int(values["overlays_skipped_no_subscriber"]) == 1
     rt.close()
+
+
+def test_auto_names_a_learned_backend_that_cannot_load(episode, tmp_path):
+    now = [0.0]
+    missing = tmp_path / "no_such_checkpoint.pt"
+    rt = NavigationRuntime(_cfg("node.backend=auto", f"node.model_path={missing}"), clock=lambda: now[0])
+    feeder = Feeder(rt, episode, now)
+    outputs = [feeder.feed(i, depth=False) for i in range(12)]
+    assert all(o is None for o in outputs)
+    assert rt.error_count("step_failed") >= 1
+    message = rt.last_error("step_failed")
+    assert "learned backend 'model' could not be created" in message and str(missing) in message, message
+    status = _backend_status(rt)
+    assert status["values"]["auto_learned_backend"] == "model (failed to load)"
+    # depth arrives: geometry serves, the failed model is not retried
+    out = feeder.feed(12, depth=True)
+    assert out is not None and out.backend == "auto (geometry)"
+    rt.close()

@@ -501,6 +501,12 @@ def load_config(
     return _build(cls, data)
 
 
+def config_from_dict(data: dict, cls: type[T] = VLNConfig) -> T:  # type: ignore[assignment]
+    """Build ``cls`` from a nested tree (what :func:`config_to_dict` returns and checkpoints store),
+    validated like a YAML file."""
+    return _build(cls, dict(data))
+
+
 def flatten_config(cfg: Any, prefix: str = "") -> dict[str, Any]:
     """``{"video.keyframes": 8, ...}``: the form ROS parameters take."""
     out: dict[str, Any] = {}

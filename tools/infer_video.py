@@ -21,8 +21,12 @@ source's file or folder name. Bad input exits with status 2 and one line.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+# FFmpeg's own log lines ("moov atom not found") would add to our one-line error on a bad video
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 
 from vln_core.atomic import atomic_open
-from vln_core.config import VLNConfig, config_to_dict
+from vln_core.config import VLNConfig
 from vln_core.errors import InputError
 from vln_core.train.checkpoint import load_checkpoint
 
@@ -50,7 +50,7 @@ def load_model_checkpoint(path: str | os.PathLike | None = None, cfg: Optional[V
         raise InputError(f"checkpoint {path} does not exist{hint}")
     state = load_checkpoint(path)
     if cfg is None:
-        from vln_core.config import config_from_dict
+        from vln_core.config import config_from_dict  # noqa: PLC0415
 
         if "config" not in state:
             raise InputError(f"checkpoint {path} records no config; pass the config it was trained with")
@@ -84,7 +84,3 @@ def write_shipped_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, met
         torch.save({"model": weights, "config": config, "meta": dict(meta)}, fh)
     return dst
 
-
-def config_tree(cfg: VLNConfig) -> dict[str, Any]:
-    """The config as a plain tree (what checkpoints store)."""
-    return config_to_dict(cfg)

@@ -24,3 +24,20 @@ def real_rgbd_dir() -> Path:
             "set VLN_REAL_RGBD_DIR to a posed-image folder to run this test"
         )
     return folder
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory) -> tuple[Path, str]:
+    """``(folder, the CLI's stdout)``: the shipped checkpoint (``VLN_ONNX_TEST_CHECKPOINT``
+    overrides it) exported once per session by export/export_onnx.py into a temporary folder.
+
+    Skips when onnx / onnxruntime or the checkpoint are absent.
+    """
+    from onnx_helpers import CHECKPOINT, export_onnx_folder
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    if not CHECKPOINT.is_file():
+        pytest.skip(f"no checkpoint at {CHECKPOINT} (the shipped model; set VLN_ONNX_TEST_CHECKPOINT)")
+    out = tmp_path_factory.mktemp("export") / "embedded"
+    return out, export_onnx_folder(out, CHECKPOINT)

@@ -1,11 +1,14 @@
 """A colour-only robot: the node on real ROS 2 middleware with no depth topic at all.
 
-The node (``node.backend: auto``, the default) runs as its own process with ``node.topics.depth``
-empty; ``vln_heatmap_replay --no-depth`` (another process) publishes the real sequence's colour,
-CameraInfo and odometry at 30 Hz. ``auto`` must pick the learned backend (the shipped checkpoint)
-in the RGB + pose mode and say why; heatmaps, keyframe arrays, ``~/goal_heatmap``,
-``~/waypoints`` (in ``node.world_frame``) and ``~/waypoint_markers`` must arrive with the input
-image's stamp, and equal (1e-4) what the ``model`` backend computes when called directly on the
+The node runs as its own process with ``node.topics.depth`` empty, once per learned backend:
+``node.backend: auto`` (the default), ``model`` and ``onnx`` (the shipped checkpoint exported by
+export/export_onnx.py into a temporary folder, ``node.model_path``: ``exports/`` is not in the
+repository); ``vln_heatmap_replay --no-depth`` (another process) publishes the real sequence's
+colour, CameraInfo and odometry at 30 Hz. ``auto`` must pick the learned backend (the shipped
+checkpoint) in the RGB + pose mode and say why; the backend's diagnostics must be what the backend
+itself describes; heatmaps, keyframe arrays, ``~/goal_heatmap``, ``~/waypoints`` (in
+``node.world_frame``) and ``~/waypoint_markers`` must arrive with the input image's stamp, and
+equal (1e-4) what the same backend (``model`` for ``auto``) computes when called directly on the
 same frames in the same order. ``~/overlay`` is drawn only once somebody subscribes to it.
 """
 from __future__ import annotations
@@ -44,8 +47,7 @@ CAMERA_FRAME = "camera_color_optical_frame"
 INSTRUCTION = "go to the box on the table"
 # rgb_pose: a frame is used only with its own odometry sample (same stamp, max_stamp_gap_s 0.01,
 # frames 33 ms apart), so the test knows every pose the node used
-PARAMETERS = ("node.backend:=auto", "node.learned_mode:=rgb_pose", "node.inference_rate_hz:=2.0",
-              "node.max_stamp_gap_s:=0.01")
+PARAMETERS = ("node.learned_mode:=rgb_pose", "node.inference_rate_hz:=2.0", "node.max_stamp_gap_s:=0.01")
 NODE = "/vln_heatmap_node"
 
 
@@ -108,16 +110,21 @@ def _frame(episode, index: int, stamp: int, seq: int, K: np.ndarray, T_base_cam:
                        T_odom_base=T_odom_base, seq=seq, base_velocity=velocity)
 
 
-def test_colour_only_robot_gets_learned_heatmaps_and_waypoints_equal_to_the_backend(tmp_path):
+@pytest.mark.parametrize("backend_name", ["auto", "model", "onnx"])
+def test_colour_only_robot_gets_learned_heatmaps_and_waypoints_equal_to_the_backend(tmp_path, request, backend_name):
     if not (real_rgbd_dir() / "intrinsics.K.txt").is_file():
         pytest.skip(f"real RGB-D sequence not found at {real_rgbd_dir()} (set VLN_REAL_RGBD_DIR)")
     assert SHIPPED_CHECKPOINT.is_file(), f"the shipped checkpoint {SHIPPED_CHECKPOINT} is missing"
+    parameters = (f"node.backend:={backend_name}", *PARAMETERS)
+    if backend_name == "onnx":  # the shipped checkpoint exported by export/export_onnx.py (conftest.py)
+        export_dir, _ = request.getfixturevalue("onnx_export")
+        parameters += (f"node.model_path:={export_dir}",)
     params = _params_file(tmp_path)
-    cfg = load_config(params, [p.replace(":=", "=") for p in PARAMETERS])
-    assert cfg.node.topics.depth == ""
-    domain_id = unique_domain_id()
+    cfg = load_config(params, [p.replace(":=", "=") for p in parameters])
+    assert cfg.node.topics.depth == "" and cfg.node.backend == backend_name
+    domain_id = unique_domain_id()  # each test (and parametrization) on its own ROS domain
     node_log, replay_log, manifest = tmp_path / "node.log", tmp_path / "replay.log", tmp_path / "manifest.json"
-    proc = start_process(node_command(*PARAMETERS, params_file=params), domain_id, node_log)
+    proc = start_process(node_command(*parameters, params_file=params), domain_id, node_log)
     ros = RosTestNode("learned_node_probe", domain_id)
     probe = Probe(ros)
     replay = None
@@ -150,10 +157,14 @@ def test_colour_only_robot_gets_learned_heatmaps_and_waypoints_equal_to_the_back
         ros.spin_for(3.0)  # the last outputs and one more diagnostics
         assert replay_code == 0, replay_log.read_text(errors="replace")
         assert proc.poll() is None, node_log.read_text(errors="replace")[-3000:]
-        backend = probe.status("backend")
-        assert "backend auto (model): model (rgb_pose): no depth image received yet" in backend["message"], backend
-        assert backend["values"]["last_update_mode"] == "rgb_pose"
-        assert backend["values"]["keyframe_geometry"] == "predicted"
+        backend_status = probe.status("backend")
+        if backend_name == "auto":
+            assert "backend auto (model): model (rgb_pose): no depth image received yet" in backend_status["message"], backend_status
+            assert backend_status["values"]["auto_learned_backend"] == "model (loaded)", backend_status
+        else:  # chosen explicitly: the message names it and gives no auto reason
+            assert backend_status["message"] == f"backend {backend_name}", backend_status
+        assert backend_status["values"]["last_update_mode"] == "rgb_pose"
+        assert backend_status["values"]["keyframe_geometry"] == "predicted"
         inputs = probe.status("inputs")
         assert "depth" not in inputs["message"], inputs  # depth is not required, so never stale
         assert int(probe.status("output")["values"]["overlays_drawn"]) >= 2
@@ -182,14 +193,15 @@ def test_colour_only_robot_gets_learned_heatmaps_and_waypoints_equal_to_the_back
     assert {m.markers[1].header.frame_id for m in probe.markers} == {cfg.node.world_frame}
     assert all(conv.stamp_ns(m) in position for m in probe.overlays) and probe.overlays[-1].encoding == "rgb8"
 
-    # --- the outputs are the model backend's on the same frames, called in the same order
+    # --- the outputs are the same backend's (auto: the model backend it chose) on the same frames,
+    # called directly in the same order
     episode = read_episode(real_rgbd_dir())
     H, W = episode.image_size
     K_msg, width, height = conv.camera_info_msg_to_K(conv.camera_info_msg(episode.K, W, H, 0, CAMERA_FRAME))
     K = PinholeCamera.from_K(K_msg, width=width, height=height).K
     T_base_cam = mount_matrix(cfg)
     base_poses, _ = base_poses_for_node(episode, T_base_cam)
-    backend = create_backend("model", cfg)
+    backend = create_backend("onnx" if backend_name == "onnx" else "model", cfg)
 
     def frame(stamp: int) -> CameraFrame:
         return _frame(episode, frames[position[stamp]]["index"], stamp, position[stamp], K, T_base_cam, base_poses)
@@ -215,6 +227,14 @@ def test_colour_only_robot_gets_learned_heatmaps_and_waypoints_equal_to_the_back
         local = (np.c_[path, np.ones(20)] @ np.linalg.inv(current.T_odom_base).T)[:, :3]
         worst["waypoints"] = max(worst["waypoints"], float(np.abs(local[:, :2] - expected.waypoints).max()),
                                  float(np.abs(local[:, 2]).max()))
+    # the node's diagnostics are what that backend describes of itself (auto: named "auto (model)"),
+    # e.g. the onnx export folder and the execution providers in use
+    described = backend.describe()
     backend.close()
+    if backend_name == "auto":
+        described["backend"] = "auto (model)"
+    if backend_name == "onnx":
+        assert described["onnx_export"] == str(Path(export_dir).resolve()) and described["onnx_providers"], described
+    assert {k: backend_status["values"].get(k) for k in described} == described, backend_status
     # relative to the peak for the maps (they sum to 1 over 224x224, values ~1e-4), metres otherwise
     assert all(v <= 1e-4 for v in worst.values()), worst

@@ -3,12 +3,12 @@ backend (onnxruntime vs PyTorch within 1e-4 on heatmaps, goal and waypoints, on 
 real frames, batch 1 and > 1) and the export folder's checks.
 
 Uses the shipped checkpoint ``models/embedded/checkpoint.pt`` (``VLN_ONNX_TEST_CHECKPOINT``
-overrides it) and exports it into a temporary folder with the CLI.
+overrides it) and exports it into a temporary folder with the CLI (``onnx_export`` in conftest.py,
+tests/onnx_helpers.py).
 """
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from onnx_helpers import CHECKPOINT, REPO
 from vln_core.config import load_config
 from vln_core.runtime.backends import BackendUnavailableError, create_backend
 from vln_core.runtime.buffer import CameraFrame
@@ -25,20 +26,13 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 torch.set_num_threads(1)
 
-REPO = Path(__file__).resolve().parents[1]
-CHECKPOINT = Path(os.environ.get("VLN_ONNX_TEST_CHECKPOINT") or REPO / "models/embedded/checkpoint.pt")
 ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    if not CHECKPOINT.is_file():
-        pytest.skip(f"no checkpoint at {CHECKPOINT} (the shipped model; set VLN_ONNX_TEST_CHECKPOINT)")
-    out = tmp_path_factory.mktemp("export") / "embedded"
-    done = subprocess.run([sys.executable, str(REPO / "export/export_onnx.py"), "--checkpoint", str(CHECKPOINT),
-                           "--out", str(out), "--runs", "1"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, done.stdout
+def exported(onnx_export):
+    """``(folder, stdout)`` of export/export_onnx.py on CHECKPOINT (conftest's session fixture)."""
+    return onnx_export
 
 
 def node_cfg(folder: Path, *overrides: str):

@@ -382,8 +382,11 @@ def test_finetune_and_evaluate_clis(episodes_root, tmp_path):
 
     result = json.loads((report / "eval.json").read_text())
     pose_mode = result["modes"]["rgb_pose"]["heatmap"]
-    assert set(pose_mode) == {"model", "constant_depth", "classical", "uniform", "center", "identity", "oracle"}
-    assert set(result["modes"]["rgb_only"]["heatmap"]) == {"model", "classical", "uniform", "center", "identity", "oracle"}
+    # "model" is the refined geometry (model.match_refinement, the default), "model_net" the networks alone
+    assert set(pose_mode) == {"model", "model_net", "constant_depth", "classical", "uniform", "center", "identity", "oracle"}
+    assert set(result["modes"]["rgb_only"]["heatmap"]) == {"model", "model_net", "classical", "uniform", "center",
+                                                            "identity", "oracle"}
+    assert set(result["modes"]["rgb_only"]["pose"]) == {"model", "model_net", "identity"}
     # the oracle is the ground truth itself; a uniform map is not
     assert pose_mode["oracle"]["cc"] == pytest.approx(1.0, abs=1e-5) and pose_mode["oracle"]["kl"] < 1e-4
     assert pose_mode["uniform"]["kl"] > 0.05 and 0 <= pose_mode["model"]["auc_judd"] <= 1

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from vln_core.config import HeatmapConfig
+from vln_core.geometry.matching import MIN_MATCHES, orb_matches, triangulate_matches
 from vln_core.heatmaps import InterFrameHeatmaps, gaussian_blur, heatmaps_from_config, splat_bilinear
 
 __all__ = [
@@ -40,51 +41,6 @@ __all__ = [
     "orb_matches",
     "MIN_MATCHES",
 ]
-
-#: Fewer matches (or RANSAC inliers) than this: matching failed, the keyframe has no overlap.
-MIN_MATCHES = 12
-#: Triangulated points need at least this parallax angle (degrees) to be trusted.
-MIN_PARALLAX_DEG = 1.0
-
-
-def _gray(image: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
-        image = image.transpose(1, 2, 0)
-    if image.dtype != np.uint8:
-        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-
-
-def orb_matches(image_a, image_b, max_features: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """ORB keypoint matches between two images (cross-checked Hamming, Lowe ratio 0.8).
-
-    Returns:
-        ``(pts_a (M, 2), pts_b (M, 2))`` float64 pixel coordinates (u, v); ``M`` may be 0.
-    """
-    orb = cv2.ORB_create(nfeatures=max_features, scaleFactor=1.2, nlevels=6, edgeThreshold=15,
-                         patchSize=15, fastThreshold=7)
-    ga, gb = _gray(image_a), _gray(image_b)
-    ka, da = orb.detectAndCompute(ga, None)
-    kb, db = orb.detectAndCompute(gb, None)
-    if da is None or db is None or len(ka) < 2 or len(kb) < 2:
-        return np.zeros((0, 2)), np.zeros((0, 2))
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    pairs = matcher.knnMatch(da, db, k=2)
-    reverse = {m.queryIdx: m.trainIdx for m in matcher.match(db, da)}
-    good = []
-    for pair in pairs:
-        if len(pair) < 2:
-            continue
-        m, n = pair
-        if m.distance < 0.8 * n.distance and reverse.get(m.trainIdx) == m.queryIdx:
-            good.append(m)
-    pa = np.array([ka[m.queryIdx].pt for m in good], dtype=np.float64).reshape(-1, 2)
-    pb = np.array([kb[m.trainIdx].pt for m in good], dtype=np.float64).reshape(-1, 2)
-    return pa, pb
-
 
 def _no_overlap(num_key: int, size: Sequence[int]) -> dict:
     H, W = size
@@ -179,34 +135,6 @@ def _densify(points_uv: np.ndarray, depths: np.ndarray, size: Sequence[int], gri
     return cv2.resize(coarse, (W, H), interpolation=cv2.INTER_NEAREST)
 
 
-def _triangulate(pk: np.ndarray, pc: np.ndarray, K: np.ndarray, T_cur_key: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Triangulate matches (keyframe pixels ``pk``, current pixels ``pc``) with the known pose.
-
-    Returns ``(keep (M,) bool, z_key (M,), z_cur (M,))``: points in front of both cameras, with
-    reprojection error < 2 px and parallax >= :data:`MIN_PARALLAX_DEG`.
-    """
-    P_k = K @ np.hstack([np.eye(3), np.zeros((3, 1))])
-    P_c = K @ T_cur_key[:3, :]
-    X = cv2.triangulatePoints(P_k, P_c, pk.T, pc.T)  # (4, M) keyframe camera
-    w = X[3]
-    ok_w = np.abs(w) > 1e-9
-    Xk = X[:3] / np.where(ok_w, w, 1.0)
-    Xc = T_cur_key[:3, :3] @ Xk + T_cur_key[:3, 3:4]
-    z_k, z_c = Xk[2], Xc[2]
-    front = ok_w & (z_k > 0.05) & (z_c > 0.05) & (z_k < 30) & (z_c < 30)
-    proj_k = (K @ Xk)[:2] / np.where(front, z_k, 1.0)
-    proj_c = (K @ Xc)[:2] / np.where(front, z_c, 1.0)
-    err = np.maximum(np.linalg.norm(proj_k.T - pk, axis=1), np.linalg.norm(proj_c.T - pc, axis=1))
-    centre_c = -T_cur_key[:3, :3].T @ T_cur_key[:3, 3]  # current camera centre in keyframe coordinates
-    ray_k = Xk / np.maximum(np.linalg.norm(Xk, axis=0), 1e-9)
-    ray_c = (Xk - centre_c[:, None])
-    ray_c = ray_c / np.maximum(np.linalg.norm(ray_c, axis=0), 1e-9)
-    parallax = np.degrees(np.arccos(np.clip((ray_k * ray_c).sum(0), -1.0, 1.0)))
-    keep = front & (err < 2.0) & (parallax >= MIN_PARALLAX_DEG)
-    return keep, z_k, z_c
-
-
 def classical_heatmaps_known_pose(key_images: Sequence, cur_image, K: torch.Tensor, T_cur_key: torch.Tensor,
                                   size: Sequence[int], cfg: HeatmapConfig, fallback_depth_m: float,
                                   key_valid: Optional[torch.Tensor] = None,
@@ -233,7 +161,7 @@ def classical_heatmaps_known_pose(key_images: Sequence, cur_image, K: torch.Tens
             key_depths.append(np.zeros((H, W), np.float32))
             continue
         usable.append(True)
-        keep, z_k, z_c = _triangulate(pk, pc, Kn, T)
+        keep, z_k, z_c = triangulate_matches(pk, pc, Kn, T)
         if keep.sum() >= MIN_MATCHES // 2:
             key_depths.append(_densify(pk[keep], z_k[keep], (H, W)))
             cur_points_uv.append(pc[keep])

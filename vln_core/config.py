@@ -90,6 +90,9 @@ class HeatmapConfig:
     source_stride: int = 2  # pool keyframe pixels in n x n cells, one weighted point each
     occlusion_margin_m: float = 0.05  # a point is hidden when it is this much behind c's depth
     occlusion_margin_rel: float = 0.02  # ... plus this fraction of its depth
+    # the same relative margin where the depth is predicted (the learned modes): a network's depth
+    # is only good to tens of percent, and a tighter margin hides content that is in plain view
+    predicted_occlusion_margin_rel: float = 0.25  # chosen on data/sim_val (seeds 400000+), not the eval sets
     min_overlap_fraction: float = 1e-3  # below this fraction landing in view: no overlap, zero map
     adaptive_sigma: bool = True  # widen the blur where keyframe samples land sparser than the grid
 
@@ -98,10 +101,11 @@ class HeatmapConfig:
             raise ConfigError(f"{key}.sigma_px must be >= 0, got {self.sigma_px}")
         if self.source_stride < 1:
             raise ConfigError(f"{key}.source_stride must be >= 1, got {self.source_stride}")
-        if self.occlusion_margin_m < 0 or self.occlusion_margin_rel < 0:
+        if self.occlusion_margin_m < 0 or self.occlusion_margin_rel < 0 or self.predicted_occlusion_margin_rel < 0:
             raise ConfigError(
-                f"{key}.occlusion_margin_m and {key}.occlusion_margin_rel must be >= 0, "
-                f"got {self.occlusion_margin_m}, {self.occlusion_margin_rel}"
+                f"{key}.occlusion_margin_m, {key}.occlusion_margin_rel and {key}.predicted_occlusion_margin_rel "
+                f"must be >= 0, got {self.occlusion_margin_m}, {self.occlusion_margin_rel}, "
+                f"{self.predicted_occlusion_margin_rel}"
             )
         if not 0 <= self.min_overlap_fraction <= 1:
             raise ConfigError(f"{key}.min_overlap_fraction must be in [0, 1], got {self.min_overlap_fraction}")
@@ -198,6 +202,10 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # horizontal field of view assumed when no intrinsics are known (a video without calibration)
     default_hfov_deg: float = 60.0
+    # the learned modes refine the networks' per-frame geometry with ORB matches between each
+    # keyframe and the current frame (vln_core/geometry/refinement.py): metric depth scale from
+    # the known poses (rgb_pose), PnP poses on the predicted depth (rgb_only); false: networks alone
+    match_refinement: bool = True
 
     def validate(self, key: str) -> None:
         if not 10.0 <= self.default_hfov_deg <= 170.0:

@@ -17,6 +17,8 @@ plane): 0 straight ahead, positive to the left, range (-pi, pi], near +-pi behin
 """
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import math
 from dataclasses import dataclass, fields
@@ -40,6 +42,7 @@ __all__ = [
     "pool_keyframe_points",
     "frame_indexed_heatmaps",
     "heatmaps_from_config",
+    "predicted_depth_config",
 ]
 
 #: A keyframe "overlaps" the current view when at least this fraction of its valid points lands
@@ -457,3 +460,9 @@ def heatmaps_from_config(
         min_overlap_fraction=cfg.min_overlap_fraction,
         adaptive_sigma=cfg.adaptive_sigma,
     )
+
+
+def predicted_depth_config(cfg: HeatmapConfig) -> HeatmapConfig:
+    """The heatmap settings for *predicted* depth (the learned modes): the ground truth's, with
+    ``predicted_occlusion_margin_rel`` as the relative occlusion margin."""
+    return dataclasses.replace(cfg, occlusion_margin_rel=cfg.predicted_occlusion_margin_rel)

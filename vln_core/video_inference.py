@@ -5,7 +5,8 @@ This is the design's inference mode (``tools/infer_video.py`` is the command-lin
 1. read ``N_m`` frames evenly spread over the source (an mp4 through OpenCV, a folder of images,
    or a posed RGB-D folder);
 2. geometry of every frame: measured (``geometry``: a posed RGB-D folder), predicted by the
-   embedded model (``model`` / ``onnx``: depth, and camera motion when the source has no poses),
+   embedded model (``model`` / ``onnx``: depth, and camera motion when the source has no poses,
+   refined with ORB matches when ``model.match_refinement``: :mod:`vln_core.geometry.refinement`),
    or by VGGT-1B (``vggt``, from a local checkpoint);
 3. ``N_k`` keyframes among the first ``N_m - 1`` frames by space-aware sampling on that geometry;
 4. heatmaps of each keyframe over the last frame by the geometry core's reprojection.
@@ -27,7 +28,9 @@ import torch
 from vln_core.config import VLNConfig
 from vln_core.errors import InputError
 from vln_core.geometry.transforms import invert_pose
-from vln_core.heatmaps import InterFrameHeatmaps, heatmaps_from_config
+from vln_core.geometry.matching import orb_features
+from vln_core.geometry.refinement import refine_window_geometry
+from vln_core.heatmaps import InterFrameHeatmaps, heatmaps_from_config, predicted_depth_config
 from vln_core.preprocess import preprocess_frames
 from vln_core.sampling import sample_keyframes
 
@@ -233,6 +236,12 @@ def infer_video(source: VideoSource, cfg: VLNConfig, backend: str, model_path: O
                 T = torch.cat([engine.relative_poses(pose_k, enc.pose_features[-1:].expand_as(pose_k)).float(),
                                torch.eye(4)[None]])
                 mode = "rgb_only"
+            if cfg.model.match_refinement:  # metric scale (known poses) or PnP poses from ORB matches
+                steps = None if mode == "rgb_pose" else engine.relative_poses(enc.pose_features[:-1],
+                                                                              enc.pose_features[1:]).float()
+                depth, T, _ = refine_window_geometry([orb_features(f) for f in pre.frames], depth, K, T.float(),
+                                                     poses_known=mode == "rgb_pose", learned_steps=steps)
+                depth, T = depth.float(), T.float()
     timings["geometry"] = (time.perf_counter() - t0) * 1e3
     say("keyframes")
     t1 = time.perf_counter()
@@ -241,9 +250,10 @@ def infer_video(source: VideoSource, cfg: VLNConfig, backend: str, model_path: O
     say("heatmaps")
     t2 = time.perf_counter()
     kf = torch.from_numpy(keyframes)
+    hcfg = cfg.heatmap if mode == "measured" else predicted_depth_config(cfg.heatmap)
     with torch.no_grad():
         hm = heatmaps_from_config(depth[kf].float(), K, T[kf].float(), K, torch.eye(4), size, depth[-1].float(),
-                                  cfg=cfg.heatmap)
+                                  cfg=hcfg)
     timings["heatmaps"] = (time.perf_counter() - t2) * 1e3
     timings["total"] = (time.perf_counter() - t0) * 1e3
     return VideoResult(heatmaps=hm, keyframes=keyframes, depth=depth.numpy().astype(np.float32),

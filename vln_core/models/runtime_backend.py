@@ -11,16 +11,21 @@ rest -- preprocessing, caching, reprojection, trajectory bookkeeping:
 * ``goal_and_waypoints(f8 (1, ...), f32 (1, ...), ids (1, L), mask (1, L), past (1, 16, 4), intent (1,))
   -> (goal_logits (1, H, W), waypoints (1, 20, 2))``.
 
-Per frame the encoding is computed once and cached (a keyframe stays in memory for many
-updates), so an update encodes only the new current frame. The heatmaps come from the geometry
+Per frame the encoding (and, with ``model.match_refinement``, its ORB features) is computed once
+and cached (a keyframe stays in memory for many updates), so an update encodes only the new
+current frame. With ``model.match_refinement`` the predicted geometry is refined with ORB matches
+between each keyframe and the current frame (:mod:`vln_core.geometry.refinement`): the depth takes
+its metric scale from the known poses (RGB + pose), or the poses come from PnP on the predicted
+depth (RGB only). The heatmaps come from the geometry
 core's own reprojection (:func:`vln_core.heatmaps.heatmaps_from_config`), on the
 ``video.frame_size`` grid like the geometry backend's.
 
 Frames: ``CameraFrame.T_wc`` camera-to-world (OpenCV optical axes). Without poses the backend
-keeps its own camera-to-world estimate per frame by chaining the predicted motion between
-consecutive frames (visual odometry; it drifts), used for keyframe selection and the past
-trajectory; the heatmaps use the poses predicted directly between each keyframe and the current
-frame.
+keeps its own camera-to-world estimate per frame by chaining the motion between consecutive
+processed frames (visual odometry: PnP on matches, else the network's prediction; it drifts),
+used for keyframe selection and the past trajectory; the heatmaps use the poses found directly
+between each keyframe and the current frame (PnP), else the chained odometry, else the network's
+direct prediction.
 """
 from __future__ import annotations
 
@@ -34,7 +39,9 @@ import torch
 from vln_core.config import VLNConfig
 from vln_core.errors import InputError
 from vln_core.geometry.transforms import invert_pose, optical_to_body_pose, pose_from_xyz_quat
-from vln_core.heatmaps import heatmaps_from_config
+from vln_core.geometry.matching import OrbFeatures, orb_features
+from vln_core.geometry.refinement import odometry_step, refine_learned_geometry
+from vln_core.heatmaps import heatmaps_from_config, predicted_depth_config
 from vln_core.models.reprojection_model import FrameEncoding, default_intrinsics
 from vln_core.models.spatial_model import PAST_TRAJECTORY_LENGTH
 from vln_core.preprocess import preprocess_frames
@@ -153,11 +160,14 @@ class LearnedBackend(HeatmapBackend):
         self.frame_size = tuple(int(s) for s in engine.frame_size)
         self.heatmap_cfg = cfg.heatmap
         self.T_cam_base = invert_pose(pose_from_xyz_quat(torch.tensor(cfg.node.camera_mount, dtype=torch.float64))).numpy()
+        self.refine = bool(cfg.model.match_refinement)
         self._cache: OrderedDict[int, tuple[FrameEncoding, np.ndarray]] = OrderedDict()
+        self._features: dict[int, OrbFeatures] = {}  # seq -> ORB features on the model grid (refinement)
         self._vo_pose: OrderedDict[int, np.ndarray] = OrderedDict()  # seq -> estimated T_wc (no poses given)
         self._last_vo: Optional[tuple[int, FrameEncoding]] = None
         self._history: deque[tuple[float, np.ndarray]] = deque(maxlen=64)
         self.last_mode = ""
+        self.last_refinement = ""
 
     def output_size(self, current: CameraFrame) -> tuple[int, int]:
         return self.frame_size
@@ -166,6 +176,7 @@ class LearnedBackend(HeatmapBackend):
         info = super().describe()
         info["learned_mode"] = self.mode
         info["last_update_mode"] = self.last_mode or "none yet"
+        info["match_refinement"] = self.last_refinement or ("on" if self.refine else "off")
         info["heatmap_grid"] = f"video.frame_size {self.frame_size[0]}x{self.frame_size[1]} (HxW)"
         return info
 
@@ -185,9 +196,17 @@ class LearnedBackend(HeatmapBackend):
         pre = preprocess_frames([frame.rgb], None, self._intrinsics(frame), self.frame_size)
         item = (self.engine.encode(pre.frames), pre.K.numpy().astype(np.float64))
         self._cache[frame.seq] = item
+        if self.refine:
+            self._features[frame.seq] = orb_features(pre.frames[0])
         while len(self._cache) > ENCODING_CACHE_SIZE:
-            self._cache.popitem(last=False)
+            old, _ = self._cache.popitem(last=False)
+            self._features.pop(old, None)
         return item
+
+    def features(self, frame: CameraFrame) -> OrbFeatures:
+        """ORB features of a frame on the model grid (cached with its encoding)."""
+        self.encoding(frame)
+        return self._features[frame.seq]
 
     def _estimated_pose(self, frame: CameraFrame) -> np.ndarray:
         """Camera-to-world pose: the given one, else visual odometry chained from the previous frame."""
@@ -201,7 +220,13 @@ class LearnedBackend(HeatmapBackend):
             T = np.eye(4)
         else:
             prev_seq, prev_enc = self._last_vo
-            T_cur_prev = self.engine.relative_poses(prev_enc.pose_features, enc.pose_features)[0].double().numpy()
+            T_cur_prev = None
+            if self.refine and prev_seq in self._features:
+                _, K = self.encoding(frame)
+                T_cur_prev = odometry_step(self._features[prev_seq], self._features[frame.seq],
+                                           prev_enc.depth[0].double().numpy(), K)
+            if T_cur_prev is None:
+                T_cur_prev = self.engine.relative_poses(prev_enc.pose_features, enc.pose_features)[0].double().numpy()
             T = self._vo_pose[prev_seq] @ np.linalg.inv(T_cur_prev)
         self._vo_pose[frame.seq] = T
         while len(self._vo_pose) > ENCODING_CACHE_SIZE:
@@ -242,11 +267,25 @@ class LearnedBackend(HeatmapBackend):
             pose_c = encs[-1][0].pose_features.expand_as(pose_k)
             T_cur_key = self.engine.relative_poses(pose_k, pose_c).float()
         self.last_mode = "rgb_pose" if known else "rgb_only"
-        with torch.no_grad():
-            heatmaps = heatmaps_from_config(depth[:-1].float(), K, T_cur_key, K, torch.eye(4), self.frame_size,
-                                            depth[-1].float(), cfg=self.heatmap_cfg)
-        # past motion at the training rate, then the goal and waypoint heads
         T_wc_cur = self._estimated_pose(current)
+        key_depth, cur_depth = depth[:-1].float(), depth[-1].float()
+        if self.refine:
+            fallback = None
+            if not known:  # chained odometry for keyframes that no longer match the current view
+                chained = [np.linalg.inv(T_wc_cur) @ self._vo_pose[f.seq] if f.seq in self._vo_pose else None
+                           for f in keyframes]
+                fallback = torch.stack([torch.from_numpy(c).float() if c is not None else T_cur_key[i]
+                                        for i, c in enumerate(chained)])
+            refined = refine_learned_geometry([self.features(f) for f in keyframes], self.features(current),
+                                              key_depth, cur_depth, K, T_cur_key, known, fallback)
+            key_depth, cur_depth, T_cur_key = refined.key_depth, refined.cur_depth, refined.T_cur_key.float()
+            self.last_refinement = (f"depth scale {refined.depth_scale[-1]:.3f} from {refined.scale_points} points"
+                                    if known else f"{sum(refined.pose_from_matches)}/{len(keyframes)} keyframe poses "
+                                    "from PnP")
+        with torch.no_grad():
+            heatmaps = heatmaps_from_config(key_depth, K, T_cur_key, K, torch.eye(4), self.frame_size, cur_depth,
+                                            cfg=predicted_depth_config(self.heatmap_cfg))
+        # past motion at the training rate, then the goal and waypoint heads
         now_s = current.stamp_ns * 1e-9
         if self._history and now_s <= self._history[-1][0]:
             self._history.clear()  # time went back (bag loop): start a new trajectory
@@ -262,6 +301,7 @@ class LearnedBackend(HeatmapBackend):
 
     def close(self) -> None:
         self._cache.clear()
+        self._features.clear()
         self._vo_pose.clear()
 
 

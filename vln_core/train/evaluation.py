@@ -47,7 +47,9 @@ from vln_core.baselines import (
     prior_heatmaps,
 )
 from vln_core.config import VLNConfig
-from vln_core.heatmaps import InterFrameHeatmaps, heatmaps_from_config
+from vln_core.geometry.matching import orb_features
+from vln_core.geometry.refinement import refine_window_geometry
+from vln_core.heatmaps import InterFrameHeatmaps, heatmaps_from_config, predicted_depth_config
 from vln_core.metrics import ade, centroid_distance_px, fde, heatmap_metrics
 
 __all__ = [
@@ -62,8 +64,8 @@ __all__ = [
 
 MODES = ("rgb_pose", "rgb_only")
 MODE_METHODS = {
-    "rgb_pose": ("model", "constant_depth", "classical", "uniform", "center", "identity", "oracle"),
-    "rgb_only": ("model", "classical", "uniform", "center", "identity", "oracle"),
+    "rgb_pose": ("model", "model_net", "constant_depth", "classical", "uniform", "center", "identity", "oracle"),
+    "rgb_only": ("model", "model_net", "classical", "uniform", "center", "identity", "oracle"),
 }
 #: The goal counts as found when the goal heatmap's peak is within this fraction of min(H, W) of
 #: the goal's projection (22 px at 224x224).
@@ -166,11 +168,31 @@ def window_methods(sample: dict[str, Any], mode: str, cfg: VLNConfig, model: Opt
             enc, T_pred = model.predict_geometry(frames.to(device), T.to(device) if mode == "rgb_pose" else None)
             pred_depth = enc.depth.float().cpu()
             T_pred = T_pred.float().cpu()
-            key_depth = torch.where(key_valid, pred_depth[kf], torch.zeros_like(pred_depth[kf]))
-            cur_depth = torch.where(cur_valid, pred_depth[-1], torch.zeros_like(pred_depth[-1]))
-            methods["model"] = heatmaps_from_config(key_depth, K, T_pred[kf], K, eye, (H, W), cur_depth, cfg=hcfg)
+            extras.update(net_depth=pred_depth, net_T_cur_cam=T_pred)
+            net_name = "model_net" if cfg.model.match_refinement else "model"
+            methods[net_name] = _reprojected(pred_depth, T_pred, kf, key_valid, cur_valid, K, hcfg)
+            if cfg.model.match_refinement:
+                steps = None
+                if mode == "rgb_only":  # the network's motion between neighbours, for odometry steps that do not match
+                    steps = model.relative_poses(enc.index(slice(0, len(frames) - 1)),
+                                                 enc.index(slice(1, len(frames)))).float().cpu()
+                pred_depth, T_pred, refined = refine_window_geometry(
+                    [orb_features(im) for im in frames], pred_depth, K, T_pred, poses_known=mode == "rgb_pose",
+                    learned_steps=steps, match_indices=kf.tolist())
+                methods["model"] = _reprojected(pred_depth, T_pred, kf, key_valid, cur_valid, K, hcfg)
+                extras["refined"] = refined
         extras.update(depth=pred_depth, T_cur_cam=T_pred, encoding=enc)
     return methods, extras
+
+
+def _reprojected(depth: torch.Tensor, T_cur_cam: torch.Tensor, kf: torch.Tensor, key_valid: torch.Tensor,
+                 cur_valid: torch.Tensor, K: torch.Tensor, hcfg: Any) -> InterFrameHeatmaps:
+    """Heatmaps of predicted ``depth (N, H, W)`` and ``T_cur_cam (N, 4, 4)`` (keyframes ``kf``,
+    current frame last), placing only the pixels the ground truth has depth for."""
+    key_depth = torch.where(key_valid, depth[kf], torch.zeros_like(depth[kf]))
+    cur_depth = torch.where(cur_valid, depth[-1], torch.zeros_like(depth[-1]))
+    return heatmaps_from_config(key_depth, K, T_cur_cam[kf], K, torch.eye(4), depth.shape[-2:], cur_depth,
+                                cfg=predicted_depth_config(hcfg))
 
 
 def _score(methods: dict[str, InterFrameHeatmaps], oracle: InterFrameHeatmaps, acc: dict[str, _Mean]) -> None:
@@ -252,6 +274,7 @@ def evaluate_windows(model: Optional[torch.nn.Module], dataset: Any, indices: Se
     heat = {mode: {} for mode in modes}
     depth_acc = {mode: {"model": _Mean(), "constant_depth": _Mean()} for mode in modes}
     pose_acc = {mode: {"model": _Mean(), "identity": _Mean()} for mode in modes}
+    refinement_acc = {mode: _Mean() for mode in modes}
     way = {"model": _Mean(), "constant_velocity": _Mean(), "stand_still": _Mean()}
     goal = {"model": _Mean(), "center": _Mean()}
     panels: list[str] = []
@@ -271,13 +294,26 @@ def evaluate_windows(model: Optional[torch.nn.Module], dataset: Any, indices: Se
             frames_scored = torch.cat([kf, torch.tensor([len(true_depth) - 1])])
             if "depth" in extras:
                 enc = extras["encoding"]
-                absrel, delta = _depth_metrics(extras["depth"][frames_scored], true_depth[frames_scored])
-                depth_acc[mode]["model"].add("abs_rel", absrel)
-                depth_acc[mode]["model"].add("delta_1.25", delta)
-                if mode == "rgb_only":
-                    Tp = extras["T_cur_cam"][kf]
-                    pose_acc[mode]["model"].add("rotation_error_deg", _rotation_error_deg(Tp, T_true[kf]))
-                    pose_acc[mode]["model"].add("translation_error_m", (Tp[:, :3, 3] - T_true[kf][:, :3, 3]).norm(dim=-1))
+                versions = [("model", "depth", "T_cur_cam")]
+                if "refined" in extras:
+                    versions.append(("model_net", "net_depth", "net_T_cur_cam"))
+                for name, depth_key, pose_key in versions:
+                    absrel, delta = _depth_metrics(extras[depth_key][frames_scored], true_depth[frames_scored])
+                    depth_acc[mode].setdefault(name, _Mean()).add("abs_rel", absrel)
+                    depth_acc[mode][name].add("delta_1.25", delta)
+                    if mode == "rgb_only":
+                        Tp = extras[pose_key][kf]
+                        acc = pose_acc[mode].setdefault(name, _Mean())
+                        acc.add("rotation_error_deg", _rotation_error_deg(Tp, T_true[kf]))
+                        acc.add("translation_error_m", (Tp[:, :3, 3] - T_true[kf][:, :3, 3]).norm(dim=-1))
+                if "refined" in extras:
+                    refined = extras["refined"]
+                    acc = refinement_acc[mode]
+                    if mode == "rgb_pose":
+                        acc.add("scaled_windows", float(refined.scale_points > 0 and not np.allclose(refined.depth_scale, 1)))
+                        acc.add("depth_scale", refined.depth_scale)
+                    else:
+                        acc.add("pose_from_matches", np.asarray(refined.pose_from_matches, dtype=np.float64))
             if mode == "rgb_only":
                 eye = torch.eye(4).expand(len(kf), 4, 4)
                 pose_acc[mode]["identity"].add("rotation_error_deg", _rotation_error_deg(eye, T_true[kf]))
@@ -341,6 +377,8 @@ def evaluate_windows(model: Optional[torch.nn.Module], dataset: Any, indices: Se
                  "depth": {k: v.result() for k, v in depth_acc[mode].items() if v.result()}}
         if mode == "rgb_only":
             entry["pose"] = {k: v.result() for k, v in pose_acc[mode].items() if v.result()}
+        if refinement_acc[mode].result():
+            entry["refinement"] = refinement_acc[mode].result()
         oracle_cc = entry["heatmap"].get("oracle", {}).get("cc")
         model_cc = entry["heatmap"].get("model", {}).get("cc")
         if oracle_cc and model_cc is not None:
@@ -366,6 +404,12 @@ def format_report(result: dict[str, Any], title: str = "") -> str:
         for name, values in entry.get("pose", {}).items():
             lines.append(f"  pose  {name:<15} rotation {values.get('rotation_error_deg', float('nan')):.2f} deg  "
                          f"translation {values.get('translation_error_m', float('nan')):.3f} m")
+        refinement = entry.get("refinement", {})
+        if "depth_scale" in refinement:
+            lines.append(f"  match refinement: depth scaled in {refinement['scaled_windows']:.0%} of windows "
+                         f"(mean factor {refinement['depth_scale']:.2f})")
+        if "pose_from_matches" in refinement:
+            lines.append(f"  match refinement: {refinement['pose_from_matches']:.0%} of keyframe poses from PnP")
         if "model_cc_fraction_of_oracle" in entry:
             lines.append(f"  model CC as a fraction of the oracle: {entry['model_cc_fraction_of_oracle']:.3f}")
     for name, values in result["waypoints"].items():

@@ -2,18 +2,23 @@
 """Time one update of the embedded model per mode on this CPU (prints figures; not a test).
 
     python benchmarks/embedded_update.py [--checkpoint models/embedded/checkpoint.pt] \\
-        [--frames 16 --keyframes 8 --size 224 224 --threads 2 --repeats 10]
+        [--frames 16 --keyframes 8 --size 224 224 --threads 2 --repeats 10] [--no-refinement]
 
 An *update* is what the node does for one current frame with N_m buffered frames and N_k
-keyframes:
+keyframes, through the node's own backend (``vln_core.models.runtime_backend.ModelBackend``):
+the predicted geometry of the frames (``frame_geometry``), space-aware sampling of N_k keyframes
+on it, and ``infer`` (the match refinement of ``model.match_refinement``, the reprojection, goal
+heatmap and waypoints):
 
-* ``rgb_pose`` (mode 2): depth of the frames, space-aware sampling on it with the known poses,
-  reprojection of the N_k keyframes into the current view (+ goal heatmap and waypoints);
-* ``rgb_only`` (mode 3): the same plus the relative poses of the N_m - 1 frames to the current one.
+* ``rgb_pose`` (mode 2): known poses, the depth scaled by the matches;
+* ``rgb_only`` (mode 3): no poses: visual odometry between consecutive frames and PnP poses of
+  the keyframes (the network's poses where matching fails).
 
-Two figures per mode: **cold** (all N_m frames encoded in this update) and **streaming** (the
-node's case: each frame is encoded once when it arrives and cached, so an update encodes only the
-new current frame). Each mode runs in its own process so peak memory (max RSS) is its own.
+Frames: a simulated episode (``vln_core.sim``, generated in a temporary folder: real textures,
+so ORB finds what it would on a robot). Two figures per mode: **cold** (a fresh backend: all N_m
+frames encoded and matched in this update) and **streaming** (the node's case: each frame is
+encoded and its features found once, when it arrives; an update adds only the new current frame).
+Each mode runs in its own process so peak memory (max RSS) is its own.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,56 +36,62 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _run_one(args: argparse.Namespace) -> dict:
+    import numpy as np
     import torch
 
     torch.set_num_threads(args.threads)
-    from vln_core.config import VLNConfig
-    from vln_core.geometry.transforms import invert_pose
-    from vln_core.models.reprojection_model import default_intrinsics
-    from vln_core.models.shipped import load_model_checkpoint
+    from vln_core.config import load_config
+    from vln_core.data.episode import read_episode
+    from vln_core.runtime import CameraFrame, create_backend
     from vln_core.sampling import sample_keyframes
+    from vln_core.sim.collect import generate_episode
 
-    cfg = VLNConfig()
-    cfg.video.total_frames, cfg.video.keyframes = args.frames, args.keyframes
-    cfg.video.frame_size = tuple(args.size)
+    N, Nk, H, W = args.frames, args.keyframes, *args.size
+    total = N + args.repeats + 1
+    overrides = [f"node.learned_mode={args.mode}", f"video.total_frames={N}", f"video.keyframes={Nk}",
+                 f"video.frame_size=[{H}, {W}]", f"model.match_refinement={str(not args.no_refinement).lower()}"]
+    if args.checkpoint:
+        overrides.append(f"node.model_path={args.checkpoint}")
+    cfg = load_config(None, overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_episode(Path(tmp) / "ep", 8, load_config(None, [f"sim.frames_per_episode={total}",
+                                                                 f"sim.image_size=[{H}, {W}]"]).sim)
+        seq = read_episode(Path(tmp) / "ep").load_all()
+    known = args.mode == "rgb_pose"
+    frames = [CameraFrame(stamp_ns=int(1e9 + i * 2e8), frame_id="cam", rgb=np.ascontiguousarray(c), K=seq.K,
+                          T_wc=seq.poses[i] if known else None, seq=i) for i, c in enumerate(seq.colors)]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    model, _ = load_model_checkpoint(args.checkpoint, cfg)
-    H, W = args.size
-    N, Nk = args.frames, args.keyframes
-    g = torch.Generator().manual_seed(0)
-    frames = torch.rand(N, 3, H, W, generator=g)
-    K = default_intrinsics((H, W), 70.0)
-    T_wc = torch.eye(4).repeat(N, 1, 1)
-    T_wc[:, 0, 3] = torch.linspace(0, 0.8, N)
-    T_known = invert_pose(T_wc[-1]) @ T_wc
-    ids, mask = model.encode_instructions(["go to the red chair"])
-    past = torch.zeros(1, 16, 4)
-    intent = torch.ones(1, dtype=torch.long)
-    mode2 = args.mode == "rgb_pose"
+    backend = create_backend("model", cfg)
+    instruction = "go to the red chair"
 
-    def update(cached) -> None:
-        if cached is None:
-            enc = model.encode_frames(frames)
-        else:
-            enc = type(cached).cat([cached, model.encode_frames(frames[-1:])])
-        enc, T = model.predict_geometry(frames, T_known if mode2 else None, encoding=enc)
-        kf = sample_keyframes(enc.depth[:-1], K, T[:-1], Nk, cfg.frame_sampling).indices
-        kf = torch.as_tensor(kf, dtype=torch.long)
-        model.reproject(enc.depth[kf], K, T[kf], K, enc.depth[-1])
-        model.goal_and_waypoints(enc.index(slice(N - 1, N)), ids, mask.bool(), past, intent, (H, W))
+    def update(t: int) -> None:
+        window = frames[t - N + 1: t + 1]
+        geo = [backend.frame_geometry(f) for f in window]
+        depth = torch.from_numpy(np.stack([g[0] for g in geo]))
+        K = torch.from_numpy(geo[-1][1]).float()
+        T_wc = torch.from_numpy(np.stack([g[2] for g in geo]))
+        T_cur = (torch.linalg.inv(T_wc[-1]) @ T_wc).float()
+        kf = sample_keyframes(depth[:-1], K, T_cur[:-1], Nk, cfg.frame_sampling).indices
+        backend.infer(window[-1], [window[int(i)] for i in kf], instruction)
 
+    timings = {}
     with torch.no_grad():
-        cached = model.encode_frames(frames[:-1])
-        timings = {}
-        for name, arg in (("cold", None), ("streaming", cached)):
-            update(arg)  # warm-up
+        for name in ("cold", "streaming"):
+            backend.close()
             times = []
-            for _ in range(args.repeats):
+            for t in range(N - 1, N + args.repeats):
+                if name == "cold":
+                    backend.close()  # nothing cached: every frame of the window is encoded and matched now
+                elif t == N - 1:
+                    for f in frames[: N - 1]:  # the buffered frames arrived before (each encoded on arrival)
+                        backend.frame_geometry(f)
                 t0 = time.perf_counter()
-                update(arg)
+                update(t)
                 times.append((time.perf_counter() - t0) * 1000)
+            times = times[1:]  # the first update warms up
             timings[name] = {"median_ms": statistics.median(times), "p90_ms": sorted(times)[int(0.9 * (len(times) - 1))]}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model = backend.engine.model
     return {"mode": args.mode, **timings, "params": sum(p.numel() for p in model.parameters()),
             "peak_rss_mb": peak_mb, "model_and_run_rss_mb": peak_mb - rss_before / 1024}
 
@@ -92,17 +104,20 @@ def main() -> int:
     parser.add_argument("--size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--no-refinement", action="store_true", help="model.match_refinement=false (networks alone)")
     parser.add_argument("--mode", choices=("rgb_pose", "rgb_only"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
         print(json.dumps(_run_one(args)))
         return 0
     print(f"embedded model update: N_m={args.frames}, N_k={args.keyframes}, {args.size[0]}x{args.size[1]}, batch 1, "
-          f"{args.threads} threads, median of {args.repeats}")
+          f"{args.threads} threads, median of {args.repeats}, match refinement {'off' if args.no_refinement else 'on'}")
     targets = {"rgb_pose": 100.0, "rgb_only": 250.0}
     for mode in ("rgb_pose", "rgb_only"):
         cmd = [sys.executable, __file__, "--mode", mode, "--frames", str(args.frames), "--keyframes", str(args.keyframes),
                "--size", *map(str, args.size), "--threads", str(args.threads), "--repeats", str(args.repeats)]
+        if args.no_refinement:
+            cmd.append("--no-refinement")
         if args.checkpoint:
             cmd += ["--checkpoint", args.checkpoint]
         done = subprocess.run(cmd, capture_output=True, text=True)

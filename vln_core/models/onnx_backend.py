@@ -121,6 +121,9 @@ class OnnxEngine:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
+        # idle worker threads sleep instead of spinning: three sessions' spinning pools took the
+        # node's CPU from ORB matching and DDS (node_latency on 2 cores: p95 307 ms with spinning)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
         for name, spec in GRAPHS.items():
             try:

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             stage("write")
             name = Path(args.source).stem if Path(args.source).is_file() else Path(args.source).resolve().name
             settings = {"source": str(args.source), "instruction": args.instruction, "frames": N, "keyframes": Nk,
-                        "frame_size": list(cfg.video.frame_size), "model_path": args.model_path}
+                        "frame_size": list(cfg.video.frame_size), "model_path": args.model_path,
+                        "match_refinement": bool(cfg.model.match_refinement) and args.backend in ("model", "onnx")}
             written = write_video_outputs(source, result, args.out, name, settings)
     except (ConfigError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)

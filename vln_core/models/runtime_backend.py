@@ -168,6 +168,7 @@ class LearnedBackend(HeatmapBackend):
         self._history: deque[tuple[float, np.ndarray]] = deque(maxlen=64)
         self.last_mode = ""
         self.last_refinement = ""
+        self._depth_scale = 1.0  # the last window's match scale (known poses): keyframe selection uses it too
 
     def output_size(self, current: CameraFrame) -> tuple[int, int]:
         return self.frame_size
@@ -235,8 +236,13 @@ class LearnedBackend(HeatmapBackend):
         return T
 
     def frame_geometry(self, frame: CameraFrame) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(depth (H, W) metres, K (3, 3), T_wc (4, 4))`` for keyframe selection. With known poses
+        the depth takes the last match scale, so that metric poses and depth agree."""
         enc, K = self.encoding(frame)
-        return enc.depth[0].numpy().astype(np.float32), K, self._estimated_pose(frame)
+        depth = enc.depth[0].numpy().astype(np.float32)
+        if frame.T_wc is not None and self.mode != "rgb_only":
+            depth = depth * np.float32(self._depth_scale)
+        return depth, K, self._estimated_pose(frame)
 
     # ------------------------------------------------------------------ update
     def _base_pose(self, frame: CameraFrame, T_wc: np.ndarray) -> np.ndarray:
@@ -279,6 +285,8 @@ class LearnedBackend(HeatmapBackend):
             refined = refine_learned_geometry([self.features(f) for f in keyframes], self.features(current),
                                               key_depth, cur_depth, K, T_cur_key, known, fallback)
             key_depth, cur_depth, T_cur_key = refined.key_depth, refined.cur_depth, refined.T_cur_key.float()
+            if known and refined.scale_points > 0 and float(refined.depth_scale[-1]) != 1.0:
+                self._depth_scale = float(refined.depth_scale[-1])
             self.last_refinement = (f"depth scale {refined.depth_scale[-1]:.3f} from {refined.scale_points} points"
                                     if known else f"{sum(refined.pose_from_matches)}/{len(keyframes)} keyframe poses "
                                     "from PnP")

@@ -146,6 +146,35 @@ def test_dataset_targets_follow_the_geometry(episodes_root, tmp_path):
     assert torch.equal(again["heatmap"], s["heatmap"]) and torch.equal(again["keyframe_indices"], s["keyframe_indices"])
 
 
+def test_crop_augmentation_moves_the_intrinsics_and_every_target_with_the_crop(episodes_root, tmp_path):
+    """A cropped window's targets are those of its own (cropped) depth, intrinsics and poses; the
+    crop differs per window, is the same on a second read, and changes field of view / aspect."""
+    from vln_core.heatmaps import heatmaps_from_config
+    from vln_core.train.augment import crop_window
+
+    plain_cfg = tiny_cfg(episodes_root, tmp_path)
+    crop_cfg = tiny_cfg(episodes_root, tmp_path, "training.augment=true", "training.crop_augment=true")
+    plain = EpisodeWindowDataset(find_episodes([episodes_root]), plain_cfg)
+    cropped = EpisodeWindowDataset(find_episodes([episodes_root]), crop_cfg, augment=True)
+    s, p = cropped[4], plain[4]
+    assert not torch.allclose(s["intrinsics"], p["intrinsics"])  # another field of view / principal point
+    kf = s["keyframe_indices"]
+    T_wc = torch.linalg.inv(s["camera_poses"][-1]) @ s["camera_poses"]  # any world frame will do
+    hm = heatmaps_from_config(s["depth"][kf], s["intrinsics"], T_wc[kf], s["intrinsics"], T_wc[-1], (SIZE, SIZE),
+                              s["depth"][-1], cfg=crop_cfg.heatmap)
+    assert torch.allclose(hm.heatmap, s["heatmap"], atol=1e-6)
+    assert torch.equal(cropped[4]["intrinsics"], s["intrinsics"])  # deterministic per window
+    assert not torch.equal(cropped[5]["intrinsics"], s["intrinsics"])
+    # the crop itself: pixel (u, v) of the crop is pixel (u + x0, v + y0) of the image
+    image = np.arange(40 * 60 * 3, dtype=np.uint16).reshape(40, 60, 3)
+    K = np.array([[50.0, 0, 29.5], [0, 50.0, 19.5], [0, 0, 1]])
+    colors, depths, K2 = crop_window([image], [None], K, np.random.default_rng(0))
+    x0, y0 = int(round(K[0, 2] - K2[0, 2])), int(round(K[1, 2] - K2[1, 2]))
+    h, w = colors[0].shape[:2]
+    assert depths == [None] and np.array_equal(colors[0], image[y0:y0 + h, x0:x0 + w])
+    assert np.array_equal(K2[:2, :2], K[:2, :2])
+
+
 def test_motion_targets_hand_computed():
     # straight line along world +x at 1 m/s, 1 Hz, then a 90 deg left turn of the base frame
     poses = np.stack([_base_pose(float(i), 0.0, 0.0) for i in range(5)])

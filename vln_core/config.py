@@ -241,6 +241,8 @@ class TrainingConfig:
     frame_stride: int = 1  # episode frames between consecutive buffered frames of a window
     max_grad_norm: float = 1.0  # 0 disables clipping
     augment: bool = False  # camera-like photometric augmentation of training windows (vln_core.train.augment)
+    # with augment: one random crop per window (field of view and pixel aspect vary; targets follow)
+    crop_augment: bool = False
     pose_known_fraction: float = 0.5  # share of training windows given their true poses (RGB + pose mode)
     min_lr_ratio: float = 0.05  # cosine decays to learning_rate * min_lr_ratio
     log_every: int = 10

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["CameraAugmentation", "camera_augment"]
+__all__ = ["CameraAugmentation", "camera_augment", "CropAugmentation", "crop_window"]
 
 
 @dataclass(frozen=True)
@@ -70,3 +70,43 @@ def camera_augment(frames: torch.Tensor, rng: np.random.Generator,
             if ok:
                 x[i] = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) / 255.0
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+@dataclass(frozen=True)
+class CropAugmentation:
+    """Ranges of the geometric augmentation :func:`crop_window`."""
+
+    area: tuple[float, float] = (0.45, 1.0)  # crop area as a fraction of the image
+    aspect: tuple[float, float] = (0.75, 1.4)  # crop (w/h) over image (w/h), log-uniform
+
+
+def crop_window(colors, depths, K: np.ndarray, rng: np.random.Generator,
+                params: CropAugmentation = CropAugmentation()) -> tuple[list, list, np.ndarray]:
+    """One random crop, the same for every frame of a window, with the intrinsics moved along.
+
+    The simulator renders one field of view with square pixels; robots have others, and a 4:3
+    camera resized to the square network input has pixels 4:3 wide. Cropping before the resize
+    to the network size varies both (a crop of another aspect ends up stretched or squeezed), and
+    because depth, intrinsics and therefore every reprojected target follow the crop, all targets
+    stay exact.
+
+    Args:
+        colors: ``N`` images ``(h, w, 3)``; depths: ``N`` maps ``(h, w)`` (or None entries).
+        K: ``(3, 3)`` intrinsics of the ``(h, w)`` grid.
+
+    Returns:
+        ``(colors, depths, K)`` of the crop (the principal point shifted by the crop's corner).
+    """
+    h, w = np.asarray(colors[0]).shape[:2]
+    area = rng.uniform(*params.area)
+    aspect = float(np.exp(rng.uniform(np.log(params.aspect[0]), np.log(params.aspect[1]))))
+    cw = int(round(min(w, w * np.sqrt(area * aspect))))
+    ch = int(round(min(h, h * np.sqrt(area / aspect))))
+    x0 = int(rng.integers(0, w - cw + 1))
+    y0 = int(rng.integers(0, h - ch + 1))
+    K2 = np.array(K, dtype=np.float64, copy=True)
+    K2[0, 2] -= x0
+    K2[1, 2] -= y0
+    crop_colors = [np.ascontiguousarray(np.asarray(c)[y0:y0 + ch, x0:x0 + cw]) for c in colors]
+    crop_depths = [None if d is None else np.ascontiguousarray(np.asarray(d)[y0:y0 + ch, x0:x0 + cw]) for d in depths]
+    return crop_colors, crop_depths, K2

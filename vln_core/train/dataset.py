@@ -52,7 +52,7 @@ from vln_core.heatmaps import heatmaps_from_config
 from vln_core.models.geometry_encoder import extrinsics_intrinsics_to_pose_encoding
 from vln_core.preprocess import preprocess_frames
 from vln_core.sampling import sample_keyframes
-from vln_core.train.augment import camera_augment
+from vln_core.train.augment import camera_augment, crop_window
 
 __all__ = [
     "NUM_WAYPOINTS",
@@ -358,7 +358,13 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
         episode = entry.episode
         frame_idx = self._window_frames(t)
         colors, depths = zip(*(self._frame(e, int(i)) for i in frame_idx))
-        pre = preprocess_frames(colors, depths, episode.K, self.frame_size)
+        # one stream per (seed, episode, window end): the same window always gets the same camera
+        key = int(hashlib.sha1(f"{episode.path.name}:{t}".encode()).hexdigest()[:8], 16)
+        K_src = episode.K
+        if self.augment and self.cfg.training.crop_augment:
+            colors, depths, K_src = crop_window(colors, depths, np.asarray(episode.K),
+                                                np.random.default_rng([self.cfg.training.seed, key, 1]))
+        pre = preprocess_frames(colors, depths, K_src, self.frame_size)
         T_wc = torch.as_tensor(episode.poses[frame_idx], dtype=torch.float32)
         if keyframe_frames is None:
             key_idx = self._keyframes(pre.depths, pre.K, T_wc)
@@ -374,8 +380,6 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
         T_cur_cam = invert_pose(T_wc[-1]) @ T_wc
         frames = pre.frames
         if self.augment:
-            # one stream per (seed, episode, window end): the same window always gets the same camera
-            key = int(hashlib.sha1(f"{episode.path.name}:{t}".encode()).hexdigest()[:8], 16)
             frames = camera_augment(frames, np.random.default_rng([self.cfg.training.seed, key]))
         pose_enc = extrinsics_intrinsics_to_pose_encoding(T_cur_cam, pre.K.expand(len(frame_idx), 3, 3),
                                                           self.frame_size)

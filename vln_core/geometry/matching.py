@@ -28,6 +28,7 @@ __all__ = [
     "orb_matches",
     "triangulate_matches",
     "sample_depth",
+    "lift_pixels",
     "pose_from_depth_matches",
 ]
 
@@ -152,6 +153,12 @@ def sample_depth(depth: np.ndarray, uv: np.ndarray, window: int = 3) -> np.ndarr
     return np.where(np.isfinite(out) & centre_inside, out, 0.0)
 
 
+def lift_pixels(uv: np.ndarray, z: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """``(M, 3)`` camera points of pixels ``uv (M, 2)`` at depths ``z (M,)`` (metres along +z)."""
+    rays = np.linalg.inv(K) @ np.vstack([uv.T, np.ones(len(uv))])
+    return (rays * z).T
+
+
 def pose_from_depth_matches(pk: np.ndarray, pc: np.ndarray, depth_key: np.ndarray, K: np.ndarray,
                             reprojection_px: float = 3.0, min_inliers: int = MIN_MATCHES
                             ) -> tuple[Optional[np.ndarray], np.ndarray]:
@@ -172,8 +179,7 @@ def pose_from_depth_matches(pk: np.ndarray, pc: np.ndarray, depth_key: np.ndarra
     ok = np.flatnonzero(z > 0)
     if len(ok) < min_inliers:
         return none
-    rays = np.linalg.inv(K) @ np.vstack([pk[ok].T, np.ones(len(ok))])
-    obj = (rays * z[ok]).T.astype(np.float64)
+    obj = lift_pixels(pk[ok], z[ok], K).astype(np.float64)
     img = pc[ok].astype(np.float64)
     Kd = K.astype(np.float64)
     found, rvec, tvec, inliers = cv2.solvePnPRansac(obj, img, Kd, None, reprojectionError=reprojection_px,

@@ -34,6 +34,7 @@ import torch
 
 from vln_core.geometry.matching import (
     OrbFeatures,
+    lift_pixels,
     match_features,
     pose_from_depth_matches,
     sample_depth,
@@ -53,8 +54,8 @@ class RefinedGeometry:
 
     ``depth_scale (K + 1,)`` is the factor applied to each keyframe's and the current frame's
     predicted depth (1 where unobservable; RGB only: the keyframes are brought to the current
-    frame's scale); ``scale_points`` the triangulated points (RGB + pose) or PnP inliers (RGB only)
-    behind it; ``pose_from_matches (K,)`` which keyframe poses came from PnP.
+    frame's scale); ``scale_points`` the matches that fit and constrain the scale (RGB + pose) or
+    the PnP inliers (RGB only) behind it; ``pose_from_matches (K,)`` which keyframe poses came from PnP.
     """
 
     key_depth: torch.Tensor
@@ -113,7 +114,6 @@ def depth_scale_from_matches(matches: Sequence[tuple[np.ndarray, np.ndarray]], k
         ``(scale, informative inliers)``; the scale is NaN when fewer than
         :data:`MIN_SCALE_POINTS` matches both fit it and constrain it (a pure rotation).
     """
-    K_inv = np.linalg.inv(K)
     A, t, targets = [], [], []
     for k, (pk, pc) in enumerate(matches):
         if len(pk) == 0:
@@ -123,20 +123,16 @@ def depth_scale_from_matches(matches: Sequence[tuple[np.ndarray, np.ndarray]], k
             z = sample_depth(depth, src)
             ok = z > 0
             if ok.any():
-                rays = (K_inv @ np.vstack([src[ok].T, np.ones(int(ok.sum()))])) * z[ok]  # (3, m) source camera
-                A.append((pose[:3, :3] @ rays).T)
+                A.append(lift_pixels(src[ok], z[ok], K) @ pose[:3, :3].T)  # rotated into the target camera
                 t.append(np.broadcast_to(pose[:3, 3], (int(ok.sum()), 3)))
                 targets.append(dst[ok])
     if not A:
         return float("nan"), 0
     A, t, target = np.concatenate(A), np.concatenate(t), np.concatenate(targets)
 
-    def errors(indices: np.ndarray) -> np.ndarray:  # (S, M) reprojection errors at SCALE_GRID[indices]
+    def total(indices: np.ndarray) -> np.ndarray:  # (S,) truncated cost at SCALE_GRID[indices]
         e = np.linalg.norm(_project_at_scales(A, t, K, SCALE_GRID[indices]) - target[None], axis=-1)
-        return np.where(np.isfinite(e), e, 1e9)
-
-    def total(indices: np.ndarray) -> np.ndarray:
-        return (np.minimum(errors(indices), SCALE_COST_PX) ** 2).sum(1)
+        return (np.minimum(np.where(np.isfinite(e), e, 1e9), SCALE_COST_PX) ** 2).sum(1)
 
     last = len(SCALE_GRID) - 1
     coarse = np.arange(0, len(SCALE_GRID), SCALE_COARSE_STEP)
@@ -146,10 +142,10 @@ def depth_scale_from_matches(matches: Sequence[tuple[np.ndarray, np.ndarray]], k
     best = int(fine[np.argmin(fine_cost)])
     # informative inliers: fit at the best scale, and move when the scale doubles or halves
     step = int(round(np.log(2.0) / (np.log(SCALE_GRID[1]) - np.log(SCALE_GRID[0]))))
-    e = errors(np.array([max(best - step, 0), best, min(best + step, last)]))
     proj = _project_at_scales(A, t, K, SCALE_GRID[[max(best - step, 0), best, min(best + step, last)]])
+    fit = np.linalg.norm(proj[1] - target, axis=-1) < SCALE_COST_PX  # inf (behind the camera) never fits
     moves = np.maximum(np.linalg.norm(proj[0] - proj[1], axis=-1), np.linalg.norm(proj[2] - proj[1], axis=-1))
-    informative = int(((e[1] < SCALE_COST_PX) & (moves >= SCALE_SENSITIVITY_PX)).sum())
+    informative = int((fit & (moves >= SCALE_SENSITIVITY_PX)).sum())
     if informative < MIN_SCALE_POINTS or best in (0, last):
         return float("nan"), informative
     i = int(np.searchsorted(fine, best))
@@ -203,11 +199,9 @@ def refine_learned_geometry(key_features: Sequence[OrbFeatures], cur_features: O
             used += len(inliers)
             # bring the keyframe (depth and translation) to the current frame's depth scale, so
             # that the hidden/visible test compares like with like
-            z_k = sample_depth(kd[k], pk[inliers])
-            X_c = T_pnp[:3, :3] @ (np.linalg.inv(Kn) @ np.vstack([pk[inliers].T, np.ones(len(inliers))]) * z_k) \
-                + T_pnp[:3, 3:4]
+            z_c = lift_pixels(pk[inliers], sample_depth(kd[k], pk[inliers]), Kn) @ T_pnp[2, :3] + T_pnp[2, 3]
             pred_c = sample_depth(cd, pc[inliers])
-            s_k, _ = _robust_scale([pred_c / np.where(X_c[2] > 0, X_c[2], np.nan)])
+            s_k, _ = _robust_scale([pred_c / np.where(z_c > 0, z_c, np.nan)])
             if np.isfinite(s_k):
                 scale[k] = s_k
                 T[k, :3, 3] *= s_k

@@ -252,6 +252,23 @@ class LearnedBackend(HeatmapBackend):
             return T_wc @ self.T_cam_base
         return optical_to_body_pose(torch.from_numpy(T_wc)).numpy()
 
+    def _unmatched_keyframe_poses(self, keyframes: list[CameraFrame], encs: list, T_wc_cur: np.ndarray) -> torch.Tensor:
+        """RGB only: ``T_cur_key (K, 4, 4)`` before (or without) direct matching. With the match
+        refinement, the chained odometry where the keyframe is in it, the network's pose head
+        only for the others (it is the last resort); without, the pose head for all."""
+        chained: list[Optional[np.ndarray]] = [None] * len(keyframes)
+        if self.refine:
+            chained = [np.linalg.inv(T_wc_cur) @ self._vo_pose[f.seq] if f.seq in self._vo_pose else None
+                       for f in keyframes]
+        need = [i for i, c in enumerate(chained) if c is None]
+        poses = [None if c is None else torch.from_numpy(c).float() for c in chained]
+        if need:
+            pose_k = torch.cat([encs[i][0].pose_features for i in need])
+            predicted = self.engine.relative_poses(pose_k, encs[-1][0].pose_features.expand_as(pose_k)).float()
+            for j, i in enumerate(need):
+                poses[i] = predicted[j]
+        return torch.stack(poses)
+
     def infer(self, current: CameraFrame, keyframes: list[CameraFrame], instruction: str) -> BackendResult:
         """Heatmaps ``(K, H, W)`` on ``video.frame_size``, goal heatmap ``(H, W)`` (sums to 1) and
         waypoints ``(20, 2)`` (x forward, y left, metres, base frame at the current stamp)."""
@@ -265,25 +282,17 @@ class LearnedBackend(HeatmapBackend):
         if self.mode == "rgb_pose" and not known:
             missing = [f.seq for f in frames if f.T_wc is None]
             raise InputError(f"{self.name} backend (learned_mode rgb_pose): frames {missing} have no pose")
+        T_wc_cur = self._estimated_pose(current)
         if known:
             T_wc = torch.from_numpy(np.stack([np.asarray(f.T_wc, dtype=np.float64) for f in frames]))
             T_cur_key = (invert_pose(T_wc[-1]) @ T_wc[:-1]).float()
         else:
-            pose_k = torch.cat([e.pose_features for e, _ in encs[:-1]])
-            pose_c = encs[-1][0].pose_features.expand_as(pose_k)
-            T_cur_key = self.engine.relative_poses(pose_k, pose_c).float()
+            T_cur_key = self._unmatched_keyframe_poses(keyframes, encs, T_wc_cur)
         self.last_mode = "rgb_pose" if known else "rgb_only"
-        T_wc_cur = self._estimated_pose(current)
         key_depth, cur_depth = depth[:-1].float(), depth[-1].float()
         if self.refine:
-            fallback = None
-            if not known:  # chained odometry for keyframes that no longer match the current view
-                chained = [np.linalg.inv(T_wc_cur) @ self._vo_pose[f.seq] if f.seq in self._vo_pose else None
-                           for f in keyframes]
-                fallback = torch.stack([torch.from_numpy(c).float() if c is not None else T_cur_key[i]
-                                        for i, c in enumerate(chained)])
             refined = refine_learned_geometry([self.features(f) for f in keyframes], self.features(current),
-                                              key_depth, cur_depth, K, T_cur_key, known, fallback)
+                                              key_depth, cur_depth, K, T_cur_key, known)
             key_depth, cur_depth, T_cur_key = refined.key_depth, refined.cur_depth, refined.T_cur_key.float()
             if known and refined.scale_points > 0 and float(refined.depth_scale[-1]) != 1.0:
                 self._depth_scale = float(refined.depth_scale[-1])

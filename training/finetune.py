@@ -8,7 +8,9 @@
 
 A run resumes from ``<training.output_dir>/last.pt`` when it exists (``--fresh`` ignores it and
 moves the earlier run's checkpoints, logs and config into ``<output_dir>/previous_<UTC time>/``,
-printing which; nothing is deleted. ``--resume FILE`` names another checkpoint). Progress: a tqdm bar, TensorBoard logs under
+printing which; nothing is deleted. Without ``last.pt`` a run starts at step 0 and moves an earlier
+run's files (e.g. a lone ``best.pt``, or the log of a run killed before its first save) aside the same
+way. ``--resume FILE`` names another checkpoint). Progress: a tqdm bar, TensorBoard logs under
 ``<output_dir>/tb``, ``train_log.jsonl`` / ``eval_log.jsonl``, the config as ``config.yaml``.
 """
 from __future__ import annotations

@@ -540,16 +540,22 @@ def init_distributed_from_env() -> tuple[int, int]:
 def run_training(cfg: VLNConfig, resume: Optional[str] = "auto", progress: bool = True) -> Trainer:
     """Train as configured (single process, or one rank of a torchrun job); returns the trainer.
 
-    ``resume=None`` (a fresh run) first moves an earlier run's files in ``training.output_dir``
-    aside (:func:`set_aside_previous_run`) and prints where."""
+    A run that starts from step 0 (``resume=None``, or ``"auto"`` without ``last.pt``) first moves
+    an earlier run's files in ``training.output_dir`` aside (:func:`set_aside_previous_run`: a
+    ``best.pt`` or logs it did not write) and prints where."""
     rank, world_size = init_distributed_from_env()
     try:
         trainer = Trainer(cfg, rank=rank, world_size=world_size, resume=resume, progress=progress)
-        if resume is None and rank == 0:  # after the checks: a run that cannot start moves nothing
+        # a run that starts from scratch (--fresh, or "auto" with no last.pt to resume from: e.g. a
+        # folder holding only an earlier best.pt, or a run killed before its first save) must not
+        # overwrite or append to files it did not write: they are moved aside, never deleted.
+        # After the checks: a run that cannot start moves nothing.
+        if trainer.resumed_from is None and rank == 0:
             moved = set_aside_previous_run(cfg.training.output_dir)
             if moved is not None:
                 names = ", ".join(sorted(p.name for p in moved.iterdir()))
-                print(f"fresh run: moved the earlier run's files ({names}) to {moved}", flush=True)
+                why = "fresh run" if resume is None else f"no {LAST_CHECKPOINT} to resume from, starting at step 0"
+                print(f"{why}: moved the earlier run's files ({names}) to {moved}", flush=True)
         trainer.fit()
         trainer.close()
         return trainer

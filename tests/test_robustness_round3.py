@@ -1,0 +1,60 @@
+"""Issue 19, offline side: nothing lost, nothing silent (training folders, damaged bags, checkpoints,
+exports, recordings, default configs, pose tolerance). Every broken file is made by the test itself."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_robustness_data import REPO, SIZE, _load_script, _one_clear_line, _run, box_episodes  # noqa: F401
+
+
+def _finetune_overrides(episodes: Path, out: Path, *extra: str) -> list[str]:
+    return ["video.total_frames=3", "video.keyframes=2", f"video.frame_size=[{SIZE},{SIZE}]",
+            "frame_sampling.max_points_per_frame=512", "training.device=cpu", "training.num_workers=0",
+            f"training.data_dirs=[{episodes}]", f"training.output_dir={out}",
+            "training.eval_fraction=0.34", "training.batch_size=2", "training.max_steps=2",
+            "training.eval_max_samples=2", "training.eval_data_dirs=[]", "training.frame_stride=1",
+            "training.log_every=1", *extra]
+
+
+# ----------------------------------------------------------------------------- items 1 and 13
+def test_a_best_pt_the_run_did_not_write_is_moved_aside_not_replaced(box_episodes, tmp_path, capsys):
+    """A folder with an earlier best.pt but no last.pt: the run starts at step 0 (nothing to resume)
+    and must not overwrite that best.pt; it is moved aside as --fresh does, and the run says so."""
+    finetune = _load_script("training/finetune.py")
+    out = tmp_path / "R"
+    out.mkdir()
+    (out / "best.pt").write_bytes(b"somebody else's best model")
+    torch.set_num_threads(1)
+    assert finetune.main(["--config", "configs/train_embedded.yaml", "--no-progress",
+                          *_finetune_overrides(box_episodes, out)]) == 0
+    printed = capsys.readouterr().out
+    aside = [p for p in out.iterdir() if p.name.startswith("previous_")]
+    assert len(aside) == 1 and (aside[0] / "best.pt").read_bytes() == b"somebody else's best model"
+    lines = [line for line in printed.splitlines() if str(aside[0]) in line]
+    assert len(lines) == 1 and "best.pt" in lines[0] and "no last.pt" in lines[0], printed
+    assert (out / "best.pt").is_file() and (out / "best.pt").read_bytes() != b"somebody else's best model"
+
+
+def test_a_run_killed_before_its_first_checkpoint_logs_each_step_once(box_episodes, tmp_path, capsys):
+    """What a SIGKILL before the first save leaves: a train_log.jsonl and no last.pt. The next run
+    starts at step 0 again; its log must not list steps 1-2 twice (the old log is moved aside)."""
+    finetune = _load_script("training/finetune.py")
+    out = tmp_path / "R"
+    out.mkdir()
+    killed_log = '{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 8.9}\n{"step": 3, "lo'
+    (out / "train_log.jsonl").write_text(killed_log)
+    torch.set_num_threads(1)
+    assert finetune.main(["--config", "configs/train_embedded.yaml", "--no-progress",
+                          *_finetune_overrides(box_episodes, out)]) == 0
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    aside = [p for p in out.iterdir() if p.name.startswith("previous_")]
+    assert len(aside) == 1 and (aside[0] / "train_log.jsonl").read_text() == killed_log
+    assert str(aside[0]) in capsys.readouterr().out

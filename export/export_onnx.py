@@ -14,8 +14,10 @@ The model and the frame size come from the checkpoint's own config unless ``--co
 ``key=value`` overrides are given. ``--allow-random-init`` without ``--checkpoint`` exports random
 weights on purpose (pipeline check, timing only). A checkpoint of the earlier token model
 (``model.name=embedded_tokens``) is exported as before, as one file (``--out x.onnx``).
-Bad input (missing checkpoint, unknown model, an ``--out`` that is not an export folder) exits
-with status 2 and one line; a graph that differs from PyTorch exits with status 1.
+Bad input (missing or damaged checkpoint, unknown model, an ``--out`` that is not an export folder)
+exits with status 2 and one line; a graph that differs from PyTorch exits with status 1. A run
+first restores an export that a killed run left in ``.<name>.old-*`` (``--out`` missing) and
+removes the ``.<name>.tmp-*`` / ``.old-*`` folders of killed runs, saying so.
 """
 from __future__ import annotations
 
@@ -100,6 +102,20 @@ def time_reprojection(model, folder: Path, runs: int, threads: int, keyframes: i
         "ort_heads": median_seconds(ort_update, runs),
         "torch_heads": median_seconds(torch_update, runs),
     }
+
+
+def recover_interrupted_export(out: Path | None) -> None:
+    """Before anything else: put back an export that a run killed between its two renames left
+    in ``.<name>.old-*`` (``--out`` missing), and remove the ``.<name>.tmp-*`` / ``.<name>.old-*``
+    folders killed runs left behind (only folders holding nothing but export files); one line each."""
+    from vln_core.atomic import recover_folder_swap
+    from vln_core.models.reprojection_export import DEFAULT_EXPORT_DIR, GRAPHS
+
+    out = out if out is not None else DEFAULT_EXPORT_DIR
+    if out.suffix == ".onnx":
+        return
+    for line in recover_folder_swap(out, [spec.file for spec in GRAPHS.values()] + ["meta.json", "engines"]):
+        print(f"export: {line}", flush=True)
 
 
 def export_reprojection_cli(args, cfg) -> int:
@@ -229,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.opset is not None and not 14 <= args.opset <= 20:
         return fail(f"--opset must be in [14, 20], got {args.opset}")
     try:
+        recover_interrupted_export(Path(args.out) if args.out else None)
         explicit = bool(args.config or args.overrides)
         cfg = load_config(args.config or (str(REPO / "configs/train_embedded.yaml") if not args.checkpoint else None),
                           args.overrides) if (explicit or not args.checkpoint) else None

@@ -58,3 +58,66 @@ def test_a_run_killed_before_its_first_checkpoint_logs_each_step_once(box_episod
     aside = [p for p in out.iterdir() if p.name.startswith("previous_")]
     assert len(aside) == 1 and (aside[0] / "train_log.jsonl").read_text() == killed_log
     assert str(aside[0]) in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- item 11
+def _damage(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(data)
+
+
+def test_a_checkpoint_with_damaged_bytes_or_non_finite_weights_is_refused_in_one_line(tmp_path):
+    from vln_core.errors import InputError
+    from vln_core.models.shipped import SHIPPED_CHECKPOINT, load_model_checkpoint
+    from vln_core.train.checkpoint import load_checkpoint, save_checkpoint
+
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(SHIPPED_CHECKPOINT.read_bytes())
+    _damage(damaged, damaged.stat().st_size // 2, b"\x5a" * 64)  # inside some tensor's bytes
+    with pytest.raises(InputError) as err:
+        load_model_checkpoint(damaged)
+    assert "CRC" in str(err.value) and str(damaged) in str(err.value) and "\n" not in str(err.value)
+
+    nan = tmp_path / "nan.pt"
+    save_checkpoint(nan, {"model": {"a.weight": torch.ones(3), "b.weight": torch.tensor([1.0, float("nan"), float("inf")])}})
+    with pytest.raises(InputError, match=r"non-finite weights: 'b.weight' holds 2 NaN/inf"):
+        load_checkpoint(nan)
+    fine = tmp_path / "fine.pt"
+    save_checkpoint(fine, {"model": {"a.weight": torch.ones(3)}})
+    assert torch.equal(load_checkpoint(fine)["model"]["a.weight"], torch.ones(3))
+
+
+# ----------------------------------------------------------------------------- item 12
+def test_export_restores_what_a_killed_swap_left_and_removes_its_temporaries(tmp_path):
+    """A SIGKILL between the export's two renames leaves the previous export in
+    ``.<name>.old-XXXXXXXX/<name>`` and nothing at --out; a kill earlier leaves ``.<name>.tmp-*``.
+    The next run (here one that then stops at a damaged checkpoint, exit 2) puts the export back
+    and removes the temporaries, and leaves folders that are not its own alone."""
+    from vln_core.models.shipped import SHIPPED_CHECKPOINT
+
+    out = tmp_path / "exports" / "embedded"
+    out.parent.mkdir()
+    old = out.parent / ".embedded.old-k3x9a0qz"
+    (old / "embedded" / "engines").mkdir(parents=True)
+    graphs = {"encoder.onnx": b"enc", "pose_head.onnx": b"pose", "goal_waypoints.onnx": b"goal", "meta.json": b"{}"}
+    for name, data in graphs.items():
+        (old / "embedded" / name).write_bytes(data)
+    tmp_new = out.parent / ".embedded.tmp-0a1b2c3d"  # the complete new export, never swapped in
+    tmp_new.mkdir()
+    (tmp_new / "encoder.onnx").write_bytes(b"half")
+    not_ours = [out.parent / ".embedded.tmp-notes", out.parent / ".embedded.tmp-abcdefgh"]
+    not_ours[0].mkdir()
+    not_ours[1].mkdir()
+    (not_ours[1] / "my_notes.txt").write_text("keep me")
+
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(SHIPPED_CHECKPOINT.read_bytes())
+    _damage(damaged, damaged.stat().st_size // 2, b"\x5a" * 64)
+    proc = _run("export/export_onnx.py", "--checkpoint", str(damaged), "--out", str(out), "--runs", "0")
+    _one_clear_line(proc, str(damaged), "CRC")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == graphs
+    assert (out / "engines").is_dir()
+    assert not old.exists() and not tmp_new.exists()
+    assert all(p.exists() for p in not_ours), "removed a folder that is not the export's own"
+    assert f"restored {out}" in proc.stdout and ".embedded.tmp-0a1b2c3d" in proc.stdout

@@ -9,12 +9,14 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "fsync_dir", "remove_stale_temporaries"]
+__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "fsync_dir", "remove_stale_temporaries",
+           "recover_folder_swap"]
 
 # tempfile.mkstemp names: prefix + 8 characters of this alphabet + suffix
 _TMP_RANDOM = re.compile(r"[a-z0-9_]{8}")
@@ -94,3 +96,54 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) ->
                 candidate.unlink(missing_ok=True)
                 removed.append(candidate)
     return removed
+
+
+def _our_temporary_folder(path: Path, prefix: str, allowed: Iterable[str]) -> bool:
+    """``path`` is a folder ``tempfile.mkdtemp(prefix=prefix)`` made and holds only ``allowed`` names."""
+    middle = path.name[len(prefix):]
+    if not (path.name.startswith(prefix) and _TMP_RANDOM.fullmatch(middle) and path.is_dir() and not path.is_symlink()):
+        return False
+    allowed = set(allowed)
+    return all(child.name in allowed for child in path.iterdir())
+
+
+def recover_folder_swap(out: str | os.PathLike, contents: Iterable[str]) -> list[str]:
+    """Undo what a killed folder swap left beside ``out`` (an export written as
+    ``.<name>.tmp-XXXXXXXX`` and swapped in by renaming ``out`` to ``.<name>.old-XXXXXXXX/<name>``,
+    then the new folder to ``out``, then removing the old one).
+
+    * ``out`` is missing and an ``.old-*`` folder holds the previous ``<name>``: the process died
+      between the two renames; the previous folder is put back at ``out``.
+    * ``out`` exists: ``.old-*`` folders are leftovers of a swap that completed; removed.
+    * ``.tmp-*`` folders: unfinished writes of a killed run; removed.
+
+    Only folders of exactly the ``mkdtemp`` shape whose entries are all in ``contents`` (the names
+    the writer creates) are touched; anything else is left alone. Call it only while no other
+    process writes ``out``. Returns one line per action taken (for the caller to print).
+    """
+    out = Path(out)
+    parent = out.parent
+    if not parent.is_dir():
+        return []
+    contents = set(contents)
+    done: list[str] = []
+    old_prefix, tmp_prefix = f".{out.name}.old-", f".{out.name}.tmp-"
+    olds = sorted((p for p in parent.glob(f"{glob.escape(old_prefix)}*")
+                   if _our_temporary_folder(p, old_prefix, {out.name})
+                   and (not (p / out.name).exists()
+                        or all(c.name in contents for c in (p / out.name).iterdir()))),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in olds:
+        inner = old / out.name
+        if not out.exists() and inner.is_dir():
+            os.rename(inner, out)
+            fsync_dir(parent)
+            done.append(f"restored {out} from {old.name} (an earlier run was killed while replacing it)")
+        shutil.rmtree(old, ignore_errors=True)
+        if not any(line.startswith("restored") and old.name in line for line in done):
+            done.append(f"removed {old.name} (the replaced folder of an earlier run)")
+    for tmp in parent.glob(f"{glob.escape(tmp_prefix)}*"):
+        if _our_temporary_folder(tmp, tmp_prefix, contents):
+            shutil.rmtree(tmp, ignore_errors=True)
+            done.append(f"removed {tmp.name} (the unfinished folder of a killed run)")
+    return done

@@ -121,3 +121,19 @@ def test_export_restores_what_a_killed_swap_left_and_removes_its_temporaries(tmp
     assert not old.exists() and not tmp_new.exists()
     assert all(p.exists() for p in not_ours), "removed a folder that is not the export's own"
     assert f"restored {out}" in proc.stdout and ".embedded.tmp-0a1b2c3d" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- item 10
+@pytest.mark.parametrize("script, args, needle", [
+    ("tools/infer_video.py", ["{tmp}/no_such_video.mp4", "--out", "{tmp}/out"], "no_such_video.mp4"),
+    ("training/evaluate.py", ["--data", "{tmp}/no_such_data", "--out", "{tmp}/out", "--constant-depth", "2.0"],
+     "no_such_data"),
+])
+def test_scripts_find_their_default_config_from_any_folder(tmp_path, script, args, needle):
+    """Run from outside the repository, the scripts still find their default config (repository-
+    relative) and get as far as the input the user named."""
+    argv = [a.format(tmp=tmp_path) for a in args]
+    proc = subprocess.run([sys.executable, str(REPO / script), *argv], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert "config file not found" not in proc.stderr, proc.stderr[-2000:]
+    _one_clear_line(proc, needle)

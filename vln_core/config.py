@@ -29,6 +29,9 @@ import yaml
 
 from vln_core.atomic import atomic_write_text
 
+#: The repository (or source tree) root: relative default config paths of the scripts are resolved here.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 T = TypeVar("T")
 
 
@@ -536,7 +539,13 @@ def save_config(cfg: Any, path: str | os.PathLike) -> None:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    """``--config FILE`` plus trailing ``key.sub=value`` overrides, for every script."""
+    """``--config FILE`` plus trailing ``key.sub=value`` overrides, for every script.
+
+    A relative ``default`` names a file of this repository (``configs/train_embedded.yaml``) and
+    is resolved against the repository root, so a script finds its default config from any
+    current folder; a ``--config`` the user types stays relative to the current folder."""
+    if default is not None and not os.path.isabs(default):
+        default = str(REPO_ROOT / default)
     parser.add_argument("--config", default=default, help="YAML config file (plain or ROS parameter file)")
     parser.add_argument(
         "overrides", nargs="*", default=[], metavar="KEY=VALUE",

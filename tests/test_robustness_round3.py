@@ -137,3 +137,51 @@ def test_scripts_find_their_default_config_from_any_folder(tmp_path, script, arg
                           cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert "config file not found" not in proc.stderr, proc.stderr[-2000:]
     _one_clear_line(proc, needle)
+
+
+# ----------------------------------------------------------------------------- item 7
+def _posed_folder_with_rotation(folder: Path, n: int, off: float, bad_frame: int = 1) -> Path:
+    """A posed folder whose frame ``bad_frame`` pose is ``off`` away from orthonormal (the rotation
+    written with few digits, as KinectFusion / SfM exports store it)."""
+    import cv2
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    (folder / "intrinsics.K.txt").write_text("14.0 0 7.5\n0 14.0 7.5\n0 0 1\n")
+    c, s = np.cos(0.3), np.sin(0.3)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"frame-{i:06d}.color.png"), np.full((16, 16, 3), 40 * i % 255, np.uint8))
+        cv2.imwrite(str(folder / f"frame-{i:06d}.depth.png"), np.full((16, 16), 1000 + 100 * i, np.uint16))
+        T = np.eye(4)
+        T[:3, :3] = [[c, 0, s], [0, 1, 0], [-s, 0, c]]
+        T[0, 3] = 0.01 * i
+        if i == bad_frame:
+            T[0, 0] += off
+        np.savetxt(folder / f"frame-{i:06d}.pose.txt", T, fmt="%.6f")
+    return folder
+
+
+def _replay_folder(folder: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    from ros_helpers import ros_env, unique_domain_id
+
+    return subprocess.run([sys.executable, "-m", "vln_heatmap.replay", str(folder), "--rate", "4", "--wait-for-node", "0", "--linger", "0"],
+                          capture_output=True, text=True, cwd=REPO, env=ros_env(unique_domain_id()), timeout=120)
+
+
+@pytest.mark.ros
+def test_poses_a_little_off_orthonormal_are_replayed_and_loaded_the_same_everywhere(tmp_path):
+    import numpy as np
+
+    from vln_core.data.posed_images import load_posed_sequence
+
+    folder = _posed_folder_with_rotation(tmp_path / "seq", 3, off=1.5e-4)
+    seq = load_posed_sequence(folder)
+    for T in np.asarray(seq.poses):  # re-orthonormalised
+        assert np.abs(T[:3, :3] @ T[:3, :3].T - np.eye(3)).max() < 1e-12
+    proc = _replay_folder(folder, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "published 3 frames" in proc.stdout, proc.stdout
+
+    bad = _posed_folder_with_rotation(tmp_path / "bad", 3, off=0.05)
+    proc = _replay_folder(bad, tmp_path)
+    _one_clear_line(proc, "frame-000001.pose.txt", "error 9.80e-02", "tolerance 0.01")

@@ -26,7 +26,7 @@ import numpy as np
 
 from vln_core.errors import InputError
 from vln_core.geometry.reproject import depth_from_uint16_mm
-from vln_core.geometry.transforms import matrix_to_quat
+from vln_core.geometry.transforms import ROTATION_TOLERANCE, matrix_to_quat, nearest_rotation, rotation_error
 
 __all__ = [
     "ImageEncoding",
@@ -406,7 +406,8 @@ def pose_fields_to_matrix(position: Any, orientation: Any, quat_tolerance: float
 def matrix_to_pose_fields(T: Any) -> tuple[tuple[float, float, float], tuple[float, float, float, float]]:
     """``(4, 4)`` rigid transform -> ``((x, y, z), (qx, qy, qz, qw))`` with ``qw >= 0``.
 
-    Raises :class:`InputError` when the upper-left block is not a rotation.
+    Raises :class:`InputError` when the upper-left block is not a rotation within
+    :data:`~vln_core.geometry.transforms.ROTATION_TOLERANCE`; what passes is re-orthonormalised.
     """
     T = np.asarray(T, dtype=np.float64)
     if T.shape != (4, 4):
@@ -414,9 +415,11 @@ def matrix_to_pose_fields(T: Any) -> tuple[tuple[float, float, float], tuple[flo
     if not np.allclose(T[3], [0.0, 0.0, 0.0, 1.0]):
         raise InputError(f"pose bottom row must be [0, 0, 0, 1], got {T[3].tolist()}")
     R = T[:3, :3]
-    if not np.all(np.isfinite(T)) or not np.allclose(R @ R.T, np.eye(3), atol=1e-4) or np.linalg.det(R) < 0:
-        raise InputError(f"pose rotation block is not a rotation matrix:\n{R}")
-    q = matrix_to_quat(R).numpy()
+    error = rotation_error(R)
+    if error > ROTATION_TOLERANCE:
+        raise InputError(f"pose rotation block is not a rotation matrix (error {error:.2e} = max(|R R^T - I|, "
+                         f"|det R - 1|), tolerance {ROTATION_TOLERANCE:g}): {np.round(R, 6).tolist()}")
+    q = matrix_to_quat(nearest_rotation(R)).numpy()
     return tuple(float(v) for v in T[:3, 3]), tuple(float(v) for v in q)  # type: ignore[return-value]
 
 

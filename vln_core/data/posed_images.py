@@ -42,6 +42,7 @@ import numpy as np
 from vln_core.errors import InputError
 from vln_core.geometry.camera import PinholeCamera
 from vln_core.geometry.reproject import depth_from_uint16_mm
+from vln_core.geometry.transforms import ROTATION_TOLERANCE, nearest_rotation, rotation_error
 
 __all__ = [
     "FrameKind",
@@ -74,8 +75,6 @@ _EXTENSIONS: dict[str, tuple[str, ...]] = {
 _COLOR_NAME = re.compile(r"^frame-(\d+)\.color\.(png|jpg|jpeg)$", re.IGNORECASE)
 _ANY_FRAME_NAME = re.compile(r"^frame-(\d+)\.(color|depth|pose)\.([A-Za-z]+)$")
 
-#: tolerance of the rigid-transform check on pose files (text files carry ~7 significant digits)
-_ROTATION_ATOL = 1e-3
 _FOV_TOLERANCE_DEG = 1.0
 _ASPECT_TOLERANCE = 0.005
 
@@ -195,11 +194,13 @@ def check_pose(T: np.ndarray, what: str = "pose") -> np.ndarray:
 
     Args:
         T: array-like, must be ``(4, 4)``, finite, last row ``[0, 0, 0, 1]`` and an orthonormal
-            rotation block with determinant +1 (within 1e-3).
+            rotation block with determinant +1 within the project's one tolerance
+            (:data:`vln_core.geometry.transforms.ROTATION_TOLERANCE`, 1e-2).
         what: names the pose in error messages (e.g. a file name).
 
     Returns:
-        ``(4, 4)`` float64 copy.
+        ``(4, 4)`` float64 copy whose rotation block is re-orthonormalised (SVD): poses stored
+        with 4-6 digits pass, and every consumer gets an exact rotation.
     """
     try:
         T = np.array(T, dtype=np.float64)
@@ -212,13 +213,14 @@ def check_pose(T: np.ndarray, what: str = "pose") -> np.ndarray:
     if not np.allclose(T[3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
         raise InputError(f"{what}: last row of a rigid pose must be [0, 0, 0, 1], got {T[3].tolist()}")
     R = T[:3, :3]
-    orthogonality_error = np.abs(R @ R.T - np.eye(3)).max()
-    det = np.linalg.det(R)
-    if orthogonality_error > _ROTATION_ATOL or abs(det - 1.0) > _ROTATION_ATOL:
+    error = rotation_error(R)
+    if error > ROTATION_TOLERANCE:
         raise InputError(
-            f"{what}: rotation block is not a proper rotation (|R R^T - I|max = {orthogonality_error:.2e}, "
-            f"det = {det:.6f}); the file must hold a rigid camera-to-world transform"
+            f"{what}: rotation block is not a proper rotation (error {error:.2e} = max(|R R^T - I|, |det R - 1|), "
+            f"det = {np.linalg.det(R):.6f}; tolerance {ROTATION_TOLERANCE:g}); the file must hold a rigid "
+            f"camera-to-world transform"
         )
+    T[:3, :3] = nearest_rotation(R)  # poses stored with few digits: the rotation they stand for
     return T
 
 

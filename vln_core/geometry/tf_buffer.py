@@ -31,6 +31,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from vln_core.errors import InputError
+from vln_core.geometry.transforms import ROTATION_TOLERANCE, nearest_rotation, rotation_error
 
 __all__ = [
     "TransformBuffer",
@@ -256,9 +257,11 @@ class TransformBuffer:
         if T.shape != (4, 4) or not np.all(np.isfinite(T)):
             raise InputError(f"transform {parent} -> {child}: expected a finite (4, 4) matrix")
         R = T[:3, :3]
-        if not np.allclose(R @ R.T, np.eye(3), atol=1e-3) or np.linalg.det(R) < 0:
-            raise InputError(f"transform {parent} -> {child}: the rotation block is not a rotation")
-        self.set_transform(parent, child, stamp_ns, T[:3, 3], rotation_to_quat(R), static=static)
+        error = rotation_error(R)
+        if error > ROTATION_TOLERANCE:
+            raise InputError(f"transform {parent} -> {child}: the rotation block is not a rotation "
+                             f"(error {error:.2e}, tolerance {ROTATION_TOLERANCE:g})")
+        self.set_transform(parent, child, stamp_ns, T[:3, 3], rotation_to_quat(nearest_rotation(R)), static=static)
 
     def clear(self, dynamic_only: bool = True) -> None:
         """Forget the dynamic transforms (all transforms with ``dynamic_only=False``)."""

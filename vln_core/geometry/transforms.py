@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from vln_core.errors import InputError
@@ -27,6 +28,9 @@ __all__ = [
     "invert_pose",
     "transform_points",
     "is_rotation",
+    "ROTATION_TOLERANCE",
+    "rotation_error",
+    "nearest_rotation",
     "optical_to_body_pose",
     "body_to_optical_pose",
     "pose_from_xyz_quat",
@@ -196,7 +200,35 @@ def transform_points(T: Any, p: Any) -> torch.Tensor:
     return p @ R.transpose(-1, -2) + t
 
 
-def is_rotation(R: Any, atol: float = 1e-3) -> torch.Tensor:
+#: The project's one tolerance for "is this 3x3 block a rotation": ``max(|R R^T - I|, |det R - 1|)``.
+#: Real datasets store poses with 4-6 digits (KinectFusion, SfM exports: errors of 1e-4 and more),
+#: so what passes is re-orthonormalised (:func:`nearest_rotation`) rather than refused; a block
+#: off by more than this is not a rotation at all (a scaled, sheared or transposed matrix).
+ROTATION_TOLERANCE = 1e-2
+
+
+def rotation_error(R: Any) -> float:
+    """``max(|R R^T - I|max, |det R - 1|)`` of one ``(3, 3)`` matrix (inf when not finite)."""
+    R = np.asarray(R, dtype=np.float64)
+    if not np.isfinite(R).all():
+        return float("inf")
+    return float(max(np.abs(R @ R.T - np.eye(3)).max(), abs(np.linalg.det(R) - 1.0)))
+
+
+def nearest_rotation(R: Any) -> np.ndarray:
+    """The proper rotation closest to ``R`` (Frobenius norm; SVD ``U diag(1, 1, det) V^T``), float64.
+
+    A matrix already orthonormal to 1e-12 is returned unchanged (a copy), so exact poses
+    round-trip bit for bit."""
+    R = np.array(R, dtype=np.float64)
+    if rotation_error(R) <= 1e-12:
+        return R
+    U, _, Vt = np.linalg.svd(R)
+    d = np.sign(np.linalg.det(U @ Vt)) or 1.0
+    return U @ np.diag([1.0, 1.0, d]) @ Vt
+
+
+def is_rotation(R: Any, atol: float = ROTATION_TOLERANCE) -> torch.Tensor:
     """Whether each matrix is a proper rotation (``R R^T = I`` and ``det R = +1`` within ``atol``).
 
     Args:

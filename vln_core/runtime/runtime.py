@@ -54,7 +54,13 @@ from vln_core.errors import InputError
 from vln_core.geometry.camera import PinholeCamera
 from vln_core.geometry.reproject import unproject_depth
 from vln_core.geometry.tf_buffer import ExtrapolationError, TransformBuffer, TransformError
-from vln_core.geometry.transforms import camera_pose_from_base, is_rotation, pose_from_xyz_quat
+from vln_core.geometry.transforms import (
+    ROTATION_TOLERANCE,
+    camera_pose_from_base,
+    nearest_rotation,
+    pose_from_xyz_quat,
+    rotation_error,
+)
 from vln_core.heatmaps import InterFrameHeatmaps
 from vln_core.runtime.auto_backend import AutoBackend
 from vln_core.runtime.backends import NUM_WAYPOINTS, BackendResult, HeatmapBackend, create_backend
@@ -170,12 +176,14 @@ def _check_pose_matrix(T: Any, what: str) -> np.ndarray:
         raise InputError(f"{what} contains NaN or inf")
     if not np.allclose(arr[3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
         raise InputError(f"{what} must have last row [0, 0, 0, 1], got {arr[3].tolist()}")
-    if not bool(is_rotation(arr[:3, :3])):
+    error = rotation_error(arr[:3, :3])
+    if error > ROTATION_TOLERANCE:
         R = arr[:3, :3]
         raise InputError(
-            f"{what}: the 3x3 block is not a rotation (|R R^T - I| = {np.abs(R @ R.T - np.eye(3)).max():.3g}, "
-            f"det = {np.linalg.det(R):.4f})"
+            f"{what}: the 3x3 block is not a rotation (error {error:.3g} = max(|R R^T - I|, |det R - 1|), "
+            f"det = {np.linalg.det(R):.4f}, tolerance {ROTATION_TOLERANCE:g})"
         )
+    arr[:3, :3] = nearest_rotation(arr[:3, :3])
     return arr
 
 

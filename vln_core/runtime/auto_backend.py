@@ -69,6 +69,7 @@ class AutoBackend(HeatmapBackend):
         self.cfg = cfg
         self.learned_name = learned
         self.geometry = geometry if geometry is not None else GeometryBackend(cfg)
+        self._default_factory = learned_factory is None
         self._learned_factory = learned_factory or (lambda c: create_backend(learned, c))
         self._learned: Optional[HeatmapBackend] = None
         self._learned_error: Optional[str] = None
@@ -92,6 +93,38 @@ class AutoBackend(HeatmapBackend):
                                        f"{self.learned_name!r} could not be created: {type(exc).__name__}: {exc}")
                 raise BackendUnavailableError(self._learned_error) from exc
         return self._learned
+
+    @property
+    def loaded_learned(self) -> Optional[HeatmapBackend]:
+        """The learned backend if it was created already (never creates it)."""
+        return self._learned
+
+    @property
+    def learned_error(self) -> Optional[str]:
+        """Why the learned backend cannot be used (start-up check or a failed creation), or None."""
+        return self._learned_error
+
+    def check_learned(self) -> Optional[str]:
+        """Start-up check of the learned path without building the model: for ``model``, its
+        checkpoint (``node.model_path`` or the shipped one) must exist and load (archive CRC,
+        readable, finite weights). Returns the problem (also kept: the learned backend is then
+        not tried again) or None. Other learned backends and custom factories are not checked."""
+        if self._learned is not None or self._learned_error is not None:
+            return self._learned_error
+        if self.learned_name != "model" or not self._default_factory:
+            return None
+        from vln_core.models.shipped import SHIPPED_CHECKPOINT
+        from vln_core.train.checkpoint import load_checkpoint
+
+        path = getattr(self.cfg.node, "model_path", "") or SHIPPED_CHECKPOINT
+        try:
+            state = load_checkpoint(path)
+        except Exception as exc:  # noqa: BLE001 - InputError names the file; anything else too
+            self._learned_error = (f"auto: the learned backend {self.learned_name!r} could not be created (checked at "
+                                   f"start-up; only geometry, with depth and poses, can serve): {exc}")
+            return self._learned_error
+        del state
+        return None
 
     def decide(self, depth_age_s: Optional[float], pose_age_s: Optional[float],
                images_for_s: Optional[float]) -> tuple[Optional[str], str]:

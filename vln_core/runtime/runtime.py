@@ -110,6 +110,11 @@ STREAMS = ("image", "depth", "odometry", "camera_pose")
 JUMP_CONFIRM_MESSAGES = 3
 #: Each event kind is logged at most once per this many seconds (per kind, see LogThrottle).
 LOG_THROTTLE_S = 2.0
+#: Instructions longer than this (UTF-8 bytes) are refused and the previous one kept: navigation
+#: instructions are a sentence or two; a megabyte is a bug upstream, not an instruction.
+MAX_INSTRUCTION_BYTES = 10_000
+#: Events recorded before the node attached its logger, logged as soon as it does.
+_EARLY_EVENTS_MAX = 32
 
 
 @dataclass
@@ -250,19 +255,39 @@ class NavigationRuntime:
         self._latency = LatencyTracker()
         self._events = EventLog(clock=clock)
         self._log_sink: Optional[Callable[[str, str, str], None]] = None
+        self._early_events: list[tuple[str, str, str]] = []
+        self._instruction_notes: dict[str, str] = {}  # diagnostics: tokens used, replaced characters
         self._log_throttle = LogThrottle(LOG_THROTTLE_S, clock=clock)
         self._counters = Counters()
         self._last_depth_invalid = (0, 0)
+        if isinstance(self.backend, AutoBackend):
+            # say at once (log, diagnostics WARN) when the learned path cannot work, not when
+            # depth first stops: an RGB-D robot would otherwise learn it only in the field
+            problem = self.backend.check_learned()
+            if problem:
+                self._warn("learned_backend_unavailable", problem)
 
     # ================================================================== inputs
     def set_log_sink(self, sink: Optional[Callable[[str, str, str], None]]) -> None:
         """Send every recorded event to ``sink(level, kind, message)`` (the node's logger), at
         most once per kind every :data:`LOG_THROTTLE_S` seconds, with the same kind and level
-        as diagnostics; lines held back are counted in the next line of that kind."""
+        as diagnostics; lines held back are counted in the next line of that kind. Events
+        recorded before (e.g. at start-up: the learned model of ``auto`` is unavailable) are
+        sent at once."""
         self._log_sink = sink
+        early, self._early_events = self._early_events, []
+        for level, kind, message in early:
+            self._send_to_log(level, kind, message)
 
     def _record_event(self, kind: str, message: str, level: str) -> None:
         self._events.record(kind, message, level)
+        if self._log_sink is None:
+            if len(self._early_events) < _EARLY_EVENTS_MAX:
+                self._early_events.append((level, kind, message))
+            return
+        self._send_to_log(level, kind, message)
+
+    def _send_to_log(self, level: str, kind: str, message: str) -> None:
         sink = self._log_sink
         if sink is None:
             return
@@ -312,11 +337,55 @@ class NavigationRuntime:
         """The navigation instruction given to the backend (and written into recordings)."""
         if not isinstance(text, str):
             raise self._error("instruction_invalid", f"instruction must be a string, got {type(text).__name__}")
+        size = len(text.encode("utf-8", errors="replace"))
+        if size > MAX_INSTRUCTION_BYTES:
+            kept = self.instruction
+            raise self._error("instruction_too_long", (
+                f"instruction of {size} bytes refused (at most {MAX_INSTRUCTION_BYTES}): kept the previous one "
+                f"({kept[:60]!r})" if kept else f"instruction of {size} bytes refused (at most {MAX_INSTRUCTION_BYTES})"))
         text = text.strip()
         if not text:
             raise self._error("instruction_invalid", "instruction is empty")
+        notes: dict[str, str] = {}
+        replaced = text.count("\ufffd")
+        if replaced:  # rclpy decodes invalid UTF-8 to U+FFFD: the sender's text is damaged
+            notes["instruction_replacement_characters"] = str(replaced)
+            self._warn("instruction_replacement_characters",
+                       f"instruction has {replaced} replacement character(s) (invalid UTF-8 from the sender?): {text[:120]!r}")
+        counted = self._instruction_tokens(text)
+        if counted is not None:
+            used, total = counted
+            notes["instruction_tokens"] = f"{used} of {total} used"
+            if total > used:
+                notes["instruction_truncated"] = "True"
+                self._warn("instruction_truncated",
+                           f"instruction has {total} tokens; the model uses the first {used} "
+                           f"(model.max_instruction_length), the rest is ignored")
         with self._lock:
             self._instruction = text
+            self._instruction_notes = notes
+
+    def _instruction_tokens(self, text: str) -> Optional[tuple[int, int]]:
+        """``(tokens the learned model uses, tokens in text)`` counted with the learned backend's
+        own tokenizer (the default hashed-word one until it is loaded); None for the geometry
+        backend, which ignores instructions."""
+        if self.cfg.node.backend == "geometry":
+            return None
+        backend = self.backend
+        if isinstance(backend, AutoBackend):
+            backend = backend.loaded_learned
+        tokenizer = getattr(getattr(backend, "engine", None), "tokenizer", None)
+        if tokenizer is None:
+            from vln_core.models.tokenizer import HashedWordTokenizer  # what the embedded model uses
+
+            tokenizer = HashedWordTokenizer()
+        limit = int(self.cfg.model.max_instruction_length)
+        try:
+            _, mask = tokenizer.encode([text], max_length=max(limit, 4 * MAX_INSTRUCTION_BYTES))
+        except Exception:  # noqa: BLE001 - counting is a report, never a reason to refuse
+            return None
+        total = int(mask.sum())
+        return min(total, limit), total
 
     @property
     def instruction(self) -> str:
@@ -662,7 +731,7 @@ class NavigationRuntime:
                 return self._step(self.cfg.node.publish_overlay if overlay is None else bool(overlay))
             except Exception as exc:  # the node must keep serving; the error is reported, not hidden
                 self.last_exception = exc
-                self._events.record("step_failed", f"{type(exc).__name__}: {exc}", ERROR)
+                self._record_event("step_failed", f"{type(exc).__name__}: {exc}", ERROR)  # log too
                 self._waiting_reason = f"last step failed: {type(exc).__name__}: {exc}"
                 return None
 
@@ -723,6 +792,12 @@ class NavigationRuntime:
             reasons.append(f"image seq {candidate.seq} at {_fmt_s(candidate.stamp_ns)}: {why}")
         if frame is None:
             self._waiting_reason = reasons[0] + (f" (and {len(reasons) - 1} older)" if len(reasons) > 1 else "")
+            newest = candidates[0][0]
+            if camera is not None and self.backend.needs_intrinsics and camera.size != newest.size:
+                # diagnostics show it as ERROR; the log says it too (throttled per kind)
+                self._record_event("camera_info_size_mismatch",
+                                   f"CameraInfo is for {camera.width}x{camera.height} but images are "
+                                   f"{newest.size[1]}x{newest.size[0]}: no output until they agree", ERROR)
             return None
         with self._lock:
             if self._generation != generation:  # a reset discarded these frames meanwhile
@@ -1065,6 +1140,15 @@ class NavigationRuntime:
         bad, total = self._last_depth_invalid
         input_values["depth_nan_inf_negative_pixels_last"] = f"{bad}/{total}"
         input_values["instruction"] = instruction[:120] if instruction else "(none)"
+        with self._lock:
+            notes = dict(self._instruction_notes)
+        input_values.update(notes)
+        if "instruction_replacement_characters" in notes:
+            levels.append(WARN)
+            problems.append(f"instruction has {notes['instruction_replacement_characters']} replacement character(s)")
+        if "instruction_truncated" in notes:
+            levels.append(WARN)
+            problems.append(f"instruction truncated: {notes['instruction_tokens']}")
         if node.backend != "geometry" and self.backend.predicts_waypoints and not instruction:
             levels.append(WARN)
             problems.append("no instruction received")
@@ -1124,8 +1208,11 @@ class NavigationRuntime:
         kf_values["keyframe_geometry"] = self._memory_source or "-"
         waypoint_note = "" if self.backend.predicts_waypoints else "; predicts no waypoints (published as none)"
         selection = f": {self.backend.reason}" if isinstance(self.backend, AutoBackend) else ""
-        out.append(status("vln_heatmap: keyframes and backend", OK,
-                          f"backend {self.backend.name}{selection}{waypoint_note}", kf_values))
+        backend_level, unavailable = OK, ""
+        if isinstance(self.backend, AutoBackend) and self.backend.learned_error:
+            backend_level, unavailable = WARN, f"; learned path unavailable: {self.backend.learned_error}"
+        out.append(status("vln_heatmap: keyframes and backend", backend_level,
+                          f"backend {self.backend.name}{selection}{waypoint_note}{unavailable}", kf_values))
 
         # --- errors
         recent = self._events.recent(RECENT_EVENT_S)

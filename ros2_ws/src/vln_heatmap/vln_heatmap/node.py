@@ -164,6 +164,10 @@ class InferenceLoop:
                 next_t = now
             self._stop.wait(next_t - now)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
@@ -416,7 +420,19 @@ class VLNHeatmapNode(Node):
         try:
             self._publish(output)
         except Exception as exc:
+            if self._shutting_down():
+                return  # SIGINT / SIGTERM invalidated the context mid-publish: not an error
             self._report("publish_failed", exc)
+
+    def _shutting_down(self) -> bool:
+        """The node is stopping (destroy_node called, or rclpy's context shut down by a signal)."""
+        inference = getattr(self, "_inference", None)
+        if inference is not None and inference.stopping:
+            return True
+        try:
+            return not self.context.ok()
+        except Exception:  # noqa: BLE001 - a context torn down far enough to raise is shut down
+            return True
 
     def _publish(self, out: Any) -> None:
         stamp, frame_id = int(out.stamp_ns), str(out.frame_id)
@@ -446,7 +462,8 @@ class VLNHeatmapNode(Node):
             statuses = self.runtime.diagnostics()
             self._diagnostics_pub.publish(conv.diagnostics_to_msg(statuses, time.time_ns(), hardware_id=NODE_NAME))
         except Exception as exc:
-            self._report("diagnostics_failed", exc)
+            if not self._shutting_down():
+                self._report("diagnostics_failed", exc)
 
     def destroy_node(self) -> None:
         inference = getattr(self, "_inference", None)  # absent when the constructor failed

@@ -144,7 +144,9 @@ def test_colour_only_robot_gets_learned_heatmaps_and_waypoints_equal_to_the_back
         assert ros.spin_until(lambda: len(probe.heatmaps) >= 4 or proc.poll() is not None, 90), (
             f"{len(probe.heatmaps)} outputs; node said: {probe.status('output')['message']}\n"
             f"{node_log.read_text(errors='replace')[-3000:]}")
-        ros.spin_for(1.5)  # one more diagnostics message
+        # wait for what is asserted: a diagnostics message that counts those outputs (a fixed
+        # 1.5 s raced the 1 Hz diagnostics timer on a loaded CPU)
+        ros.spin_until(lambda: int(probe.status("output")["values"].get("overlays_skipped_no_subscriber", 0)) >= 4, 15)
         out_values = probe.status("output")["values"]
         assert int(out_values["overlays_drawn"]) == 0 and int(out_values["overlays_skipped_no_subscriber"]) >= 4, out_values
 
@@ -154,7 +156,16 @@ def test_colour_only_robot_gets_learned_heatmaps_and_waypoints_equal_to_the_back
             f"no overlay after subscribing; {probe.status('output')['values']}")
 
         replay_code = stop_process(replay, timeout=20)
-        ros.spin_for(3.0)  # the last outputs and one more diagnostics
+
+        def settled() -> bool:
+            """The node's own output count (diagnostics) matches what arrived on every topic: the
+            last outputs and a diagnostics message after them are in (a fixed 3 s raced them)."""
+            produced_now = int(probe.status("output")["values"].get("outputs", -1))
+            n = len(probe.heatmaps)
+            return (produced_now == n == len(probe.goals) == len(probe.paths) == len(probe.markers)
+                    and len(probe.keyframe_stamps) == len(probe.keyframe_indices) == n)
+
+        ros.spin_until(settled, 20)
         assert replay_code == 0, replay_log.read_text(errors="replace")
         assert proc.poll() is None, node_log.read_text(errors="replace")[-3000:]
         backend_status = probe.status("backend")

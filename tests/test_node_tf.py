@@ -156,7 +156,8 @@ def test_replay_republishes_tf_and_tf_static_from_a_bag(tmp_path):
         proc = start_process(["-m", "vln_heatmap.replay", str(bag), "--wait-for-node", "30", "--linger", "6"],
                              domain_id, log)
         try:
-            ros.spin_until(lambda: len(tf) == 5 or proc.poll() is not None, 90)
+            # wait for everything asserted on (the image may arrive after the five /tf messages)
+            ros.spin_until(lambda: len(tf) == 5 and len(images) == 1, 90)
             assert len(tf) == 5 and len(images) == 1, log.read_text()
             # join /tf_static only now, after the replay published it
             ros.node.create_subscription(

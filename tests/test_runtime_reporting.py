@@ -111,3 +111,112 @@ def test_instructions_too_long_truncated_or_damaged_are_reported(tmp_path):
     assert "replacement" in _status(rt, "errors")["message"]
     assert _status(rt, "inputs")["level"] in ("WARN", "ERROR")
     rt.close()
+
+
+# ----------------------------------------------------------------------------- recording to a full disk
+import contextlib
+import os
+import subprocess
+import time
+
+
+@contextlib.contextmanager
+def _small_filesystem(path: Path, size: str = "256k"):
+    """A real tmpfs of ``size`` at ``path`` (needs root / CAP_SYS_ADMIN), unmounted afterwards."""
+    import pytest
+
+    path.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (not root?): {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler.bin"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:  # ENOSPC: the filesystem is full
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _frame(seq: int):
+    from vln_core.runtime.buffer import CameraFrame
+
+    K = np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
+    return CameraFrame(stamp_ns=1_000_000_000 + seq * 100_000_000, frame_id="camera", rgb=_image(), depth_m=None,
+                       K=K, T_wc=np.eye(4), T_odom_base=None, seq=seq)
+
+
+def _wait(pred, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not pred():
+        time.sleep(0.02)
+    return pred()
+
+
+def test_recording_to_a_full_disk_pauses_cleans_up_says_so_once_and_resumes(tmp_path):
+    from vln_core.runtime.recorder import EpisodeRecorder
+
+    with _small_filesystem(tmp_path / "small") as small:
+        root = small / "rec"
+        root.mkdir()
+        filler = _fill(small)
+        errors: list[str] = []
+        now = [0.0]
+        rec = EpisodeRecorder(root, None, (48, 64), on_error=errors.append, retry_after_s=5.0,
+                              clock=lambda: now[0], frames_per_episode=100)
+        for seq in range(10):
+            rec.submit(_frame(seq))
+            now[0] += 0.2  # 5 Hz, all inside the 5 s pause
+        assert _wait(lambda: rec.stats()["queued"] == 0 and rec.paused)
+        stats = rec.stats()
+        assert len(errors) == 1 and "recording paused" in errors[0], errors  # said once, not per frame
+        assert stats["written"] == 0 and stats["storage_failures"] == 1
+        assert stats["dropped_storage"] == 9, stats
+        assert sorted(p.name for p in root.iterdir()) == [], "a half-written episode was left behind"
+        filler.unlink()  # space returns
+        now[0] += 5.0
+        for seq in range(10, 14):
+            assert rec.submit(_frame(seq))
+        finished = rec.close()
+        assert rec.stats()["written"] == 4 and len(finished) == 1 and len(errors) == 1
+        assert sorted(p.name for p in root.iterdir()) == [finished[0].name]  # no .partial left
+
+
+def test_the_runtime_reports_a_full_disk_in_the_log_and_the_errors_entry(tmp_path):
+    with _small_filesystem(tmp_path / "small") as small:
+        (small / "rec").mkdir()
+        _fill(small)
+        now = [0.0]
+        rt = NavigationRuntime(_cfg("node.backend=geometry", "node.record=true", f"node.record_dir={small / 'rec'}"),
+                               clock=lambda: now[0])
+        log = Log()
+        rt.set_log_sink(log)
+        rt.set_camera_info(np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]]), 64, 48)
+        outputs = 0
+        for i in range(8):
+            stamp = 1_000_000_000 + i * 100_000_000
+            rt.add_odometry(stamp, np.eye(4))
+            rt.add_image(stamp, "camera", _image())
+            rt.add_depth(stamp, np.full((48, 64), 2.0, np.float32))
+            now[0] += 0.5
+            outputs += rt.step() is not None
+            _wait(lambda: rt.recorder is None or rt.recorder.stats()["queued"] == 0)
+        assert outputs >= 6  # heatmaps keep coming
+        assert _wait(lambda: "record_failed" in log.kinds())
+        assert log.kinds().count("record_failed") == 1, log
+        assert "record_failed" in _status(rt, "errors")["message"]
+        recorder = _status(rt, "recorder")
+        assert recorder["level"] == "ERROR" and "recording paused" in recorder["message"], recorder
+        rt.close()
+        assert [p.name for p in (small / "rec").iterdir()] == []

@@ -202,7 +202,11 @@ class EpisodeWriter:
         if self.partial_dir.exists():
             shutil.rmtree(self.partial_dir)  # left by a writer that crashed
         self.partial_dir.mkdir(parents=True)
-        (self.partial_dir / "intrinsics.K.txt").write_text(_matrix_text(self.camera.K))
+        try:
+            (self.partial_dir / "intrinsics.K.txt").write_text(_matrix_text(self.camera.K))
+        except BaseException:  # e.g. a full disk: leave no empty .partial folder behind
+            shutil.rmtree(self.partial_dir, ignore_errors=True)
+            raise
 
         self._timestamps: list[float] = []
         self._base_poses: list[list[list[float]]] = []
@@ -302,12 +306,18 @@ class EpisodeWriter:
 
         stem = self.partial_dir / _frame_stem(index)
         bgr = cv2.cvtColor(color, cv2.COLOR_RGB2BGR)
-        if not cv2.imwrite(f"{stem}.color.{self.color_format}", bgr, self._color_params):
-            raise OSError(f"could not write {stem}.color.{self.color_format}")
-        if depth_mm is not None and not cv2.imwrite(f"{stem}.depth.png", depth_mm, self._depth_params):
-            raise OSError(f"could not write {stem}.depth.png")
-        with open(f"{stem}.pose.txt", "w") as fh:
-            fh.write(_matrix_text(pose))
+        files = [Path(f"{stem}.color.{self.color_format}"), Path(f"{stem}.depth.png"), Path(f"{stem}.pose.txt")]
+        try:
+            if not cv2.imwrite(str(files[0]), bgr, self._color_params):
+                raise OSError(f"could not write {files[0]} (disk full or not writable?)")
+            if depth_mm is not None and not cv2.imwrite(str(files[1]), depth_mm, self._depth_params):
+                raise OSError(f"could not write {files[1]} (disk full or not writable?)")
+            with open(files[2], "w") as fh:
+                fh.write(_matrix_text(pose))
+        except BaseException:  # this frame's files written so far go: no half-written frame stays
+            for f in files:
+                f.unlink(missing_ok=True)
+            raise
 
         self._timestamps.append(timestamp)
         self._has_base_pose = has_base_pose

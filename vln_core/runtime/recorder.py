@@ -9,6 +9,12 @@ velocity present where the episode had none or vice versa, a stamp not after the
 :meth:`EpisodeRecorder.close` finishes the last one. Episodes are written in ``<name>.partial``
 and renamed on finish, so a crash leaves only ``.partial`` folders, never a half episode that
 looks complete.
+
+A write that fails with an ``OSError`` (disk full, quota, the folder gone read-only) pauses
+recording at once: the frame's files and an episode that cannot be finished are removed (what
+the recorder wrote before is kept when it can still be finished), ``on_error`` is called once,
+later frames are dropped and counted (``dropped_storage``), and recording is tried again
+``retry_after_s`` later (space may have returned); a failed retry pauses again.
 """
 from __future__ import annotations
 
@@ -60,6 +66,9 @@ class EpisodeRecorder:
         queue_size: int = 32,
         name_prefix: str = "rec",
         color_format: str = "png",
+        on_error: Optional[Callable[[str], None]] = None,
+        retry_after_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if frames_per_episode < 1:
             raise InputError(f"frames_per_episode must be >= 1, got {frames_per_episode}")
@@ -76,8 +85,14 @@ class EpisodeRecorder:
         self.color_format = color_format
         self._queue: queue.Queue = queue.Queue(maxsize=int(queue_size))
         self._lock = threading.Lock()
-        self._counts = {"submitted": 0, "dropped_queue_full": 0, "dropped_closed": 0, "written": 0,
-                        "rejected": 0, "episodes_finished": 0, "episodes_aborted": 0}
+        self._counts = {"submitted": 0, "dropped_queue_full": 0, "dropped_closed": 0, "dropped_storage": 0,
+                        "written": 0, "rejected": 0, "episodes_finished": 0, "episodes_aborted": 0,
+                        "storage_failures": 0}
+        self.on_error = on_error
+        self.retry_after_s = float(retry_after_s)
+        self.clock = clock
+        self._paused_until: Optional[float] = None  # storage failure: no writing before this time
+        self.paused_reason = ""
         self.finished_episodes: list[Path] = []
         self.last_error: Optional[str] = None
         self._writer: Optional[EpisodeWriter] = None
@@ -97,6 +112,11 @@ class EpisodeRecorder:
                 self._counts["dropped_closed"] += 1
                 return False
             self._counts["submitted"] += 1
+            if self._paused_until is not None:
+                if self.clock() < self._paused_until:
+                    self._counts["dropped_storage"] += 1
+                    return False
+                self._paused_until = None  # try again: space may have returned
         try:
             self._queue.put_nowait(frame)
         except queue.Full:
@@ -130,7 +150,14 @@ class EpisodeRecorder:
         out["queued"] = self._queue.qsize()
         out["open_episode_frames"] = len(self._writer) if self._writer is not None else 0
         out["last_error"] = self.last_error or ""
+        out["paused"] = self.paused_reason if self.paused else ""
         return out
+
+    @property
+    def paused(self) -> bool:
+        """Recording is paused after a storage failure (retried ``retry_after_s`` after it)."""
+        with self._lock:
+            return self._paused_until is not None
 
     # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
@@ -139,12 +166,34 @@ class EpisodeRecorder:
             if item is _STOP:
                 self._finish_episode()
                 return
+            with self._lock:
+                paused = self._paused_until is not None
+            if paused:  # queued before the failure: dropped, not written into a full disk
+                self._count("dropped_storage")
+                continue
             try:
                 self._write(item)
-            except Exception as exc:  # keep recording: one bad frame or a full disk must not kill the thread
+            except OSError as exc:  # disk full, quota, read-only: pause, clean up, say so once
+                self._storage_failed(f"frame seq {getattr(item, 'seq', '?')}: {exc}")
+            except Exception as exc:  # keep recording: one bad frame must not kill the thread
                 self._note_error(f"frame seq {getattr(item, 'seq', '?')}: {type(exc).__name__}: {exc}")
                 self._count("rejected")
                 self._finish_episode()  # keep the frames written so far (aborts if even that fails)
+
+    def _storage_failed(self, message: str) -> None:
+        with self._lock:
+            self._paused_until = self.clock() + self.retry_after_s
+            self._counts["storage_failures"] += 1
+            self._counts["rejected"] += 1
+        self._note_error(message)
+        self._finish_episode()  # keeps the frames written so far if even that can be written, else removes them
+        self.paused_reason = (f"recording paused: {message}; retrying in {self.retry_after_s:g} s "
+                              f"(frames meanwhile are dropped)")
+        if self.on_error is not None:
+            try:
+                self.on_error(self.paused_reason)
+            except Exception:  # noqa: BLE001 - reporting must not stop the writer thread
+                pass
 
     def _count(self, name: str) -> None:
         with self._lock:

@@ -1065,6 +1065,8 @@ class NavigationRuntime:
                 Path(node.record_dir), frame.K, frame.size, T_base_cam=self.T_base_cam,
                 instruction_getter=lambda: self.instruction,
                 frames_per_episode=node.record_frames_per_episode, queue_size=node.record_queue_size,
+                # a full disk pauses recording: once in the log and the errors entry, not per frame
+                on_error=lambda message: self._record_event("record_failed", message, ERROR),
             )
         self._recorder.submit(frame)
 
@@ -1228,7 +1230,10 @@ class NavigationRuntime:
             else:
                 stats = rec.stats()
                 lvl = WARN if stats["dropped_queue_full"] or stats["rejected"] else OK
+                message = f"{stats['written']} frames written, {stats['episodes_finished']} episodes"
+                if stats["paused"]:
+                    lvl, message = ERROR, f"{stats['paused']} ({message})"
                 if not rec.is_alive:
                     lvl = ERROR
-                out.append(status("vln_heatmap: recorder", lvl, f"{stats['written']} frames written, {stats['episodes_finished']} episodes", stats))
+                out.append(status("vln_heatmap: recorder", lvl, message, stats))
         return out

@@ -121,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"streamed {elapsed:.1f} s: {len(frames)} frames published at 30 Hz, {received} received by the node "
           f"(input rate seen by the node: median {np.median(streaming) if streaming else 0:.1f} Hz)")
+    # the replay publishes one odometry message per frame (best effort at the node): what share arrived
+    odometry_received = int(inputs["values"].get("odometry_count", 0))
+    odometry_share = odometry_received / len(frames) if frames else float("nan")
+    print(f"odometry: {len(frames)} published at 30 Hz, {odometry_received} received by the node "
+          f"({100 * odometry_share:.1f} %)")
     print(f"end-to-end latency (image stamp -> heatmap received): median {latency['median_ms']:.1f} ms, "
           f"p95 {latency['p95_ms']:.1f} ms, max {latency['max_ms']:.1f} ms (n={latency['n']})")
     print(f"output rate: {output_rate:.2f} Hz (configured {cfg.node.inference_rate_hz:g} Hz)")
@@ -140,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "backend": args.backend, "depth_published": depth, "overlay": overlay, "seconds": elapsed, "outputs": len(outputs),
         "output_rate_hz": output_rate, "configured_rate_hz": cfg.node.inference_rate_hz,
         "latency_stamp_to_output_ms": latency, "frames_published": len(frames), "frames_received": received,
+        "odometry_published": len(frames), "odometry_received": odometry_received, "odometry_received_share": odometry_share,
         "node_stages": {k[len("latency_"):]: v for k, v in output_status["values"].items() if k.startswith("latency_")},
         "backend_status": backend_status["message"], "load_average_end": load, "cpu_cores": os.cpu_count(),
     }

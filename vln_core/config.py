@@ -209,8 +209,15 @@ class ModelConfig:
     # keyframe and the current frame (vln_core/geometry/refinement.py): metric depth scale from
     # the known poses (rgb_pose), PnP poses on the predicted depth (rgb_only); false: networks alone
     match_refinement: bool = True
+    # per-frame depth of the embedded model (vln_core/models/multiview.py): "fused" = plane-sweep
+    # cost volume over neighbouring posed frames fused with the monocular prior; "multiview" = the
+    # cost volume alone; "monocular" = the per-frame network alone (with the match scale search)
+    depth_source: Literal["fused", "multiview", "monocular"] = "fused"
+    multiview_sources: int = 3  # neighbouring frames per cost volume, chosen for parallax
 
     def validate(self, key: str) -> None:
+        if not 1 <= self.multiview_sources <= 8:
+            raise ConfigError(f"{key}.multiview_sources must be in [1, 8], got {self.multiview_sources}")
         if not 10.0 <= self.default_hfov_deg <= 170.0:
             raise ConfigError(f"{key}.default_hfov_deg must be in [10, 170] degrees, got {self.default_hfov_deg}")
 
@@ -225,7 +232,7 @@ class ModelConfig:
 class TrainingConfig:
     data_dirs: list[str] = field(default_factory=lambda: ["data/sim"])
     output_dir: str = "runs/embedded"
-    stage: Literal["geometry", "heatmap", "finetune"] = "heatmap"
+    stage: Literal["geometry", "heatmap", "finetune", "multiview"] = "heatmap"
     batch_size: int = 2
     grad_accum_steps: int = 1
     learning_rate: float = 3e-4
@@ -247,6 +254,9 @@ class TrainingConfig:
     # with augment: one random crop per window (field of view and pixel aspect vary; targets follow)
     crop_augment: bool = False
     pose_known_fraction: float = 0.5  # share of training windows given their true poses (RGB + pose mode)
+    # geometry-only training (stage multiview): scale each window's scene (depth and camera
+    # translations together) by a log-uniform factor in [lo, hi]; [1, 1] = off
+    scene_scale_range: tuple[float, float] = (1.0, 1.0)
     min_lr_ratio: float = 0.05  # cosine decays to learning_rate * min_lr_ratio
     log_every: int = 10
     device: str = "auto"  # auto: cuda when available (LOCAL_RANK picks the GPU), else cpu
@@ -262,6 +272,9 @@ class TrainingConfig:
             raise ConfigError(f"{key}.eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"{key}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        lo, hi = self.scene_scale_range
+        if not 0 < lo <= hi:
+            raise ConfigError(f"{key}.scene_scale_range must be [lo, hi] with 0 < lo <= hi, got {list(self.scene_scale_range)}")
         if self.warmup_steps < 0 or self.max_grad_norm < 0 or self.num_workers < 0:
             raise ConfigError(f"{key}.warmup_steps, max_grad_norm and num_workers must be >= 0")
 

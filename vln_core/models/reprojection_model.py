@@ -35,6 +35,8 @@ from vln_core.errors import InputError
 from vln_core.geometry.transforms import invert_pose, make_pose, quat_to_matrix
 from vln_core.heatmaps import InterFrameHeatmaps, heatmaps_from_config
 from vln_core.models.geometry_encoder import extrinsics_intrinsics_to_pose_encoding, normalize_images
+from vln_core.geometry.plane_sweep import select_source_views
+from vln_core.models.multiview import MultiViewArchitecture, MultiViewDepth, window_depth
 from vln_core.models.spatial_model import (
     NUM_INTENTS,
     NUM_WAYPOINTS,
@@ -320,7 +322,28 @@ class ReprojectionHeatmapModel(nn.Module):
         self.instruction_embed = nn.Embedding(tokenizer.vocab_size, arch.instruction_dim)
         self.goal_head = GoalHead(arch.widths[1], arch.widths[3], arch.instruction_dim)
         self.waypoint_head = WaypointHead(arch.widths[3], arch.instruction_dim, arch.waypoint_hidden)
+        self.multiview = MultiViewDepth(MultiViewArchitecture())
+        #: False when the weights came from a checkpoint without the multi-view network (older
+        #: checkpoints): the depth is then the monocular network's whatever ``model.depth_source`` says
+        self.has_multiview = True
         self.stage: Optional[str] = None
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """As :meth:`torch.nn.Module.load_state_dict`, but weights saved before the multi-view
+        depth network existed load too: the network keeps its initial weights and
+        :attr:`has_multiview` turns False (the depth is then monocular)."""
+        keys = set(state_dict.keys())
+        has_mv = any(k.startswith("multiview.") for k in keys)
+        if not has_mv:
+            result = super().load_state_dict(state_dict, strict=False, assign=assign)
+            missing = [k for k in result.missing_keys if not k.startswith("multiview.")]
+            if strict and (missing or result.unexpected_keys):
+                raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}: missing keys {missing}, "
+                                   f"unexpected keys {result.unexpected_keys}")
+            self.has_multiview = False
+            return result
+        self.has_multiview = True
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ parameter groups
     def _groups(self) -> dict[str, list[nn.Parameter]]:
@@ -329,13 +352,17 @@ class ReprojectionHeatmapModel(nn.Module):
             "pose": list(self.pose_proj.parameters()) + list(self.pose_head.parameters()),
             "goal": list(self.instruction_embed.parameters()) + list(self.goal_head.parameters()),
             "waypoint_head": list(self.waypoint_head.parameters()),
+            "multiview": list(self.multiview.parameters()),
         }
 
     def stage_groups(self, stage: str) -> list[str]:
         """``geometry``: depth and pose networks; ``heatmap`` adds the goal head; ``finetune``
-        trains everything (waypoints too)."""
+        trains everything (waypoints too) but the multi-view depth; ``multiview`` trains only the
+        multi-view depth network (the monocular prior it fuses stays frozen)."""
+        if stage == "multiview":
+            return ["multiview"]
         if stage not in STAGES:
-            raise InputError(f"stage must be one of {list(STAGES)}, got {stage!r}")
+            raise InputError(f"stage must be one of {list(STAGES) + ['multiview']}, got {stage!r}")
         names = ["geometry", "pose"]
         if stage in ("heatmap", "finetune"):
             names.append("goal")
@@ -375,6 +402,24 @@ class ReprojectionHeatmapModel(nn.Module):
         depth = torch.exp(log_depth.clamp(math.log(MIN_DEPTH_M), math.log(MAX_DEPTH_M)))
         conf = torch.exp(log_conf.clamp(-6.0, 6.0))
         return FrameEncoding(depth, conf, self.pose_proj(feats.f16), feats.f8, feats.f32)
+
+    def multiview_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """Per-frame (cacheable) matching features of the multi-view depth network:
+        ``(B, 3, H, W)`` RGB in [0, 1] -> ``(B, C, H/4, W/4)``."""
+        return self.multiview.encode(frames)
+
+    def window_depth(self, mono_depth: torch.Tensor, mono_conf: torch.Tensor, features: torch.Tensor,
+                     K: torch.Tensor, T_wc: torch.Tensor, refs: list[int], source: Optional[str] = None,
+                     candidates: Optional[list[list[int]]] = None) -> tuple[torch.Tensor, list[list[int]]]:
+        """Depth of the ``refs`` frames of a window from their neighbours in it:
+        :func:`vln_core.models.multiview.window_depth` with this model's multi-view network
+        (``model.depth_source``, ``model.multiview_sources``); a model without multi-view weights
+        gives the monocular depth."""
+        source = source or self.cfg.model.depth_source
+        if not self.has_multiview:
+            source = "monocular"
+        return window_depth(self.multiview, mono_depth, mono_conf, features, K, T_wc, refs, source,
+                            int(self.cfg.model.multiview_sources), candidates)
 
     def relative_poses(self, frames: FrameEncoding, current: FrameEncoding) -> torch.Tensor:
         """``T_cur_cam (P, 4, 4)`` of ``P`` frames against their current frame (``current`` has
@@ -454,6 +499,8 @@ class ReprojectionHeatmapModel(nn.Module):
         mode 3. Shapes in :class:`ModelInputs` / :class:`ModelOutputs`; ``heatmap_logits`` are
         ``log(heatmap + 1e-7)`` of the reprojected maps, ``out_of_view_logit`` the logit of the
         reprojected out-of-view fraction."""
+        if self.stage == "multiview":
+            return self.forward_multiview(inputs)
         frames = inputs.frames
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise InputError(f"frames must have shape (B, N_m, 3, H, W), got {tuple(frames.shape)}")
@@ -520,6 +567,51 @@ class ReprojectionHeatmapModel(nn.Module):
             pose_enc_predicted=torch.cat([t_pred, q_pred, pose_enc[..., 7:]], dim=-1),
         )
         return outputs.to(out_device)
+
+    def forward_multiview(self, inputs: ModelInputs) -> dict[str, Any]:
+        """Training stage ``multiview``: depth of each window's oldest keyframe and current frame
+        from the other frames of the window, with the known poses, fused with the frozen
+        monocular network's depth.
+
+        Returns:
+            ``{"multiview": MultiViewOutput for B x 2 references, "multiview_index": (B * 2, 2)
+            long [window, frame]}`` (the loss reads the true depth there).
+        """
+        if inputs.camera_poses is None:
+            raise InputError("training.stage=multiview needs the true poses (training.pose_known_fraction > 0)")
+        device = self.device
+        frames = inputs.frames.to(device).float()
+        B, N, _, H, W = frames.shape
+        K = self._intrinsics(inputs, B, H, W, device)
+        flat = frames.reshape(B * N, 3, H, W)
+        refs_of = [[int(inputs.keyframe_indices[b, 0]) if inputs.keyframe_indices is not None else 0, N - 1]
+                   for b in range(B)]
+        with torch.no_grad():  # the frozen monocular prior, on the reference frames only
+            mono = self.encode_frames(flat[torch.as_tensor([b * N + r for b in range(B) for r in refs_of[b]])])
+        fl = self.multiview_features(flat)  # (B * N, C, h, w)
+        mono_depth = mono.depth.view(B, 2, H, W)
+        mono_conf = mono.depth_conf.view(B, 2, H, W)
+        T = inputs.camera_poses.to(device).float()
+        S = int(self.cfg.model.multiview_sources)
+        ref_rows, src_rows, valid_rows, T_rows, index = [], [], [], [], []
+        for b in range(B):
+            for r, ref in enumerate(refs_of[b]):
+                cands = [i for i in range(N) if i != ref]
+                picked = [cands[j] for j in select_source_views(T[b, ref].cpu(), T[b, cands].cpu(), S,
+                                                                 float(mono_depth[b, r].median()))]
+                if not picked:  # no parallax anywhere: the nearest frames, so the loss still sees the case
+                    picked = sorted(cands, key=lambda i: abs(i - ref))[:S]
+                idx = picked + [picked[0]] * (S - len(picked))
+                ref_rows.append(b * N + ref)
+                src_rows.append([b * N + i for i in idx])
+                valid_rows.append([True] * len(picked) + [False] * (S - len(picked)))
+                T_rows.append(torch.linalg.inv(T[b, idx].double()) @ T[b, ref].double())
+                index.append((b, ref))
+        ref_rows_t = torch.as_tensor(ref_rows, device=device)
+        out = self.multiview(fl[ref_rows_t], fl[torch.as_tensor(src_rows, device=device)], K[ref_rows_t // N],
+                             torch.stack(T_rows).float(), (H, W), mono_depth.reshape(B * 2, H, W),
+                             mono_conf.reshape(B * 2, H, W), torch.as_tensor(valid_rows, device=device))
+        return {"multiview": out, "multiview_index": torch.as_tensor(index, dtype=torch.long)}
 
     def encode_instructions(self, texts: Iterable[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tokenizer.encode(list(texts), self.cfg.model.max_instruction_length)

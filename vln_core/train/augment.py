@@ -1,7 +1,7 @@
 """Photometric augmentation that narrows the gap between simulated and real cameras.
 
 The simulator renders noise-free, perfectly exposed, white-balanced, lossless images; a robot's
-camera has auto-exposure, a colour cast, motion and focus blur, sensor noise and JPEG or H.264
+camera has auto-exposure, a colour cast, lens vignetting, motion and focus blur, sensor noise and JPEG or H.264
 artefacts. :func:`camera_augment` applies those to one window of frames. The parameters are drawn
 once per window (a camera does not change its white balance between two frames) with a small
 per-frame exposure jitter (auto-exposure hunting). Geometry (depth, poses, intrinsics) is left
@@ -33,6 +33,10 @@ class CameraAugmentation:
     noise_std: tuple[float, float] = (0.0, 0.035)  # additive, on [0, 1] intensities
     jpeg_prob: float = 0.5
     jpeg_quality: tuple[int, int] = (25, 90)
+    vignette_prob: float = 0.5  # lens fall-off: gain 1 - strength * r^2 (r = 1 at the corners)
+    vignette_strength: tuple[float, float] = (0.1, 0.45)
+    motion_blur_prob: float = 0.25  # per window; each frame gets its own linear streak
+    motion_blur_px: tuple[float, float] = (2.0, 7.0)  # streak length at the network's input size
 
 
 def camera_augment(frames: torch.Tensor, rng: np.random.Generator,
@@ -58,6 +62,14 @@ def camera_augment(frames: torch.Tensor, rng: np.random.Generator,
         for i in range(N):
             img = np.ascontiguousarray(x[i].transpose(1, 2, 0))
             x[i] = cv2.GaussianBlur(img, (0, 0), sigma).transpose(2, 0, 1)
+    H, W = x.shape[-2:]
+    if rng.random() < params.vignette_prob:
+        yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+        r2 = ((xx - (W - 1) / 2) ** 2 + (yy - (H - 1) / 2) ** 2) / (((W - 1) / 2) ** 2 + ((H - 1) / 2) ** 2)
+        x = x * (1.0 - rng.uniform(*params.vignette_strength) * r2)[None, None].astype(np.float32)
+    if rng.random() < params.motion_blur_prob:
+        for i in range(N):
+            x[i] = _motion_blur(x[i], rng.uniform(*params.motion_blur_px), rng.uniform(0.0, np.pi))
     noise = rng.uniform(*params.noise_std)
     if noise > 0:
         x = x + rng.normal(0.0, noise, size=x.shape).astype(np.float32)
@@ -70,6 +82,19 @@ def camera_augment(frames: torch.Tensor, rng: np.random.Generator,
             if ok:
                 x[i] = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) / 255.0
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _motion_blur(image: np.ndarray, length_px: float, angle_rad: float) -> np.ndarray:
+    """``(3, H, W)`` blurred along a line of ``length_px`` at ``angle_rad`` (a camera moving
+    during the exposure)."""
+    size = int(np.ceil(length_px)) | 1
+    kernel = np.zeros((size, size), np.float32)
+    c = (size - 1) / 2.0
+    for s in np.linspace(-length_px / 2, length_px / 2, 4 * size):
+        kernel[int(round(c + s * np.sin(angle_rad))), int(round(c + s * np.cos(angle_rad)))] += 1.0
+    kernel /= kernel.sum()
+    img = np.ascontiguousarray(image.transpose(1, 2, 0))
+    return cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT).transpose(2, 0, 1)
 
 
 @dataclass(frozen=True)

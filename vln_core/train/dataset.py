@@ -61,6 +61,7 @@ __all__ = [
     "INTENT_TURN_THRESHOLD_RAD",
     "find_episodes",
     "split_episodes",
+    "stride_for_window_seconds",
     "base_poses_of",
     "future_waypoints",
     "past_trajectory",
@@ -105,6 +106,18 @@ def find_episodes(roots: Sequence[str | Path]) -> list[Path]:
             ".pose.txt, intrinsics.K.txt)"
         )
     return sorted(set(found))
+
+
+def stride_for_window_seconds(paths: Sequence[Path], seconds: float, num_frames: int) -> int:
+    """The frame stride that makes a window of ``num_frames`` span about ``seconds`` at the frame
+    rate of the first episode (its median timestamp step)."""
+    if seconds <= 0 or num_frames < 2:
+        raise InputError(f"--window-seconds must be > 0 with at least 2 frames, got {seconds} s, {num_frames} frames")
+    episode = read_episode(paths[0])
+    steps = np.diff(np.asarray(episode.timestamps, dtype=np.float64))
+    if steps.size == 0 or not np.all(np.isfinite(steps)) or np.median(steps) <= 0:
+        raise InputError(f"{paths[0]}: no frame rate (fewer than 2 frames or bad timestamps)")
+    return max(1, int(round(seconds / (float(np.median(steps)) * (num_frames - 1)))))
 
 
 def split_episodes(paths: Sequence[Path], eval_fraction: float) -> tuple[list[Path], list[Path]]:
@@ -388,10 +401,21 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
         intent = _intent_at(episode, t, waypoints, wp_mask)
         goal_position = (episode.goal or {}).get("position")
         goal_map, goal_valid = goal_heatmap(goal_position, pre.K, T_wc[-1], pre.depths[-1], self.frame_size)
+        depth = pre.depths
+        lo, hi = self.cfg.training.scene_scale_range
+        if self.augment and (lo, hi) != (1.0, 1.0):
+            # the same images of a scene s times larger: depth and camera translations scale together
+            # (heatmaps do not change); geometry training only (waypoints keep their metres)
+            s = float(np.exp(np.random.default_rng([self.cfg.training.seed, key, 2]).uniform(np.log(lo), np.log(hi))))
+            depth = depth * s
+            T_cur_cam = T_cur_cam.clone()
+            T_cur_cam[:, :3, 3] *= s
+            pose_enc = pose_enc.clone()
+            pose_enc[:, :3] *= s
         return {
             "frames": frames,
             "camera_poses": T_cur_cam.to(torch.float32),
-            "depth": pre.depths,
+            "depth": depth,
             "intrinsics": pre.K,
             "pose_enc": pose_enc.to(torch.float32),
             "keyframe_indices": key_t,

@@ -57,7 +57,7 @@ __all__ = [
 
 LOSS_TERMS = (
     "heatmap", "smoothness", "distinctness", "temporal", "entropy",
-    "out_of_view", "bearing", "goal", "waypoint", "depth", "pose",
+    "out_of_view", "bearing", "goal", "waypoint", "depth", "pose", "multiview",
 )
 
 #: Defaults from a measurement (finetune stage, embedded model at initialisation, 12 windows of
@@ -78,6 +78,7 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "waypoint": 0.1,
     "depth": 0.2,
     "pose": 0.05,
+    "multiview": 1.0,
 }
 
 #: Which terms each training stage optimises (others are not computed).
@@ -89,6 +90,7 @@ STAGE_TERMS: dict[str, tuple[str, ...]] = {
                 "goal", "depth", "pose"),
     "finetune": ("heatmap", "smoothness", "distinctness", "temporal", "entropy", "out_of_view", "bearing",
                  "goal", "waypoint", "depth", "pose"),
+    "multiview": ("multiview",),
 }
 
 #: ``a`` in the depth term ``c |d - g| / s - a log c``: the confidence a pixel with relative error
@@ -436,6 +438,8 @@ def compute_losses(outputs: Any, batch: Mapping[str, Any], weights: Mapping[str,
         pred = _get(outputs, "depth")
         conf = _get(outputs, "depth_conf")
         terms["depth"] = _batch_mean(*depth_loss(pred, conf, batch["depth"].to(pred.device)))
+    if "multiview" in active:
+        terms["multiview"] = multiview_depth_loss(outputs, batch)
     if "pose" in active:
         # a model given the true poses (RGB + pose) still reports its own estimate to train on
         pred = _get(outputs, "pose_enc_predicted") if _has(outputs, "pose_enc_predicted") else _get(outputs, "pose_enc")
@@ -445,3 +449,30 @@ def compute_losses(outputs: Any, batch: Mapping[str, Any], weights: Mapping[str,
         raise ConfigError(f"stage {stage!r} has no loss term with a weight > 0 (weights: {dict(weights)})")
     total = sum(weights[name] * value for name, value in terms.items())
     return LossResult(total=total, terms={**{k: v.detach() for k, v in terms.items()}, **diagnostics})
+
+
+def multiview_depth_loss(outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+    """Stage ``multiview``: log-depth L1 of the fused and of the multi-view-only depth, plus a
+    0.1-weighted cross-entropy of the plane logits against two-hot true planes.
+
+    Args:
+        outputs: ``{"multiview": MultiViewOutput (R rows), "multiview_index": (R, 2) [window, frame]}``.
+        batch: ``depth (B, N, H, W)`` true depth (0 = unknown).
+    """
+    from vln_core.models.multiview import plane_targets
+
+    out = outputs["multiview"]
+    idx = outputs["multiview_index"]
+    target = batch["depth"].to(out.depth.device)[idx[:, 0], idx[:, 1]]  # (R, H, W)
+    valid = target > 0
+    if not bool(valid.any()):
+        return out.depth.sum() * 0.0
+    log_t = torch.log(target.clamp(min=1e-3))
+    fused = (torch.log(out.depth) - log_t).abs()[valid].mean()
+    mvs = (torch.log(out.multiview_depth) - log_t).abs()[valid].mean()
+    h, w = out.logits.shape[-2:]
+    small = F.interpolate(target[:, None], size=(h, w), mode="nearest")[:, 0]
+    two_hot, ok = plane_targets(small, out.planes.to(small.dtype))
+    ce = -(two_hot * F.log_softmax(out.logits.float(), dim=1)).sum(1)
+    ce = ce[ok].mean() if bool(ok.any()) else ce.sum() * 0.0
+    return fused + mvs + 0.1 * ce

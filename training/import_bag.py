@@ -13,7 +13,9 @@ Examples::
     # camera pose from the tf tree (odom -> ... -> camera optical frame)
     python training/import_bag.py run1/ --out data/real/run1 --color-topic /camera/color/image_raw --tf
 
-Exit status 0 on success, 2 on bad input (the message names the problem).
+Exit status 0 on success, 2 on bad input (the message names the problem). A bag whose data file
+is damaged in the middle is imported from what can be read, with exit status 0 and a line
+"warning: N of M messages listed in metadata.yaml could not be read (topic: n of m, ...)".
 """
 from __future__ import annotations
 
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {path}: {stats.summary()}")
     for note in stats.notes:
         print(f"note: {note}")
+    if stats.read_warning:  # a bag damaged in the middle: what could be read was imported, exit 0
+        print(f"warning: {stats.read_warning}")
     return 0
 
 

@@ -25,6 +25,12 @@ without depth or pose in tolerance, duplicate stamps and undecodable images are 
 counted; the counts are logged, returned in :class:`ImportStats` and stored in the episode's
 ``extra["import"]``.
 
+A data file damaged in the middle: messages that do not deserialize are skipped, and where the
+reader stops on damaged data, reading goes on after it. What ``metadata.yaml`` lists and was not
+read (rosbags' MCAP reader also ends a damaged chunk early without an error) is counted per topic
+and reported in one warning line (:meth:`BagReadStats.loss_warning`, ``ImportStats.read_warning``);
+what was read is imported.
+
 The camera frame must be an **optical** frame (OpenCV axes: x right, y down, z forward), which is
 what ``header.frame_id`` of ROS camera images is by convention (``*_optical_frame``).
 """
@@ -139,23 +145,157 @@ def bag_errors(bag_path: str | os.PathLike) -> Iterator[None]:
 
 @dataclass
 class BagReadStats:
-    """Messages of a bag that :func:`iter_bag_messages` read and those it could not decode."""
+    """What reading a bag returned, against what its ``metadata.yaml`` lists.
+
+    ``messages`` / ``undecodable`` / ``read_errors`` add up over every read; ``listed`` (messages per
+    topic in ``metadata.yaml``), ``read`` (returned by the reader) and ``good`` (returned and
+    deserialized) are those of the last complete read of the bag (one replay pass)."""
 
     messages: int = 0
     undecodable: int = 0
     first_undecodable: str = ""
+    read_errors: int = 0  # places where the reader stopped on damaged data (reading went on after them)
+    first_read_error: str = ""
+    listed: dict[str, int] = field(default_factory=dict)
+    read: dict[str, int] = field(default_factory=dict)
+    good: dict[str, int] = field(default_factory=dict)
+    salvage_hint: str = ""  # how more of a damaged data file may be salvaged (set by the readers)
 
     def note(self, topic: str, msgtype: str, exc: BaseException) -> None:
         self.undecodable += 1
         if not self.first_undecodable:
             self.first_undecodable = f"{topic} ({msgtype}): {' '.join(str(exc).split()) or type(exc).__name__}"
 
+    def note_read_error(self, exc: BaseException) -> None:
+        self.read_errors += 1
+        if not self.first_read_error:
+            self.first_read_error = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+
+    def lost(self) -> dict[str, tuple[int, int]]:
+        """``topic -> (lost, listed)``: messages ``metadata.yaml`` lists that were not read and
+        deserialized (topics without loss left out; a metadata.yaml without counts lists 0)."""
+        return {t: (n - self.good.get(t, 0), n) for t, n in sorted(self.listed.items()) if n > self.good.get(t, 0)}
+
+    def loss_warning(self) -> str:
+        """One line naming what was lost, or "" when every listed message was read."""
+        lost = self.lost()
+        if not lost:
+            return ""
+        n_lost = sum(v[0] for v in lost.values())
+        missing = sum(max(n - self.read.get(t, 0), 0) for t, n in self.listed.items())
+        undecodable = sum(max(self.read.get(t, 0) - self.good.get(t, 0), 0) for t in self.listed)
+        topics = ", ".join(f"{t}: {a} of {b}" for t, (a, b) in lost.items())
+        causes = []
+        if missing:
+            causes.append(f"{missing} not returned by the reader (damaged data file"
+                          f"{': ' + self.first_read_error if self.first_read_error else ''})")
+        if undecodable:
+            causes.append(f"{undecodable} did not deserialize")
+        hint = f" ({self.salvage_hint})" if self.salvage_hint and missing else ""
+        return (f"{n_lost} of {sum(self.listed.values())} messages listed in metadata.yaml could not be read "
+                f"({topics}): {', '.join(causes)}; what was read is kept{hint}")
+
+
+def _salvage_hint(bag_path: Path) -> str:
+    """How to try to salvage more of a bag's damaged data file than the reader returns."""
+    mcaps = sorted(bag_path.glob("*.mcap"))
+    if mcaps:
+        return f"`mcap recover {mcaps[0]} -o fixed.mcap` may salvage more"
+    db3s = sorted(bag_path.glob("*.db3"))
+    if db3s:
+        return f"`sqlite3 {db3s[0]} .recover | sqlite3 fixed.db3` may salvage more"
+    return ""
+
+
+def _reader_messages_past_damage(reader: Any, connections: list, stats: BagReadStats,
+                                 ) -> Iterator[tuple[Any, int, bytes]]:
+    """``reader.messages(connections)``, going on after damaged data: where the reader raises
+    (a damaged MCAP chunk or sqlite3 page), the error is counted in ``stats`` and reading starts
+    again at the earliest later receive time the reader gets past (what lies between is lost and
+    shows in :meth:`BagReadStats.loss_warning`). Damage the reader skips without an error (a
+    damaged MCAP chunk often ends early) is found only by comparing with ``metadata.yaml``."""
+    start: Optional[int] = None
+    while True:
+        last: Optional[int] = None
+        messages = reader.messages(connections=connections, start=start)
+        try:
+            while True:
+                try:
+                    item = next(messages)
+                except StopIteration:
+                    return
+                except Exception as exc:  # noqa: BLE001 - anything the reader raises reading damaged data
+                    stats.note_read_error(exc)
+                    break
+                last = item[1]
+                yield item
+        finally:
+            messages.close()
+        after = last + 1 if last is not None else (start if start is not None else int(reader.start_time))
+        start = _first_readable_start(reader, connections, after, int(reader.end_time))
+        if start is None:
+            return
+
+
+def _first_readable_start(reader: Any, connections: list, after: int, end: int) -> Optional[int]:
+    """The earliest receive time ``>= after`` from which the reader returns its first message
+    without an error (None if none before ``end``): an exponential then a binary search."""
+
+    def readable(start: int) -> bool:
+        messages = reader.messages(connections=connections, start=start)
+        try:
+            next(messages, None)
+            return True
+        except Exception:  # noqa: BLE001 - the damaged part is still in the way
+            return False
+        finally:
+            messages.close()
+
+    lo, step = after, 1_000_000  # lo: not readable (the reader just failed there)
+    hi = min(lo + step, end)
+    while not readable(hi):
+        if hi >= end:
+            return None
+        lo, step = hi, step * 2
+        hi = min(lo + step, end)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if readable(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _read_bag(reader: Any, connections: list, stats: BagReadStats) -> Iterator[tuple[Any, int, bytes, Any]]:
+    """``(connection, receive time ns, raw CDR, message)`` of every message of ``connections`` that
+    the reader returns and that deserializes, in order; the rest is counted in ``stats`` (see
+    :class:`BagReadStats`, whose per-topic figures this sets when the read is complete)."""
+    listed: dict[str, int] = defaultdict(int)
+    read: dict[str, int] = defaultdict(int)
+    good: dict[str, int] = defaultdict(int)
+    for conn in connections:
+        listed[conn.topic] += int(getattr(conn, "msgcount", 0) or 0)
+    for conn, timestamp, raw in _reader_messages_past_damage(reader, connections, stats):
+        stats.messages += 1
+        read[conn.topic] += 1
+        try:
+            msg = reader.deserialize(raw, conn.msgtype)
+        except Exception as exc:  # noqa: BLE001 - a corrupt message: skip it, count it
+            stats.note(conn.topic, conn.msgtype, exc)
+            continue
+        good[conn.topic] += 1
+        yield conn, int(timestamp), raw, msg
+    stats.listed, stats.read, stats.good = dict(listed), dict(read), dict(good)
+
 
 def iter_bag_messages(bag_path: str | os.PathLike, topics: Optional[set[str]] = None,
                       stats: Optional[BagReadStats] = None) -> Iterator[tuple[str, str, int, bytes]]:
     """``(topic, msgtype, receive time ns, raw CDR)`` of every message of a rosbag2 folder, in
     order, for the replay. A message that does not deserialize is skipped and counted in
-    ``stats``; a damaged bag raises :class:`InputError` (see :func:`bag_errors`)."""
+    ``stats``, so is data the reader cannot get through (reading goes on after it); after a
+    complete read ``stats.loss_warning()`` names what ``metadata.yaml`` lists and was not read.
+    A bag that cannot be opened raises :class:`InputError` (see :func:`bag_errors`)."""
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
 
@@ -167,18 +307,13 @@ def iter_bag_messages(bag_path: str | os.PathLike, topics: Optional[set[str]] = 
                          "file run `ros2 bag reindex <folder>` first")
     check_bag_metadata(bag_path)
     stats = stats if stats is not None else BagReadStats()
+    stats.salvage_hint = _salvage_hint(bag_path)
     with bag_errors(bag_path):
         reader_cm = AnyReader([bag_path], default_typestore=get_typestore(Stores.LATEST))
         with reader_cm as reader:
             connections = [c for c in reader.connections if topics is None or c.topic in topics]
-            for conn, timestamp, raw in reader.messages(connections=connections):
-                stats.messages += 1
-                try:
-                    reader.deserialize(raw, conn.msgtype)
-                except Exception as exc:  # noqa: BLE001 - a corrupt message: skip it, count it
-                    stats.note(conn.topic, conn.msgtype, exc)
-                    continue
-                yield conn.topic, conn.msgtype, int(timestamp), bytes(raw)
+            for conn, timestamp, raw, _ in _read_bag(reader, connections, stats):
+                yield conn.topic, conn.msgtype, timestamp, bytes(raw)
 
 
 # ============================================================================== interpolation
@@ -416,10 +551,17 @@ class ImportStats:
     first_decode_failure: str = ""
     pose_source: str = ""
     notes: list[str] = field(default_factory=list)
+    # messages metadata.yaml lists (topics read) and how many of them could not be read or deserialized
+    listed_messages: int = 0
+    unreadable_messages: int = 0
+    unreadable_color: int = 0
+    read_warning: str = ""  # BagReadStats.loss_warning(): "" when every listed message was read
 
     def summary(self) -> str:
+        unreadable = (f" ({self.unreadable_color} more listed in metadata.yaml could not be read)"
+                      if self.unreadable_color else "")
         text = (
-            f"{self.kept} of {self.color_messages} colour frames kept; skipped: "
+            f"{self.kept} of {self.color_messages} colour frames kept{unreadable}; skipped: "
             f"{self.skipped_no_depth} without depth within tolerance, {self.skipped_no_pose} without pose"
             f"{' (' + self.first_pose_failure + ')' if self.first_pose_failure else ''}, "
             f"{self.skipped_duplicate_stamp} duplicate stamps, {self.skipped_decode_error} undecodable"
@@ -597,14 +739,10 @@ def import_rosbag(
         odom_ids = {id(c) for c in odom_conns}
         tf_ids = {id(c) for c in tf_conns}
         wanted = color_conns + depth_conns + info_conns + odom_conns + tf_conns + tf_static_conns
-        for conn, _, raw in reader.messages(connections=wanted):
-            try:
-                msg = reader.deserialize(raw, conn.msgtype)
-            except Exception as exc:  # noqa: BLE001 - one corrupt message: count it, skip it
-                stats.corrupt_messages += 1
-                if not stats.first_corrupt_message:
-                    stats.first_corrupt_message = f"{conn.topic}: {' '.join(str(exc).split()) or type(exc).__name__}"
-                continue
+        read_stats = BagReadStats(salvage_hint=_salvage_hint(bag_path))
+        # messages that do not deserialize are skipped, data the reader cannot get through is
+        # skipped after an error; both are counted against metadata.yaml's message counts
+        for conn, _, _, msg in _read_bag(reader, wanted, read_stats):
             key = id(conn)
             if key in color_ids:
                 stamp = stamp_to_ns(msg.header.stamp)
@@ -630,6 +768,15 @@ def import_rosbag(
             else:
                 tf_buffer.add_tf_message(msg, static=key not in tf_ids)
 
+        stats.corrupt_messages = read_stats.undecodable
+        stats.first_corrupt_message = read_stats.first_undecodable
+        stats.listed_messages = sum(read_stats.listed.values())
+        lost = read_stats.lost()
+        stats.unreadable_messages = sum(v[0] for v in lost.values())
+        stats.unreadable_color = lost.get(color_topic, (0, 0))[0]
+        stats.read_warning = read_stats.loss_warning()
+        if stats.read_warning:
+            log.warning("rosbag import %s: warning: %s", bag_path, stats.read_warning)
         if not color_stamps:
             raise InputError(f"colour topic {color_topic!r} has no messages in bag {bag_path}")
         if K is None:
@@ -770,11 +917,7 @@ def import_rosbag(
 
         try:
             done = 0
-            for conn, _, raw in reader.messages(connections=color_conns + depth_conns):
-                try:
-                    msg = reader.deserialize(raw, conn.msgtype)
-                except Exception:  # noqa: BLE001 - counted in pass 1 (corrupt_messages)
-                    continue
+            for conn, _, _, msg in _read_bag(reader, color_conns + depth_conns, BagReadStats()):  # counted in pass 1
                 stamp = stamp_to_ns(msg.header.stamp)
                 if id(conn) in color_ids:
                     done += 1
@@ -795,6 +938,13 @@ def import_rosbag(
                         failed_depth.add(stamp)
                         stats.first_decode_failure = stats.first_decode_failure or f"depth: {exc}"
                 flush()
+            # a planned frame the second read did not return (the reader skips the same damaged
+            # data both times, so none should be): skipped and counted, not the end of the episode
+            for stamp, depth_stamp, *_ in plan[next_index:]:
+                if stamp not in pending_color:
+                    failed_color.add(stamp)
+                if depth_stamp is not None and depth_stamp not in depth_cache:
+                    failed_depth.add(depth_stamp)
             flush()
             if writer is None:
                 raise InputError(f"no frame of bag {bag_path} could be decoded: {stats.summary()}")

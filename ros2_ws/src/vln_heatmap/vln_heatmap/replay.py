@@ -25,7 +25,9 @@ recorded camera poses.
 A rosbag2 directory is read with ``rosbags`` and its messages are republished as recorded (the
 CDR bytes unchanged, header stamps as recorded), timed by the bag's receive times; ``/tf`` and
 ``/tf_static`` too (``tf2_msgs``, built by ``tools/build_tf2_msgs.sh`` for a pip-installed ROS 2),
-``/tf_static`` with transient-local durability as tf2's static broadcasters offer it.
+``/tf_static`` with transient-local durability as tf2's static broadcasters offer it. A bag damaged
+in the middle is replayed from what can be read; the closing summary says how many of the
+messages ``metadata.yaml`` lists could not be read, per topic ("replay: warning: ..."), exit 0.
 """
 from __future__ import annotations
 
@@ -293,6 +295,18 @@ def _bag_messages(path: Path, topics: Optional[set[str]],
     return iter_bag_messages(path, topics, stats)
 
 
+def bag_summary_warnings(stats: BagReadStats) -> list[str]:
+    """The replay's closing lines about what could not be read from the bag (none if all was):
+    corrupt messages skipped, and what ``metadata.yaml`` lists that was not published."""
+    lines = []
+    if stats.undecodable:
+        lines.append(f"replay: skipped {stats.undecodable} corrupt bag messages (first: {stats.first_undecodable})")
+    loss = stats.loss_warning()
+    if loss:
+        lines.append(f"replay: warning: {loss}")
+    return lines
+
+
 def replay_bag(args: argparse.Namespace, stop: _Stop) -> int:
     remap = dict(r.split(":=", 1) for r in args.remap)
     wanted = set(args.topics) if args.topics else None
@@ -334,9 +348,8 @@ def replay_bag(args: argparse.Namespace, stop: _Stop) -> int:
                 break
         elapsed = time.monotonic() - t_start
         print(f"replay: published {published} bag messages in {elapsed:.2f} s ({passes} passes)", flush=True)
-        if bag_stats.undecodable:
-            print(f"replay: skipped {bag_stats.undecodable} corrupt bag messages (first: "
-                  f"{bag_stats.first_undecodable})", file=sys.stderr, flush=True)
+        for line in bag_summary_warnings(bag_stats):
+            print(line, file=sys.stderr, flush=True)
         time.sleep(args.linger)
     finally:
         node.destroy_node()

@@ -402,3 +402,23 @@ def test_adaptive_sigma_fills_sparse_samples_instead_of_drawing_dots():
     assert roughness(adaptive) < 0.1
     torch.testing.assert_close(_centroid(adaptive), _centroid(fixed), atol=0.5, rtol=0)
     assert float(adaptive.sum()) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_viz_mosaic_of_an_empty_heatmap_with_overlap_draws_without_a_runtime_warning():
+    """has_overlap set but nothing to draw (frame_indexed_heatmaps zeroes a map whose splatted
+    total is 0; a NaN map): the display peak was 0 and the mosaic divided by it (numpy
+    'invalid value encountered in divide')."""
+    import warnings
+    from types import SimpleNamespace
+
+    heat = np.zeros((3, H, W), np.float32)
+    heat[1, 3:6, 4:8] = 1.0
+    heat[2] = np.nan
+    res = SimpleNamespace(heatmap=heat, occluded=np.zeros_like(heat), in_view_fraction=np.full(3, 0.5),
+                          occluded_fraction=np.zeros(3), out_of_view_fraction=np.zeros(3),
+                          out_of_view_bearing=np.zeros(3), has_overlap=np.ones(3, bool))
+    rgb = np.full((H, W, 3), 128, np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mosaic = overlay_mosaic(rgb, res, ["kf 1", "kf 2", "kf 3"], columns=3)
+    assert mosaic.dtype == np.uint8 and mosaic.ndim == 3

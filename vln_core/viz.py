@@ -258,12 +258,13 @@ def overlay_mosaic(
     for k in range(num_key):
         hk = heat[k].astype(np.float32)
         ok = occluded[k].astype(np.float32)
-        if overlap[k]:
-            # display scale: a high percentile, so a few dense pixels (surfaces seen at grazing
-            # angles pile up many points) do not wash out the rest of the footprint
-            positive = hk[hk > 0]
-            peak = float(np.percentile(positive, 99.0)) if positive.size else 0.0
-            peak = peak if peak > 0 else float(hk.max())
+        # display scale: a high percentile, so a few dense pixels (surfaces seen at grazing
+        # angles pile up many points) do not wash out the rest of the footprint; 0 when there is
+        # nothing to draw (an all-zero or NaN map with has_overlap set: frame_indexed_heatmaps
+        # zeroes a map whose splatted total is 0), which was a 0/0 RuntimeWarning below
+        positive = hk[hk > 0]
+        peak = float(np.percentile(positive, 99.0)) if positive.size else 0.0
+        if overlap[k] and peak > 0:
             footprint = (hk > FOOTPRINT_LEVEL * peak).astype(np.uint8)
             # drop single-pixel specks and pinholes so the outline reads as a region
             kernel = np.ones((3, 3), np.uint8)
@@ -280,7 +281,8 @@ def overlay_mosaic(
             _hatch(tile, hidden_mask, HIDDEN_COLOR, stripes, hatch_thickness)
         else:
             tile = (base.astype(np.float32) * 0.35).astype(np.uint8)
-            _text_box(tile, "no overlap with current view", (W // 2, H // 2), scale * 1.1, anchor="c")
+            text = "no overlap with current view" if not overlap[k] else "empty heatmap (nothing to draw)"
+            _text_box(tile, text, (W // 2, H // 2), scale * 1.1, anchor="c")
 
         # label and fractions, top-left
         x0, y0, x1, y1 = _text_box(tile, str(keyframe_labels[k]), (0, 0), scale * 1.6, (255, 255, 0), thickness=2)

@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=16, help="N_m frames per window (default 16)")
     parser.add_argument("--keyframes", type=int, default=8, help="N_k keyframes per window (default 8)")
     parser.add_argument("--frame-stride", type=int, default=2, help="episode frames between window frames (default 2)")
+    parser.add_argument("--window-seconds", type=float, default=None,
+                        help="span of a window in seconds: sets --frame-stride from the data's frame rate "
+                             "(--fps, else the episode's timestamps; plain posed folders count as 30 Hz)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate of the data for --window-seconds (e.g. 15 for a folder of every other "
+                             "frame of a 30 Hz camera)")
     parser.add_argument("--max-windows", type=int, default=96, help="windows scored, evenly spread (default 96)")
     parser.add_argument("--modes", default="rgb_pose,rgb_only", help="comma-separated: rgb_pose, rgb_only")
     parser.add_argument("--panels", type=int, default=4, help="PNG panels written per mode (default 4)")
@@ -51,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from vln_core.models.shipped import load_model_checkpoint
-    from vln_core.train.dataset import EpisodeWindowDataset, find_episodes
+    from vln_core.train.dataset import EpisodeWindowDataset, find_episodes, stride_for_window_seconds
     from vln_core.train.evaluation import MODES, evaluate_windows, format_report
 
     try:
@@ -73,8 +79,14 @@ def main(argv: list[str] | None = None) -> int:
                              "depth (or without --checkpoint)")
         cfg.video.total_frames = args.frames
         cfg.video.keyframes = args.keyframes
+        episodes = find_episodes(args.data)
+        if args.window_seconds is not None:
+            args.frame_stride = stride_for_window_seconds(episodes, args.window_seconds, args.frames, args.fps)
         cfg.training.frame_stride = args.frame_stride
-        dataset = EpisodeWindowDataset(find_episodes(args.data), cfg)
+        dataset = EpisodeWindowDataset(episodes, cfg)
+        if len(dataset) == 0:
+            raise InputError(f"no window of {args.frames} frames at stride {args.frame_stride} fits the data "
+                             f"(a window spans {(args.frames - 1) * args.frame_stride + 1} frames)")
         n = len(dataset)
         count = min(n, args.max_windows)
         indices = sorted({int(i) for i in torch.linspace(0, n - 1, count).round().tolist()})
@@ -89,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     result.update(
         checkpoint=args.checkpoint, data=args.data, seconds=round(time.perf_counter() - start, 1),
         video={"total_frames": args.frames, "keyframes": args.keyframes, "frame_stride": args.frame_stride,
+               "window_seconds": args.window_seconds,
                "frame_size": list(cfg.video.frame_size)},
         torch_threads=torch.get_num_threads(),
     )

@@ -29,7 +29,7 @@ from vln_core.config import VLNConfig
 from vln_core.errors import InputError
 from vln_core.geometry.transforms import invert_pose
 from vln_core.geometry.matching import orb_features
-from vln_core.geometry.refinement import refine_window_geometry
+from vln_core.models.window_geometry import window_geometry
 from vln_core.heatmaps import InterFrameHeatmaps, heatmaps_from_config, predicted_depth_config
 from vln_core.preprocess import preprocess_frames
 from vln_core.sampling import sample_keyframes
@@ -236,11 +236,19 @@ def infer_video(source: VideoSource, cfg: VLNConfig, backend: str, model_path: O
                 T = torch.cat([engine.relative_poses(pose_k, enc.pose_features[-1:].expand_as(pose_k)).float(),
                                torch.eye(4)[None]])
                 mode = "rgb_only"
-            if cfg.model.match_refinement:  # metric scale (known poses) or PnP poses from ORB matches
+            multiview = cfg.model.depth_source != "monocular" and getattr(engine, "has_multiview", False)
+            if cfg.model.match_refinement or multiview:
+                # multi-view depth from the neighbours (metric with known poses), and/or the match
+                # refinement: metric scale (known poses, monocular depth) or PnP poses from ORB matches
                 steps = None if mode == "rgb_pose" else engine.relative_poses(enc.pose_features[:-1],
                                                                               enc.pose_features[1:]).float()
-                depth, T, _ = refine_window_geometry([orb_features(f) for f in pre.frames], depth, K, T.float(),
-                                                     poses_known=mode == "rgb_pose", learned_steps=steps)
+                depth, T, _ = window_geometry(
+                    depth, enc.depth_conf.float(), K, T.float(), mode == "rgb_pose",
+                    depth_source=cfg.model.depth_source, num_sources=cfg.model.multiview_sources,
+                    network=engine.multiview_depth if multiview else None,
+                    features=engine.multiview_features(pre.frames) if multiview else None,
+                    orb=[orb_features(f) for f in pre.frames] if cfg.model.match_refinement else None,
+                    learned_steps=steps)
                 depth, T = depth.float(), T.float()
     timings["geometry"] = (time.perf_counter() - t0) * 1e3
     say("keyframes")

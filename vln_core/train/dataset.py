@@ -108,16 +108,20 @@ def find_episodes(roots: Sequence[str | Path]) -> list[Path]:
     return sorted(set(found))
 
 
-def stride_for_window_seconds(paths: Sequence[Path], seconds: float, num_frames: int) -> int:
-    """The frame stride that makes a window of ``num_frames`` span about ``seconds`` at the frame
-    rate of the first episode (its median timestamp step)."""
-    if seconds <= 0 or num_frames < 2:
-        raise InputError(f"--window-seconds must be > 0 with at least 2 frames, got {seconds} s, {num_frames} frames")
-    episode = read_episode(paths[0])
-    steps = np.diff(np.asarray(episode.timestamps, dtype=np.float64))
-    if steps.size == 0 or not np.all(np.isfinite(steps)) or np.median(steps) <= 0:
-        raise InputError(f"{paths[0]}: no frame rate (fewer than 2 frames or bad timestamps)")
-    return max(1, int(round(seconds / (float(np.median(steps)) * (num_frames - 1)))))
+def stride_for_window_seconds(paths: Sequence[Path], seconds: float, num_frames: int,
+                              fps: Optional[float] = None) -> int:
+    """The frame stride that makes a window of ``num_frames`` span about ``seconds``: at ``fps``,
+    else at the frame rate of the first episode (its median timestamp step)."""
+    if seconds <= 0 or num_frames < 2 or (fps is not None and fps <= 0):
+        raise InputError(f"--window-seconds and --fps must be > 0 with at least 2 frames, got {seconds} s, "
+                         f"{fps} fps, {num_frames} frames")
+    if fps is None:
+        episode = read_episode(paths[0])
+        steps = np.diff(np.asarray(episode.timestamps, dtype=np.float64))
+        if steps.size == 0 or not np.all(np.isfinite(steps)) or np.median(steps) <= 0:
+            raise InputError(f"{paths[0]}: no frame rate (fewer than 2 frames or bad timestamps); pass --fps")
+        fps = 1.0 / float(np.median(steps))
+    return max(1, int(round(seconds * fps / (num_frames - 1))))
 
 
 def split_episodes(paths: Sequence[Path], eval_fraction: float) -> tuple[list[Path], list[Path]]:

@@ -48,7 +48,7 @@ from vln_core.baselines import (
 )
 from vln_core.config import VLNConfig
 from vln_core.geometry.matching import orb_features
-from vln_core.geometry.refinement import refine_window_geometry
+from vln_core.models.window_geometry import window_geometry
 from vln_core.heatmaps import InterFrameHeatmaps, heatmaps_from_config, predicted_depth_config
 from vln_core.metrics import ade, centroid_distance_px, fde, heatmap_metrics
 
@@ -121,6 +121,32 @@ def _depth_metrics(pred: torch.Tensor, true: torch.Tensor) -> tuple[float, float
     return absrel, delta
 
 
+#: Depth ranges (metres) of the per-range depth metrics: close-up, desk, room, far.
+DEPTH_RANGES = ((0.0, 1.0), (1.0, 2.0), (2.0, 4.0), (4.0, float("inf")))
+
+
+def _range_name(lo: float, hi: float) -> str:
+    return f"{lo:g}-{hi:g}m" if math.isfinite(hi) else f">{lo:g}m"
+
+
+def _depth_metrics_by_range(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
+    """AbsRel and delta<1.25 per true-depth range (:data:`DEPTH_RANGES`), with the pixel share of
+    each range: ``{"abs_rel@0-1m": ..., "delta_1.25@0-1m": ..., "share@0-1m": ...}``."""
+    valid = true > 0
+    total = int(valid.sum())
+    out: dict[str, float] = {}
+    for lo, hi in DEPTH_RANGES:
+        m = valid & (true >= lo) & (true < hi)
+        n = int(m.sum())
+        name = _range_name(lo, hi)
+        out[f"share@{name}"] = n / total if total else float("nan")
+        if n:
+            p, t = pred[m].double(), true[m].double()
+            out[f"abs_rel@{name}"] = float(((p - t).abs() / t).mean())
+            out[f"delta_1.25@{name}"] = float((torch.maximum(p / t, t / p) < 1.25).double().mean())
+    return out
+
+
 def window_methods(sample: dict[str, Any], mode: str, cfg: VLNConfig, model: Optional[torch.nn.Module],
                    constant_depth_m: float, prior_in_view: float, prior_hidden: float
                    ) -> tuple[dict[str, InterFrameHeatmaps], dict[str, Any]]:
@@ -171,16 +197,23 @@ def window_methods(sample: dict[str, Any], mode: str, cfg: VLNConfig, model: Opt
             extras.update(net_depth=pred_depth, net_T_cur_cam=T_pred)
             net_name = "model_net" if cfg.model.match_refinement else "model"
             methods[net_name] = _reprojected(pred_depth, T_pred, kf, key_valid, cur_valid, K, hcfg)
-            if cfg.model.match_refinement:
-                steps = None
-                if mode == "rgb_only":  # the network's motion between neighbours, for odometry steps that do not match
-                    steps = model.relative_poses(enc.index(slice(0, len(frames) - 1)),
-                                                 enc.index(slice(1, len(frames)))).float().cpu()
-                pred_depth, T_pred, refined = refine_window_geometry(
-                    [orb_features(im) for im in frames], pred_depth, K, T_pred, poses_known=mode == "rgb_pose",
-                    learned_steps=steps, match_indices=kf.tolist())
+            steps = None
+            if mode == "rgb_only":  # the network's motion between neighbours, for odometry steps that do not match
+                steps = model.relative_poses(enc.index(slice(0, len(frames) - 1)),
+                                             enc.index(slice(1, len(frames)))).float().cpu()
+            multiview = cfg.model.depth_source != "monocular" and getattr(model, "has_multiview", False)
+            orb = [orb_features(im) for im in frames] if cfg.model.match_refinement else None
+            if multiview or orb is not None:
+                pred_depth, T_pred, refined = window_geometry(
+                    pred_depth, enc.depth_conf.float().cpu(), K, T_pred, mode == "rgb_pose",
+                    depth_source=cfg.model.depth_source, num_sources=cfg.model.multiview_sources,
+                    network=model.multiview if multiview else None,
+                    features=model.multiview_features(frames.to(device)).float() if multiview else None,
+                    orb=orb, learned_steps=steps, match_indices=kf.tolist())
+                pred_depth, T_pred = pred_depth.float(), T_pred.float()
                 methods["model"] = _reprojected(pred_depth, T_pred, kf, key_valid, cur_valid, K, hcfg)
-                extras["refined"] = refined
+                if refined is not None:
+                    extras["refined"] = refined
         extras.update(depth=pred_depth, T_cur_cam=T_pred, encoding=enc)
     return methods, extras
 
@@ -295,12 +328,15 @@ def evaluate_windows(model: Optional[torch.nn.Module], dataset: Any, indices: Se
             if "depth" in extras:
                 enc = extras["encoding"]
                 versions = [("model", "depth", "T_cur_cam")]
-                if "refined" in extras:
+                if "model_net" in methods:
                     versions.append(("model_net", "net_depth", "net_T_cur_cam"))
                 for name, depth_key, pose_key in versions:
                     absrel, delta = _depth_metrics(extras[depth_key][frames_scored], true_depth[frames_scored])
                     depth_acc[mode].setdefault(name, _Mean()).add("abs_rel", absrel)
                     depth_acc[mode][name].add("delta_1.25", delta)
+                    for key, value in _depth_metrics_by_range(extras[depth_key][frames_scored],
+                                                              true_depth[frames_scored]).items():
+                        depth_acc[mode][name].add(key, value)
                     if mode == "rgb_only":
                         Tp = extras[pose_key][kf]
                         acc = pose_acc[mode].setdefault(name, _Mean())
@@ -318,9 +354,12 @@ def evaluate_windows(model: Optional[torch.nn.Module], dataset: Any, indices: Se
                 eye = torch.eye(4).expand(len(kf), 4, 4)
                 pose_acc[mode]["identity"].add("rotation_error_deg", _rotation_error_deg(eye, T_true[kf]))
                 pose_acc[mode]["identity"].add("translation_error_m", T_true[kf][:, :3, 3].norm(dim=-1))
-            absrel, delta = _depth_metrics(torch.full_like(true_depth[frames_scored], constant_depth_m), true_depth[frames_scored])
+            const = torch.full_like(true_depth[frames_scored], constant_depth_m)
+            absrel, delta = _depth_metrics(const, true_depth[frames_scored])
             depth_acc[mode]["constant_depth"].add("abs_rel", absrel)
             depth_acc[mode]["constant_depth"].add("delta_1.25", delta)
+            for key, value in _depth_metrics_by_range(const, true_depth[frames_scored]).items():
+                depth_acc[mode]["constant_depth"].add(key, value)
             if panel_dir is not None and n < num_panels:
                 path = Path(panel_dir) / f"window_{n:03d}_{mode}.png"
                 _panel(sample, mode, methods, path)
@@ -399,8 +438,13 @@ def format_report(result: dict[str, Any], title: str = "") -> str:
         for name, values in entry["heatmap"].items():
             lines.append(f"  {name:<15}" + "".join(f"{values.get(c, float('nan')):>12.3f}" for c in cols))
         for name, values in entry["depth"].items():
+            by_range = "  ".join(
+                f"{_range_name(lo, hi)} {values[f'abs_rel@{_range_name(lo, hi)}']:.3f}/"
+                f"{values[f'delta_1.25@{_range_name(lo, hi)}']:.2f} ({values.get(f'share@{_range_name(lo, hi)}', 0):.0%})"
+                for lo, hi in DEPTH_RANGES if f"abs_rel@{_range_name(lo, hi)}" in values)
             lines.append(f"  depth {name:<15} AbsRel {values.get('abs_rel', float('nan')):.3f}  "
-                         f"delta<1.25 {values.get('delta_1.25', float('nan')):.3f}")
+                         f"delta<1.25 {values.get('delta_1.25', float('nan')):.3f}"
+                         + (f"  | by range AbsRel/delta (share): {by_range}" if by_range else ""))
         for name, values in entry.get("pose", {}).items():
             lines.append(f"  pose  {name:<15} rotation {values.get('rotation_error_deg', float('nan')):.2f} deg  "
                          f"translation {values.get('translation_error_m', float('nan')):.3f} m")

@@ -109,12 +109,13 @@ def recover_interrupted_export(out: Path | None) -> None:
     in ``.<name>.old-*`` (``--out`` missing), and remove the ``.<name>.tmp-*`` / ``.<name>.old-*``
     folders killed runs left behind (only folders holding nothing but export files); one line each."""
     from vln_core.atomic import recover_folder_swap
-    from vln_core.models.reprojection_export import DEFAULT_EXPORT_DIR, GRAPHS
+    from vln_core.models.reprojection_export import DEFAULT_EXPORT_DIR, GRAPHS, MULTIVIEW_GRAPHS
 
     out = out if out is not None else DEFAULT_EXPORT_DIR
     if out.suffix == ".onnx":
         return
-    for line in recover_folder_swap(out, [spec.file for spec in GRAPHS.values()] + ["meta.json", "engines"]):
+    for line in recover_folder_swap(out, [spec.file for spec in {**GRAPHS, **MULTIVIEW_GRAPHS}.values()]
+                                    + ["meta.json", "engines"]):
         print(f"export: {line}", flush=True)
 
 

@@ -41,6 +41,10 @@ def main() -> int:
     parser.add_argument("checkpoint", help="training checkpoint (runs/embedded/best.pt)")
     parser.add_argument("--data", action="append", required=True, metavar="DIR", help="the training episodes")
     parser.add_argument("--out", default="models/embedded/checkpoint.pt")
+    parser.add_argument("--meta-from", default=None, metavar="CHECKPOINT",
+                        help="keep this shipped checkpoint's meta (e.g. the monocular network's training facts "
+                             "when a later stage trains on top of it) under 'base'; its train_median_depth_m "
+                             "stays the constant-depth baseline")
     args = parser.parse_args()
     try:
         from vln_core.models.shipped import write_shipped_checkpoint
@@ -56,6 +60,11 @@ def main() -> int:
             "training_episodes": len(episodes),
             "train_median_depth_m": round(median_depth(episodes), 4),
         }
+        if args.meta_from:
+            base = dict(load_checkpoint(args.meta_from).get("meta") or {})
+            meta["base"] = base
+            if "train_median_depth_m" in base:  # the baseline stays comparable with earlier evaluations
+                meta["train_median_depth_m"] = base["train_median_depth_m"]
         out = write_shipped_checkpoint(args.checkpoint, args.out, meta)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -26,6 +26,7 @@ from vln_core.errors import InputError
 __all__ = [
     "inverse_depth_planes",
     "scale_intrinsics",
+    "pinhole_inverse",
     "plane_sweep_grid",
     "warp_to_planes",
     "correlation_volume",
@@ -48,6 +49,16 @@ def scale_intrinsics(K: torch.Tensor, stride: float) -> torch.Tensor:
     S = torch.tensor([[1.0 / stride, 0.0, 0.5 / stride - 0.5], [0.0, 1.0 / stride, 0.5 / stride - 0.5], [0.0, 0.0, 1.0]],
                      dtype=K.dtype, device=K.device)
     return S @ K
+
+
+def pinhole_inverse(K: torch.Tensor) -> torch.Tensor:
+    """Inverse of pinhole intrinsics ``(..., 3, 3)`` (no skew) in closed form: exportable to ONNX,
+    which has no general matrix inverse."""
+    fx, fy, cx, cy = K[..., 0, 0], K[..., 1, 1], K[..., 0, 2], K[..., 1, 2]
+    zero, one = torch.zeros_like(fx), torch.ones_like(fx)
+    rows = [torch.stack([1.0 / fx, zero, -cx / fx], -1), torch.stack([zero, 1.0 / fy, -cy / fy], -1),
+            torch.stack([zero, zero, one], -1)]
+    return torch.stack(rows, -2)
 
 
 def plane_sweep_grid(K_ref: torch.Tensor, K_src: torch.Tensor, T_src_ref: torch.Tensor, depths: torch.Tensor,
@@ -81,7 +92,7 @@ def plane_sweep_grid(K_ref: torch.Tensor, K_src: torch.Tensor, T_src_ref: torch.
     v, u = torch.meshgrid(torch.arange(h, dtype=dtype, device=device), torch.arange(w, dtype=dtype, device=device),
                           indexing="ij")
     pix = torch.stack([u, v, torch.ones_like(u)], dim=0).reshape(3, h * w)  # (3, hw)
-    rays = torch.linalg.inv(Kr) @ pix  # (B, 3, hw)
+    rays = pinhole_inverse(Kr) @ pix  # (B, 3, hw)
     R, t = T[..., :3, :3], T[..., :3, 3]  # (B, S, 3, 3), (B, S, 3)
     KR = Ks @ R  # (B, S, 3, 3)
     rot_rays = KR @ rays[:, None]  # (B, S, 3, hw)
@@ -142,7 +153,8 @@ def correlation_volume(ref_features: torch.Tensor, src_features: torch.Tensor, g
 
 
 def select_source_views(T_wc_ref: torch.Tensor, T_wc_candidates: torch.Tensor, num: int, scene_depth_m: float,
-                        target_ratio: float = 0.12, max_angle_deg: float = 40.0) -> list[int]:
+                        target_ratio: float = 0.12, max_angle_deg: float = 40.0,
+                        with_scores: bool = False) -> list[int] | tuple[list[int], list[float]]:
     """Pick up to ``num`` source views for a reference view, for parallax with overlap.
 
     A candidate is worth more the closer its baseline-to-depth ratio ``|t| / scene_depth`` comes to
@@ -159,9 +171,10 @@ def select_source_views(T_wc_ref: torch.Tensor, T_wc_candidates: torch.Tensor, n
 
     Returns:
         Indices into the candidates, best first; candidates without any parallax are never picked.
+        With ``with_scores`` also each pick's score in (0, 1] (1: the target parallax).
     """
     if T_wc_candidates.numel() == 0 or num <= 0:
-        return []
+        return ([], []) if with_scores else []
     T_ref = T_wc_ref.double()
     T_c = T_wc_candidates.double()
     T_src_ref = torch.linalg.inv(T_c) @ T_ref
@@ -173,6 +186,7 @@ def select_source_views(T_wc_ref: torch.Tensor, T_wc_candidates: torch.Tensor, n
     score = torch.where(ratio <= target_ratio, ratio / target_ratio, target_ratio / ratio.clamp(min=1e-9))
     score = torch.where((angle > max_angle_deg) | (ratio < 0.004), torch.zeros_like(score), score)
     chosen: list[int] = []
+    scores: list[float] = []
     centres = T_c[:, :3, 3]
     for _ in range(min(num, len(score))):
         adjusted = score.clone()
@@ -185,4 +199,5 @@ def select_source_views(T_wc_ref: torch.Tensor, T_wc_candidates: torch.Tensor, n
         if float(adjusted[best]) <= 0:
             break
         chosen.append(best)
-    return chosen
+        scores.append(float(score[best]))
+    return (chosen, scores) if with_scores else chosen

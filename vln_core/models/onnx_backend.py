@@ -24,7 +24,7 @@ import torch
 
 from vln_core.config import VLNConfig
 from vln_core.errors import InputError
-from vln_core.models.reprojection_export import DEFAULT_EXPORT_DIR, GRAPHS, load_export
+from vln_core.models.reprojection_export import DEFAULT_EXPORT_DIR, GRAPHS, MULTIVIEW_GRAPHS, load_export
 from vln_core.models.reprojection_model import FrameEncoding
 from vln_core.models.runtime_backend import LearnedBackend
 from vln_core.runtime.backends import BackendUnavailableError, register_backend
@@ -84,7 +84,8 @@ def check_export_meta(meta: dict[str, Any], cfg: VLNConfig) -> None:
 
 
 class OnnxEngine:
-    """The three exported graphs as a :class:`~vln_core.models.runtime_backend.FrameEngine`.
+    """The exported graphs as a :class:`~vln_core.models.runtime_backend.FrameEngine` (with the
+    multi-view depth graphs when the export has them).
 
     ``OnnxEngine(folder, providers)``, or ``OnnxEngine(cfg, model_path=None)``: the folder
     ``model_path`` (else ``node.model_path``, else exports/embedded), ``node.onnx_providers``, and
@@ -125,7 +126,12 @@ class OnnxEngine:
         # node's CPU from ORB matching and DDS (node_latency on 2 cores: p95 307 ms with spinning)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
-        for name, spec in GRAPHS.items():
+        mv = self.meta.get("multiview") or None
+        #: the export holds the multi-view depth graphs (``S`` sources per reference, padded)
+        self.has_multiview = bool(mv)
+        self.num_sources = int(mv["sources"]) if mv else 0
+        self.graphs = {**GRAPHS, **(MULTIVIEW_GRAPHS if mv else {})}
+        for name, spec in self.graphs.items():
             try:
                 session = ort.InferenceSession(self.meta["graphs"][name]["path"], options, providers=self.providers)
             except Exception as exc:  # onnxruntime raises its own types (InvalidGraph, Fail, ...)
@@ -141,7 +147,7 @@ class OnnxEngine:
             check_export_meta(self.meta, cfg)
 
     def _run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.sessions[name].run(list(GRAPHS[name].outputs), feeds)
+        return self.sessions[name].run(list(self.graphs[name].outputs), feeds)
 
     def encode(self, frames: torch.Tensor) -> FrameEncoding:
         if frames.dim() != 4 or tuple(frames.shape[1:]) != (3, *self.frame_size):
@@ -149,6 +155,44 @@ class OnnxEngine:
                              f"got {tuple(frames.shape)}")
         outs = self._run("encoder", {"frames": np.ascontiguousarray(frames.detach().cpu().numpy(), dtype=np.float32)})
         return FrameEncoding(*(torch.from_numpy(o) for o in outs))
+
+    def multiview_features(self, frames: torch.Tensor) -> torch.Tensor:
+        outs = self._run("multiview_features",
+                         {"frames": np.ascontiguousarray(frames.detach().cpu().numpy(), dtype=np.float32)})
+        return torch.from_numpy(outs[0])
+
+    def multiview_depth(self, ref_features, src_features, K, T_src_ref, size, mono_depth, mono_conf, src_valid):
+        """The multi-view network's forward (:class:`vln_core.models.multiview.MultiViewDepth`) on
+        the exported graph: sources padded to the export's ``S``; without a monocular prior the
+        multi-view depth alone is returned as the depth."""
+        from vln_core.models.multiview import MultiViewOutput
+
+        R, S = src_features.shape[:2]
+        if S > self.num_sources:
+            raise InputError(f"onnx engine: {S} sources per reference, the export takes {self.num_sources} "
+                             "(model.multiview_sources must match the export)")
+        pad = self.num_sources - S
+        if pad:
+            src_features = torch.cat([src_features, src_features[:, :1].expand(R, pad, *src_features.shape[2:])], 1)
+            T_src_ref = torch.cat([T_src_ref, T_src_ref[:, :1].expand(R, pad, 4, 4)], 1)
+            src_valid = torch.cat([src_valid, torch.zeros(R, pad, dtype=torch.bool, device=src_valid.device)], 1)
+        K = K.expand(R, 3, 3) if K.dim() == 2 else K
+        fused = mono_depth is not None
+        H, W = (int(s) for s in size)
+        if not fused:  # the graph always fuses; its multi-view output ignores the prior
+            mono_depth = torch.ones(R, H, W)
+            mono_conf = torch.ones(R, H, W)
+
+        def arr(t: torch.Tensor) -> np.ndarray:
+            return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+
+        depth, mvs, conf = self._run("multiview_depth", {
+            "ref_features": arr(ref_features), "src_features": arr(src_features), "K": arr(K),
+            "T_src_ref": arr(T_src_ref), "src_valid": arr(src_valid.float()), "mono_depth": arr(mono_depth),
+            "mono_conf": arr(mono_conf if mono_conf is not None else torch.ones_like(mono_depth))})
+        depth_t, mvs_t = torch.from_numpy(depth), torch.from_numpy(mvs)
+        return MultiViewOutput(depth=depth_t if fused else mvs_t, multiview_depth=mvs_t, confidence=torch.from_numpy(conf),
+                               weight=torch.ones_like(mvs_t), logits=torch.zeros(0), planes=torch.zeros(0))
 
     def relative_poses(self, pose_frames: torch.Tensor, pose_current: torch.Tensor) -> torch.Tensor:
         feeds = {"pose_frames": np.ascontiguousarray(pose_frames.detach().cpu().numpy(), dtype=np.float32),

@@ -54,6 +54,8 @@ __all__ = [
     "EXPORT_FORMAT",
     "EXPORT_VERSION",
     "GRAPHS",
+    "MULTIVIEW_GRAPHS",
+    "model_graphs",
     "GraphSpec",
     "DEFAULT_EXPORT_DIR",
     "TOKENIZER_PROBE",
@@ -103,6 +105,25 @@ GRAPHS: dict[str, GraphSpec] = {
          "instruction_mask": {0: "batch", 1: "instruction_length"}}),
 }
 
+#: The multi-view depth graphs, exported when the model has multi-view weights
+#: (``meta.json`` ``multiview``: the sources per reference ``S``, padded; planes; channels).
+MULTIVIEW_GRAPHS: dict[str, GraphSpec] = {
+    "multiview_features": GraphSpec(
+        "multiview_features.onnx", ("frames",), ("features",), {n: {0: "batch"} for n in ("frames", "features")}),
+    "multiview_depth": GraphSpec(
+        "multiview_depth.onnx",
+        ("ref_features", "src_features", "K", "T_src_ref", "src_valid", "mono_depth", "mono_conf"),
+        ("depth", "multiview_depth", "confidence"),
+        {n: {0: "refs"} for n in ("ref_features", "src_features", "K", "T_src_ref", "src_valid", "mono_depth",
+                                  "mono_conf", "depth", "multiview_depth", "confidence")}),
+}
+
+
+def model_graphs(model: nn.Module) -> dict[str, GraphSpec]:
+    """The graphs a model exports: the three of every embedded model, plus the multi-view depth
+    graphs when it has multi-view weights."""
+    return {**GRAPHS, **(MULTIVIEW_GRAPHS if getattr(model, "has_multiview", False) else {})}
+
 
 # ------------------------------------------------------------------------------------------ graphs
 class _EncoderGraph(nn.Module):
@@ -137,7 +158,28 @@ class _GoalGraph(nn.Module):
                                              self.model.frame_size)
 
 
-_WRAPPERS = {"encoder": _EncoderGraph, "pose_head": _PoseGraph, "goal_waypoints": _GoalGraph}
+class _MultiViewFeaturesGraph(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: torch.Tensor):
+        return self.model.multiview_features(frames)
+
+
+class _MultiViewDepthGraph(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ref_features, src_features, K, T_src_ref, src_valid, mono_depth, mono_conf):
+        out = self.model.multiview(ref_features, src_features, K, T_src_ref, tuple(self.model.frame_size),
+                                   mono_depth, mono_conf, src_valid > 0.5)
+        return out.depth, out.multiview_depth, out.confidence
+
+
+_WRAPPERS = {"encoder": _EncoderGraph, "pose_head": _PoseGraph, "goal_waypoints": _GoalGraph,
+             "multiview_features": _MultiViewFeaturesGraph, "multiview_depth": _MultiViewDepthGraph}
 
 
 def _check_model(model: nn.Module) -> None:
@@ -174,7 +216,23 @@ def graph_inputs(model: nn.Module, batch: int = 1, seed: int = 0, instruction: s
              for b in range(batch)]
     ids, mask = model.tokenizer.encode(texts, model.cfg.model.max_instruction_length)
     past = torch.randn(batch, PAST_TRAJECTORY_LENGTH, 4, generator=gen) * 0.5
+    graphs: dict[str, dict[str, torch.Tensor]] = {}
+    if getattr(model, "has_multiview", False):
+        S = int(model.cfg.model.multiview_sources)
+        with torch.no_grad():
+            feats = model.multiview_features(frames)
+        K = torch.tensor([[0.6 * W, 0.0, (W - 1) / 2], [0.0, 0.6 * W, (H - 1) / 2], [0.0, 0.0, 1.0]])
+        T = torch.eye(4).repeat(batch, S, 1, 1)
+        T[..., :3, 3] = torch.randn(batch, S, 3, generator=gen) * 0.15  # sideways and forward motion
+        valid = torch.ones(batch, S)
+        valid[0, -1] = 0.0  # one padded source
+        graphs["multiview_features"] = {"frames": frames}
+        graphs["multiview_depth"] = {
+            "ref_features": feats, "src_features": feats.roll(1, dims=0)[:, None].repeat(1, S, 1, 1, 1),
+            "K": K[None].repeat(batch, 1, 1), "T_src_ref": T, "src_valid": valid,
+            "mono_depth": enc.depth, "mono_conf": enc.depth_conf}
     return {
+        **graphs,
         "encoder": {"frames": frames},
         "pose_head": {"pose_frames": enc.pose_features, "pose_current": enc.pose_features.roll(1, dims=0)},
         "goal_waypoints": {"f8": enc.f8, "f32": enc.f32, "instruction_ids": ids.long(),
@@ -186,7 +244,7 @@ def graph_inputs(model: nn.Module, batch: int = 1, seed: int = 0, instruction: s
 def _export_graph(model: nn.Module, name: str, opset: int) -> bytes:
     import onnx
 
-    spec = GRAPHS[name]
+    spec = model_graphs(model)[name]
     # trace at batch 2 so no size-1 axis gets specialised as a broadcast
     args = tuple(graph_inputs(model, batch=2, seed=0)[name][n] for n in spec.inputs)
     buffer = io.BytesIO()
@@ -269,7 +327,7 @@ def export_reprojection(model: nn.Module, out_dir: str | os.PathLike, opset: int
     was_training = model.training
     model.eval()
     try:
-        blobs = {name: _export_graph(model, name, opset) for name in GRAPHS}
+        blobs = {name: _export_graph(model, name, opset) for name in model_graphs(model)}
     finally:
         model.train(was_training)
     tok = model.tokenizer
@@ -287,7 +345,12 @@ def export_reprojection(model: nn.Module, out_dir: str | os.PathLike, opset: int
         "opset": int(opset),
         "checkpoint": ({"path": str(checkpoint), "sha256": sha256_file(checkpoint)} if checkpoint else None),
         "graphs": {name: {"file": spec.file, "inputs": list(spec.inputs), "outputs": list(spec.outputs),
-                          "sha256": hashlib.sha256(blobs[name]).hexdigest()} for name, spec in GRAPHS.items()},
+                          "sha256": hashlib.sha256(blobs[name]).hexdigest()}
+                   for name, spec in model_graphs(model).items()},
+        "multiview": ({"sources": int(model.cfg.model.multiview_sources),
+                       "planes": int(model.multiview.arch.num_planes),
+                       "feature_dim": int(model.multiview.arch.feature_dim)}
+                      if getattr(model, "has_multiview", False) else None),
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -298,7 +361,7 @@ def export_reprojection(model: nn.Module, out_dir: str | os.PathLike, opset: int
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700
-        for name, spec in GRAPHS.items():
+        for name, spec in model_graphs(model).items():
             _write_synced(tmp / spec.file, blobs[name])
         _write_synced(tmp / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
         if atol is not None:
@@ -355,7 +418,8 @@ def load_export(folder: str | os.PathLike, check_hashes: bool = True) -> dict[st
     if meta.get("version") != EXPORT_VERSION:
         raise _not_exported(folder, f"is export version {meta.get('version')}, this code reads version {EXPORT_VERSION}")
     graphs = meta.get("graphs") or {}
-    for name, spec in GRAPHS.items():
+    expected = {**GRAPHS, **(MULTIVIEW_GRAPHS if meta.get("multiview") else {})}
+    for name, spec in expected.items():
         entry = graphs.get(name)
         if not isinstance(entry, dict) or entry.get("file") != spec.file:
             raise _not_exported(folder, f"meta.json lists no graph '{name}' ({spec.file})")
@@ -393,7 +457,7 @@ def verify_export(model: nn.Module, folder: str | os.PathLike, atol: float = 1e-
     was_training = model.training
     model.eval()
     try:
-        for name, spec in GRAPHS.items():
+        for name, spec in model_graphs(model).items():
             session = ort.InferenceSession(meta["graphs"][name]["path"], providers=["CPUExecutionProvider"])
             for batch in batches:
                 feeds = graph_inputs(model, batch=batch, seed=seed + batch)[name]

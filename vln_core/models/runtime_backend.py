@@ -42,6 +42,8 @@ from vln_core.geometry.transforms import invert_pose, optical_to_body_pose, pose
 from vln_core.geometry.matching import OrbFeatures, orb_features
 from vln_core.geometry.refinement import odometry_step, refine_learned_geometry
 from vln_core.heatmaps import heatmaps_from_config, predicted_depth_config
+from vln_core.geometry.plane_sweep import select_source_views
+from vln_core.models.multiview import window_depth
 from vln_core.models.reprojection_model import FrameEncoding, default_intrinsics
 from vln_core.models.spatial_model import PAST_TRAJECTORY_LENGTH
 from vln_core.preprocess import preprocess_frames
@@ -55,6 +57,10 @@ __all__ = ["FrameEngine", "TorchEngine", "LearnedBackend", "ModelBackend", "past
 TRAJECTORY_STEP_S = 0.1
 #: Frames whose encodings are kept (keyframes + recent frames).
 ENCODING_CACHE_SIZE = 64
+#: Recent frames a frame's multi-view depth may take its sources from.
+MULTIVIEW_POOL_SIZE = 24
+#: A keyframe's depth is recomputed when a new set of sources scores this much better.
+REFRESH_GAIN = 1.3
 
 
 class FrameEngine(Protocol):
@@ -71,6 +77,19 @@ class FrameEngine(Protocol):
                            past: torch.Tensor, intent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+class MultiViewEngine(Protocol):
+    """An engine that also runs the multi-view depth network (:mod:`vln_core.models.multiview`);
+    ``has_multiview`` False (or no such attributes) means monocular depth only."""
+
+    has_multiview: bool
+
+    def multiview_features(self, frames: torch.Tensor) -> torch.Tensor: ...
+
+    def multiview_depth(self, ref_features: torch.Tensor, src_features: torch.Tensor, K: torch.Tensor,
+                        T_src_ref: torch.Tensor, size: tuple[int, int], mono_depth: Optional[torch.Tensor],
+                        mono_conf: Optional[torch.Tensor], src_valid: torch.Tensor) -> Any: ...
+
+
 class TorchEngine:
     """The PyTorch model as an engine (``node.backend: model``)."""
 
@@ -84,6 +103,20 @@ class TorchEngine:
         self.device = torch.device(device)
         self.frame_size = self.model.frame_size
         self.tokenizer = self.model.tokenizer
+        self.has_multiview = bool(self.model.has_multiview)
+
+    @torch.no_grad()
+    def multiview_features(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.model.multiview_features(frames.to(self.device)).cpu()
+
+    @torch.no_grad()
+    def multiview_depth(self, ref_features, src_features, K, T_src_ref, size, mono_depth, mono_conf, src_valid):
+        out = self.model.multiview(ref_features.to(self.device), src_features.to(self.device), K.to(self.device),
+                                   T_src_ref.to(self.device), size,
+                                   None if mono_depth is None else mono_depth.to(self.device),
+                                   None if mono_conf is None else mono_conf.to(self.device), src_valid.to(self.device))
+        out.depth = out.depth.cpu()
+        return out
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> FrameEncoding:
@@ -169,6 +202,14 @@ class LearnedBackend(HeatmapBackend):
         self.last_mode = ""
         self.last_refinement = ""
         self._depth_scale = 1.0  # the last window's match scale (known poses): keyframe selection uses it too
+        # multi-view depth (model.depth_source fused / multiview): each frame's depth is computed once, on
+        # arrival, from earlier frames; a keyframe's is recomputed when a newer frame gives it better sources
+        self.depth_source = cfg.model.depth_source if getattr(engine, "has_multiview", False) else "monocular"
+        self.num_sources = int(cfg.model.multiview_sources)
+        self._mv_features: dict[int, torch.Tensor] = {}  # seq -> (1, C, h, w)
+        self._mv_pose: OrderedDict[int, tuple[str, np.ndarray]] = OrderedDict()  # seq -> (pose kind, T_wc)
+        self._mv_depth: dict[int, tuple[torch.Tensor, tuple[int, ...]]] = {}  # seq -> ((1, H, W), source seqs)
+        self.last_depth = ""
 
     def output_size(self, current: CameraFrame) -> tuple[int, int]:
         return self.frame_size
@@ -178,6 +219,7 @@ class LearnedBackend(HeatmapBackend):
         info["learned_mode"] = self.mode
         info["last_update_mode"] = self.last_mode or "none yet"
         info["match_refinement"] = self.last_refinement or ("on" if self.refine else "off")
+        info["depth_source"] = self.depth_source + (f" ({self.last_depth})" if self.last_depth else "")
         info["heatmap_grid"] = f"video.frame_size {self.frame_size[0]}x{self.frame_size[1]} (HxW)"
         return info
 
@@ -199,9 +241,14 @@ class LearnedBackend(HeatmapBackend):
         self._cache[frame.seq] = item
         if self.refine:
             self._features[frame.seq] = orb_features(pre.frames[0])
+        if self.depth_source != "monocular":
+            self._mv_features[frame.seq] = self.engine.multiview_features(pre.frames)
         while len(self._cache) > ENCODING_CACHE_SIZE:
             old, _ = self._cache.popitem(last=False)
             self._features.pop(old, None)
+            self._mv_features.pop(old, None)
+            self._mv_depth.pop(old, None)
+            self._mv_pose.pop(old, None)
         return item
 
     def features(self, frame: CameraFrame) -> OrbFeatures:
@@ -236,13 +283,90 @@ class LearnedBackend(HeatmapBackend):
         return T
 
     def frame_geometry(self, frame: CameraFrame) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """``(depth (H, W) metres, K (3, 3), T_wc (4, 4))`` for keyframe selection. With known poses
-        the depth takes the last match scale, so that metric poses and depth agree."""
+        """``(depth (H, W) metres, K (3, 3), T_wc (4, 4))`` for keyframe selection. Multi-view
+        depth where the model has it (metric with known poses, in the odometry's scale without);
+        else the monocular depth, with known poses scaled by the last match scale, so that metric
+        poses and depth agree."""
         enc, K = self.encoding(frame)
+        T_wc = self._estimated_pose(frame)
+        if self.depth_source != "monocular":
+            return self.frame_depth(frame)[0].numpy().astype(np.float32), K, T_wc
         depth = enc.depth[0].numpy().astype(np.float32)
         if frame.T_wc is not None and self.mode != "rgb_only":
             depth = depth * np.float32(self._depth_scale)
-        return depth, K, self._estimated_pose(frame)
+        return depth, K, T_wc
+
+    # ------------------------------------------------------------------ multi-view depth
+    def _pose_kind(self, frame: CameraFrame) -> str:
+        return "known" if frame.T_wc is not None and self.mode != "rgb_only" else "odometry"
+
+    def _register_pose(self, frame: CameraFrame) -> tuple[str, np.ndarray]:
+        entry = self._mv_pose.get(frame.seq)
+        if entry is None:
+            entry = (self._pose_kind(frame), np.asarray(self._estimated_pose(frame), dtype=np.float64))
+            self._mv_pose[frame.seq] = entry
+        return entry
+
+    def _multiview(self, ref: int, pool: list[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Depth ``(1, H, W)`` of cached frame ``ref`` from sources among ``pool`` (same pose kind)."""
+        kind = self._mv_pose[ref][0]
+        seqs = [ref] + [q for q in pool if q != ref and q in self._mv_pose and self._mv_pose[q][0] == kind
+                        and q in self._cache and q in self._mv_features]
+        encs = [self._cache[q][0] for q in seqs]
+        mono = torch.cat([e.depth for e in encs]).float()
+        conf = torch.cat([e.depth_conf for e in encs]).float()
+        feats = torch.cat([self._mv_features[q] for q in seqs]).float()
+        T = torch.from_numpy(np.stack([self._mv_pose[q][1] for q in seqs]))
+        K = torch.from_numpy(self._cache[ref][1]).float()
+        depth, chosen = window_depth(self.engine.multiview_depth, mono, conf, feats, K, T, [0], self.depth_source,
+                                     self.num_sources)
+        return depth, tuple(seqs[i] for i in chosen[0])
+
+    def _pool(self, exclude_newer_than: Optional[int] = None) -> list[int]:
+        """Candidate source frames: the most recent frames with a registered pose."""
+        seqs = [q for q in self._mv_pose if exclude_newer_than is None or q < exclude_newer_than]
+        return seqs[-MULTIVIEW_POOL_SIZE:]
+
+    def frame_depth(self, frame: CameraFrame) -> torch.Tensor:
+        """``(1, H, W)`` depth of a frame: multi-view from the frames before it, computed once."""
+        hit = self._mv_depth.get(frame.seq)
+        if hit is not None:
+            return hit[0]
+        self.encoding(frame)
+        self._register_pose(frame)
+        depth, sources = self._multiview(frame.seq, self._pool(exclude_newer_than=frame.seq))
+        self._mv_depth[frame.seq] = (depth, sources)
+        return depth
+
+    def _refresh_keyframe(self, keyframes: list[CameraFrame], current: CameraFrame) -> Optional[int]:
+        """Recompute the depth of (at most) one keyframe whose best sources now include the current
+        frame (a neighbour with more parallax arrived); returns its seq."""
+        pool = self._pool() + [f.seq for f in keyframes]
+        kind = self._mv_pose[current.seq][0]
+        for f in keyframes:
+            if f.seq == current.seq or f.seq not in self._mv_depth or self._mv_pose.get(f.seq, ("",))[0] != kind:
+                continue
+            cands = [q for q in dict.fromkeys(pool) if q != f.seq and self._mv_pose.get(q, ("",))[0] == kind]
+            T = torch.from_numpy(np.stack([self._mv_pose[q][1] for q in cands]))
+            scene = float(self._mv_depth[f.seq][0].median())
+            idx, scores = select_source_views(torch.from_numpy(self._mv_pose[f.seq][1]), T, self.num_sources, scene,
+                                              with_scores=True)
+            picked = tuple(cands[j] for j in idx)
+            old = self._source_score(f.seq, self._mv_depth[f.seq][1], scene)
+            # only a clearly better set of views is worth a new cost volume (the current frame among them)
+            if current.seq in picked and sum(scores) > REFRESH_GAIN * old + 1e-9:
+                self._mv_depth[f.seq] = self._multiview(f.seq, list(picked))
+                return f.seq
+        return None
+
+    def _source_score(self, ref: int, sources: tuple[int, ...], scene: float) -> float:
+        """Sum of the selection scores of a frame's current sources (0 without any)."""
+        if not sources or any(q not in self._mv_pose for q in sources):
+            return 0.0
+        T = torch.from_numpy(np.stack([self._mv_pose[q][1] for q in sources]))
+        _, scores = select_source_views(torch.from_numpy(self._mv_pose[ref][1]), T, len(sources), scene,
+                                        with_scores=True)
+        return float(sum(scores))
 
     # ------------------------------------------------------------------ update
     def _base_pose(self, frame: CameraFrame, T_wc: np.ndarray) -> np.ndarray:
@@ -290,7 +414,19 @@ class LearnedBackend(HeatmapBackend):
             T_cur_key = self._unmatched_keyframe_poses(keyframes, encs, T_wc_cur)
         self.last_mode = "rgb_pose" if known else "rgb_only"
         key_depth, cur_depth = depth[:-1].float(), depth[-1].float()
-        if self.refine:
+        multiview = self.depth_source != "monocular"
+        if multiview:
+            for f in frames:
+                self.frame_depth(f)
+            refreshed = self._refresh_keyframe(keyframes, current)
+            mv = torch.cat([self._mv_depth[f.seq][0] for f in frames]).float()
+            key_depth, cur_depth = mv[:-1], mv[-1]
+            with_sources = sum(1 for f in frames if self._mv_depth[f.seq][1])
+            self.last_depth = (f"{with_sources}/{len(frames)} frames from multi-view"
+                               + (f", keyframe {refreshed} refined" if refreshed is not None else ""))
+        if self.refine and multiview and known:
+            self.last_refinement = "no scale search: multi-view depth is metric with known poses"
+        if self.refine and not (multiview and known):  # with known poses the cost volume is metric: no scale search
             refined = refine_learned_geometry([self.features(f) for f in keyframes], self.features(current),
                                               key_depth, cur_depth, K, T_cur_key, known)
             key_depth, cur_depth, T_cur_key = refined.key_depth, refined.cur_depth, refined.T_cur_key.float()
@@ -320,6 +456,9 @@ class LearnedBackend(HeatmapBackend):
         self._cache.clear()
         self._features.clear()
         self._vo_pose.clear()
+        self._mv_features.clear()
+        self._mv_pose.clear()
+        self._mv_depth.clear()
 
 
 @register_backend("model")

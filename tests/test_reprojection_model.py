@@ -4,7 +4,7 @@
 * the heatmap loss reaches the depth and pose networks through the reprojection;
 * known poses are used as given, the current frame is the identity in RGB-only mode;
 * the shipped checkpoint loads without downloads and, on real RGB-D windows that no training
-  saw, its RGB + pose heatmaps beat the centre prior on CC (a regression guard, not a tuned bar).
+  saw, its RGB + pose heatmaps beat constant depth on CC by a margin (a regression guard).
 """
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ from vln_core.models.reprojection_model import HEATMAP_LOG_EPS, default_intrinsi
 from vln_core.models.shipped import SHIPPED_CHECKPOINT, load_model_checkpoint
 
 REAL_RGBD = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_rgbd_box"
+#: RGB + pose CC of the shipped model over constant depth on three real windows, at least (measured: see
+#: test_shipped_model_beats_constant_depth_on_real_windows)
+MARGIN_OVER_CONSTANT_DEPTH = 0.1
 H = W = 64
 N_M, N_K = 4, 2
 
@@ -113,7 +116,10 @@ def test_shipped_checkpoint_is_small_and_loads_offline():
 
 
 @pytest.mark.skipif(not REAL_RGBD.is_dir(), reason=f"real RGB-D sequence not found at {REAL_RGBD}")
-def test_shipped_model_beats_the_centre_prior_on_real_windows():
+def test_shipped_model_beats_constant_depth_on_real_windows():
+    """RGB + pose on real windows no training saw: the multi-view depth puts the keyframes' content
+    where the depth camera does, far better than one constant depth (the model card has the full
+    evaluation; this bar is about half the margin measured at shipping)."""
     from vln_core.train.dataset import EpisodeWindowDataset, find_episodes
     from vln_core.train.evaluation import window_methods
     from vln_core.metrics import correlation_coefficient
@@ -122,13 +128,13 @@ def test_shipped_model_beats_the_centre_prior_on_real_windows():
     torch.set_num_threads(2)
     model, meta = load_model_checkpoint(None, cfg)
     dataset = EpisodeWindowDataset(find_episodes([REAL_RGBD]), cfg)
-    scores = {"model": [], "center": []}
+    scores = {"model": [], "constant_depth": [], "center": []}
     for index in (0, len(dataset) // 2, len(dataset) - 1):
         methods, _ = window_methods(dataset[index], "rgb_pose", cfg, model, meta["train_median_depth_m"], 0.7, 0.05)
         gt = methods["oracle"]
         valid = gt.has_overlap
         for name in scores:
             scores[name].append(correlation_coefficient(methods[name].heatmap[valid], gt.heatmap[valid]).mean())
-    model_cc = float(torch.stack(scores["model"]).mean())
-    center_cc = float(torch.stack(scores["center"]).mean())
-    assert model_cc > center_cc, (model_cc, center_cc)
+    cc = {name: float(torch.stack(values).mean()) for name, values in scores.items()}
+    assert cc["model"] > cc["center"], cc
+    assert cc["model"] > cc["constant_depth"] + MARGIN_OVER_CONSTANT_DEPTH, cc

@@ -145,7 +145,7 @@ def correlation_volume(ref_features: torch.Tensor, src_features: torch.Tensor, g
         fraction of sources that see each hypothesis.
     """
     warped = warp_to_planes(src_features, grid)  # (B, S, C, D, h, w)
-    corr = (warped * ref_features[:, None, :, None]).mean(dim=2)  # (B, S, D, h, w)
+    corr = torch.einsum("bscdhw,bchw->bsdhw", warped, ref_features) / ref_features.shape[1]  # (B, S, D, h, w)
     vf = valid.to(corr.dtype)
     count = vf.sum(dim=1)
     cost = (corr * vf).sum(dim=1) / count.clamp(min=1.0)

@@ -115,3 +115,29 @@ def test_real_sequence_known_poses_fix_a_depth_three_times_too_far(real_rgbd_dir
                                       depth[key] * 3.0, depth[cur] * 3.0, torch.from_numpy(K), T_cur_key, poses_known=True)
     assert refined.scale_points >= 20, refined.scale_points
     assert abs(refined.depth_scale[0] * 3.0 - 1.0) < 0.1, refined.depth_scale
+
+
+def test_scale_search_is_silent_when_a_match_falls_behind_the_camera_at_some_scales(sim):
+    """A match whose lifted point is behind the target camera at the scales tried projected to
+    inf - inf = NaN and numpy printed a RuntimeWarning on every update of the learned backend;
+    such a match says nothing about the scale and must be skipped silently."""
+    import warnings
+
+    from vln_core.geometry.refinement import depth_scale_from_matches
+
+    colors, depth, T_wc, K = sim
+    # a pair whose keyframe camera centre lies behind the current camera (the robot moved forward)
+    key, cur = min(((a, b) for a in range(0, 12) for b in range(a + 6, 24)),
+                   key=lambda ab: (np.linalg.inv(T_wc[ab[1]]) @ T_wc[ab[0]])[2, 3])
+    T_cur_key = np.linalg.inv(T_wc[cur]) @ T_wc[key]
+    assert T_cur_key[2, 3] < -0.05, T_cur_key[2, 3]
+    pk, pc = orb_matches(colors[key], colors[cur])
+    ok = depth[key][np.rint(pk[:, 1]).astype(int), np.rint(pk[:, 0]).astype(int)] > 0
+    pk, pc = pk[ok], pc[ok]
+    key_depth = depth[key].copy()
+    key_depth[5, 5] = 1e-3  # right at the keyframe camera: behind the current one at every scale
+    matches = [(np.concatenate([pk, [[5.0, 5.0]]]), np.concatenate([pc, [[100.0, 100.0]]]))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scale, points = depth_scale_from_matches(matches, key_depth[None], depth[cur], K, T_cur_key[None])
+    assert np.isfinite(scale) and abs(scale - 1.0) < 0.05 and points >= 10, (scale, points)

@@ -144,7 +144,11 @@ def depth_scale_from_matches(matches: Sequence[tuple[np.ndarray, np.ndarray]], k
     step = int(round(np.log(2.0) / (np.log(SCALE_GRID[1]) - np.log(SCALE_GRID[0]))))
     proj = _project_at_scales(A, t, K, SCALE_GRID[[max(best - step, 0), best, min(best + step, last)]])
     fit = np.linalg.norm(proj[1] - target, axis=-1) < SCALE_COST_PX  # inf (behind the camera) never fits
-    moves = np.maximum(np.linalg.norm(proj[0] - proj[1], axis=-1), np.linalg.norm(proj[2] - proj[1], axis=-1))
+    # a point behind the camera at two of the scales is inf - inf there: NaN, which never counts
+    # as informative (and must not print numpy's RuntimeWarning on every update)
+    with np.errstate(invalid="ignore"):
+        moves = np.maximum(np.linalg.norm(proj[0] - proj[1], axis=-1), np.linalg.norm(proj[2] - proj[1], axis=-1))
+    moves = np.where(np.isnan(moves), 0.0, moves)
     informative = int((fit & (moves >= SCALE_SENSITIVITY_PX)).sum())
     if informative < MIN_SCALE_POINTS or best in (0, last):
         return float("nan"), informative

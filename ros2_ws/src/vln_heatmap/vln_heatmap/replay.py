@@ -60,6 +60,7 @@ from vln_core.errors import InputError
 from vln_core.geometry.transforms import pose_from_xyz_quat
 
 from vln_heatmap import msg_conversions as conv
+from vln_heatmap.transport import use_transport_profile
 
 DEFAULT_PARAMS = Path(__file__).resolve().parents[1] / "config" / "vln_heatmap.yaml"
 
@@ -222,6 +223,7 @@ def replay_episode(args: argparse.Namespace, cfg: VLNConfig, stop: _Stop) -> int
     print(f"replay: {args.source}: {n} frames {episode.image_size[1]}x{episode.image_size[0]}, "
           f"{1.0 / period:.1f} Hz recorded x {args.rate:g}, odometry: {pose_origin}", flush=True)
 
+    print(f"replay: {use_transport_profile()}", flush=True)  # before rclpy creates the participant
     rclpy.init(args=args.ros_args, signal_handler_options=SignalHandlerOptions.NO)  # _Stop handles SIGINT/SIGTERM
     publisher = EpisodePublisher(cfg, args.compressed, args.depth_encoding, args.camera_frame,
                                  depth=not args.no_depth, odometry=not args.no_odometry)
@@ -310,6 +312,7 @@ def bag_summary_warnings(stats: BagReadStats) -> list[str]:
 def replay_bag(args: argparse.Namespace, stop: _Stop) -> int:
     remap = dict(r.split(":=", 1) for r in args.remap)
     wanted = set(args.topics) if args.topics else None
+    print(f"replay: {use_transport_profile()}", flush=True)  # before rclpy creates the participant
     rclpy.init(args=args.ros_args, signal_handler_options=SignalHandlerOptions.NO)  # _Stop handles SIGINT/SIGTERM
     node = rclpy.create_node("vln_heatmap_replay")
     publishers: dict[str, Any] = {}

@@ -122,8 +122,11 @@ class IsolatedRosNode:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
+        from vln_heatmap.transport import use_transport_profile
+
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
         os.environ.pop("ROS_LOCALHOST_ONLY", None)
+        use_transport_profile()  # this process publishes camera-rate images too (tests, demo, benchmarks)
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id)
         self.node = rclpy.create_node(name, context=self.context)

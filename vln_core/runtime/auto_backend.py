@@ -126,6 +126,15 @@ class AutoBackend(HeatmapBackend):
         del state
         return None
 
+    def replace_learned(self, backend: HeatmapBackend) -> None:
+        """Serve ``backend`` as the learned backend from now on (a hot-swapped model): it replaces
+        the loaded one (closed), or an earlier failure (a fixed checkpoint makes the path usable)."""
+        old, self._learned, self._learned_error = self._learned, backend, None
+        if self.active is not None and self.active is old:
+            self.active = backend
+        if old is not None:
+            old.close()
+
     def decide(self, depth_age_s: Optional[float], pose_age_s: Optional[float],
                images_for_s: Optional[float]) -> tuple[Optional[str], str]:
         """``(choice, reason)`` for the ages (seconds since the last depth image / pose, None =

@@ -64,6 +64,7 @@ from vln_core.geometry.transforms import (
 from vln_core.heatmaps import InterFrameHeatmaps
 from vln_core.runtime.auto_backend import AutoBackend
 from vln_core.runtime.backends import NUM_WAYPOINTS, BackendResult, HeatmapBackend, create_backend
+from vln_core.runtime.model_swap import LEARNED_BACKENDS, ModelSwapper
 from vln_core.runtime.buffer import (
     BufferedImage,
     CameraFrame,
@@ -205,6 +206,12 @@ class NavigationRuntime:
         self.cfg = cfg
         self.backend = backend if backend is not None else create_backend(cfg.node.backend, cfg)
         self.clock = clock
+        # hot swap of the learned model (node.model_path replaced, or reload_model()): only for a
+        # backend built here from the config (an injected one cannot be rebuilt)
+        self._swapper: Optional[ModelSwapper] = None
+        learned = (self.backend.learned_name if isinstance(self.backend, AutoBackend) else cfg.node.backend)
+        if backend is None and learned in LEARNED_BACKENDS:
+            self._swapper = ModelSwapper(cfg, learned, lambda c: create_backend(learned, c))
         node = cfg.node
         self.tolerance_ns = int(round(node.max_stamp_gap_s * 1e9))
         self.jump_ns = int(round(node.stamp_jump_reset_s * 1e9))
@@ -727,6 +734,7 @@ class NavigationRuntime:
             ``step_failed`` error; the exception is kept in :attr:`last_exception`).
         """
         with self._step_lock:
+            self._swap_model_if_ready()  # between two updates: no output is missed
             try:
                 return self._step(self.cfg.node.publish_overlay if overlay is None else bool(overlay))
             except Exception as exc:  # the node must keep serving; the error is reported, not hidden
@@ -734,6 +742,47 @@ class NavigationRuntime:
                 self._record_event("step_failed", f"{type(exc).__name__}: {exc}", ERROR)  # log too
                 self._waiting_reason = f"last step failed: {type(exc).__name__}: {exc}"
                 return None
+
+    # ================================================================== model hot swap
+    def poll_model(self) -> None:
+        """Start loading the learned model in the background when its file was replaced (the node
+        calls this once a second); the new model serves from the first update after it loaded."""
+        if self._swapper is not None:
+            self._swapper.poll()
+            self._report_refused_model()
+
+    def reload_model(self) -> tuple[bool, str]:
+        """Load ``node.model_path`` again now (the node's ``~/reload_model`` service)."""
+        if self._swapper is None:
+            return False, f"backend {self.cfg.node.backend!r} has no learned model to reload"
+        return self._swapper.request_reload()
+
+    @property
+    def model_swapper(self) -> Optional[ModelSwapper]:
+        return self._swapper
+
+    def _report_refused_model(self) -> None:
+        refused = self._swapper.status.refused if self._swapper is not None else ""
+        if refused and refused != getattr(self, "_refused_reported", ""):
+            self._refused_reported = refused
+            self._record_event("model_refused", f"new model refused, the loaded one keeps serving: {refused}", ERROR)
+
+    def _swap_model_if_ready(self) -> None:
+        """Put a model the swapper finished loading in service (called with ``_step_lock`` held)."""
+        if self._swapper is None:
+            return
+        new = self._swapper.take_ready()
+        if new is None:
+            self._report_refused_model()
+            return
+        if isinstance(self.backend, AutoBackend):
+            self.backend.replace_learned(new)
+        else:
+            old, self.backend = self.backend, new
+            old.close()
+        # news, not a problem: the log (info) and the model diagnostics entry, not the errors entry
+        self._send_to_log(OK, "model_swapped", f"now serving the model loaded from {self._swapper.path} "
+                          f"(load #{self._swapper.status.loads})")
 
     @property
     def waiting_reason(self) -> str:
@@ -1215,6 +1264,17 @@ class NavigationRuntime:
             backend_level, unavailable = WARN, f"; learned path unavailable: {self.backend.learned_error}"
         out.append(status("vln_heatmap: keyframes and backend", backend_level,
                           f"backend {self.backend.name}{selection}{waypoint_note}{unavailable}", kf_values))
+
+        # --- the learned model (hot swap)
+        if self._swapper is not None:
+            st = self._swapper.status
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.loaded_at))
+            values = {"path": st.path, "loaded_at_utc": since, "serving_for_s": f"{time.time() - st.loaded_at:.0f}",
+                      "loads": st.loads, "loading": str(st.loading).lower(), "refused": st.refused or "-"}
+            level = WARN if st.refused else OK
+            message = (f"serving {st.path} since {since}" + (" (a new file is loading)" if st.loading else "")
+                       + (f"; refused a new file: {st.refused}" if st.refused else ""))
+            out.append(status("vln_heatmap: model", level, message, values))
 
         # --- errors
         recent = self._events.recent(RECENT_EVENT_S)

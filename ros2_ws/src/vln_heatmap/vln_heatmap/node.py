@@ -42,6 +42,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry, Path
+from std_srvs.srv import Trigger
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -235,6 +236,8 @@ class VLNHeatmapNode(Node):
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", output_qos(10))
 
         self.create_timer(1.0, self._on_diagnostics_timer, callback_group=self._diagnostics_group)
+        # hot swap: node.model_path is watched by the diagnostics timer; this service loads it now
+        self.create_service(Trigger, "~/reload_model", self._on_reload_model, callback_group=self._diagnostics_group)
         self._inference = InferenceLoop(self.cfg.node.inference_rate_hz, self._on_inference_tick)
         self._inference.start()
         self.get_logger().info(
@@ -266,6 +269,8 @@ class VLNHeatmapNode(Node):
         call and raises (ValueError) for any other, which silently lost lines."""
         if level == "ERROR":
             self.get_logger().error(f"{kind}: {message}")
+        elif level == "OK":  # news such as a model swapped in
+            self.get_logger().info(f"{kind}: {message}")
         else:
             self.get_logger().warning(f"{kind}: {message}")
 
@@ -458,8 +463,14 @@ class VLNHeatmapNode(Node):
             self._path_pub.publish(conv.waypoints_to_path(out.waypoints, stamp, path_frame, T_world_base))
             self._marker_pub.publish(conv.waypoints_to_markers(out.waypoints, stamp, path_frame, T_world_base))
 
+    def _on_reload_model(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = self.runtime.reload_model()
+        self.get_logger().info(f"~/reload_model: {response.message}")
+        return response
+
     def _on_diagnostics_timer(self) -> None:
         try:
+            self.runtime.poll_model()  # a replaced node.model_path starts loading in the background
             statuses = self.runtime.diagnostics()
             self._diagnostics_pub.publish(conv.diagnostics_to_msg(statuses, time.time_ns(), hardware_id=NODE_NAME))
         except Exception as exc:

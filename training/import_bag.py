@@ -41,11 +41,9 @@ def _mount(text: str) -> list[float]:
     return values
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bag", type=Path, help="rosbag2 folder (sqlite3 or mcap)")
-    p.add_argument("--out", type=Path, required=True, help="episode folder to create (must not exist)")
-    p.add_argument("--color-topic", required=True, help="sensor_msgs/Image or CompressedImage colour topic")
+def add_import_arguments(p: argparse.ArgumentParser, color_required: bool = True) -> None:
+    """The bag import flags (topics, poses, tolerances): shared with ``training/adapt.py``."""
+    p.add_argument("--color-topic", required=color_required, help="sensor_msgs/Image or CompressedImage colour topic")
     p.add_argument("--depth-topic", default=None, help="registered depth topic (16UC1 mm or 32FC1 m)")
     p.add_argument("--camera-info-topic", default=None,
                    help="CameraInfo topic (default: the camera_info sibling of the colour topic)")
@@ -61,6 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pose-gap", type=float, default=0.5, help="seconds, longest pose gap to interpolate over")
     p.add_argument("--color-format", choices=("png", "jpg"), default="png")
     p.add_argument("--instruction", default="")
+
+
+def import_keywords(args: argparse.Namespace) -> dict:
+    """``import_rosbag`` keyword arguments from the flags of :func:`add_import_arguments`."""
+    return dict(depth_topic=args.depth_topic, camera_info_topic=args.camera_info_topic, odom_topic=args.odom_topic,
+                T_base_cam=args.mount, use_tf=args.tf, world_frame=args.world_frame, base_frame=args.base_frame,
+                camera_frame=args.camera_frame, max_pair_dt=args.max_pair_dt, max_pose_gap=args.max_pose_gap,
+                instruction=args.instruction, color_format=args.color_format)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bag", type=Path, help="rosbag2 folder (sqlite3 or mcap)")
+    p.add_argument("--out", type=Path, required=True, help="episode folder to create (must not exist)")
+    add_import_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -80,13 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(done - bar.n)
 
     try:
-        path = import_rosbag(
-            args.bag, args.out, args.color_topic,
-            depth_topic=args.depth_topic, camera_info_topic=args.camera_info_topic, odom_topic=args.odom_topic,
-            T_base_cam=args.mount, use_tf=args.tf, world_frame=args.world_frame, base_frame=args.base_frame,
-            camera_frame=args.camera_frame, max_pair_dt=args.max_pair_dt, max_pose_gap=args.max_pose_gap,
-            instruction=args.instruction, color_format=args.color_format, progress=progress,
-        )
+        path = import_rosbag(args.bag, args.out, args.color_topic, progress=progress, **import_keywords(args))
     except InputError as exc:
         print(f"import_bag: error: {exc}", file=sys.stderr)
         return 2

@@ -533,6 +533,16 @@ def config_from_dict(data: dict, cls: type[T] = VLNConfig) -> T:  # type: ignore
     return _build(cls, dict(data))
 
 
+def with_overrides(cfg: T, overrides: Sequence[str] | dict[str, Any]) -> T:
+    """A validated copy of ``cfg`` with ``dotted.key=value`` overrides applied (e.g. a checkpoint's
+    own config, adjusted for a fine-tuning run)."""
+    data = config_to_dict(cfg)
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        _set_dotted(data, key, value)
+    return _build(type(cfg), data)
+
+
 def flatten_config(cfg: Any, prefix: str = "") -> dict[str, Any]:
     """``{"video.keyframes": 8, ...}``: the form ROS parameters take."""
     out: dict[str, Any] = {}

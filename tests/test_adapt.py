@@ -1,0 +1,92 @@
+"""``training/adapt.py``: fine-tune on a recording's first 70 %, score on its last 30 %, keep the
+result only if it wins.
+
+A simulated RGB-D episode stands in for a robot's recording (the node's recorder writes the same
+episode format). The run is short (a few seconds of training), so whether it wins is not fixed;
+what is checked is that the split is by time and never overlaps, that the starting model is
+scored on the validation part, and that a checkpoint exists exactly when the report says the
+adapted model won (and then loads and serves). Bad input: exit 2 with one line.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vln_core.config import load_config
+from vln_core.data.episode import read_episode
+from vln_core.models.shipped import load_model_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+ADAPT = REPO / "training" / "adapt.py"
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> Path:
+    from vln_core.sim.collect import generate_episode
+
+    out = tmp_path_factory.mktemp("rec") / "rec_000"
+    generate_episode(out, 11, load_config(None, ["sim.frames_per_episode=40", "sim.image_size=[96, 128]"]).sim)
+    return out
+
+
+def _adapt(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ADAPT), *args, "--no-progress", "--threads", "1"],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_adapt_splits_by_time_scores_and_writes_only_a_winner(recording, tmp_path):
+    out = tmp_path / "adapted"
+    proc = _adapt(str(recording), "--out", str(out), "--minutes", "0.1", "training.batch_size=1")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    train = read_episode(out / "data" / "train" / recording.name)
+    val = read_episode(out / "data" / "val" / recording.name)
+    assert (len(train), len(val)) == (28, 12)
+    assert train.timestamps.max() < val.timestamps.min()  # by time: validation is the end
+    source = read_episode(recording)
+    assert np.allclose(val.poses, source.poses[28:]) and np.allclose(train.poses, source.poses[:28])
+    before = json.loads((out / "run" / "before.json").read_text())
+    assert set(before["before"]) == {"rgb_pose", "rgb_only"}
+    assert "starting model, validation CC" in proc.stdout
+    if (out / "adaptation.json").is_file():
+        report = json.loads((out / "adaptation.json").read_text())
+        assert report["won"] and (out / "ADAPTATION.md").is_file()
+        gains = report["validation_cc"]["change"]
+        assert min(gains.values()) >= 0 and sum(gains.values()) > 0
+        model, meta = load_model_checkpoint(out / "checkpoint.pt")
+        assert meta["adapted_from"] and meta["train_median_depth_m"] > 0
+    else:
+        assert "does not beat the starting one" in proc.stdout and "no checkpoint written" in proc.stdout
+        assert not (out / "checkpoint.pt").exists()
+        report = json.loads((out / "run" / "adaptation.json").read_text())
+        assert not report["won"]
+    assert report["steps"] >= 1 and report["peak_rss_mb"] < 3000
+
+
+@pytest.mark.parametrize("case", ["missing", "no_depth", "bag_without_topic"])
+def test_bad_recordings_exit_2_with_one_line(case, recording, tmp_path):
+    if case == "missing":
+        target = tmp_path / "absent"
+    elif case == "no_depth":
+        target = tmp_path / "colour_only"
+        target.mkdir()
+        ep = read_episode(recording)
+        import cv2
+
+        cv2.imwrite(str(target / "frame-000000.color.png"), ep.color(0)[..., ::-1])
+        np.savetxt(target / "frame-000000.pose.txt", ep.poses[0])
+        np.savetxt(target / "intrinsics.K.txt", ep.K)
+    else:
+        target = tmp_path / "bag"
+        target.mkdir()
+        (target / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
+    proc = _adapt(str(target), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("adapt: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o" / "checkpoint.pt").exists()

@@ -40,7 +40,7 @@ from import_bag import add_import_arguments, import_keywords  # noqa: E402 (trai
 from vln_core.config import ConfigError, with_overrides  # noqa: E402
 from vln_core.errors import InputError  # noqa: E402
 
-DEFAULT_STAGE = "finetune"
+DEFAULT_STAGE = "multiview"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.3, help="last share of each recording kept for validation")
     p.add_argument("--modes", default="rgb_pose,rgb_only", help="modes scored: rgb_pose, rgb_only")
     p.add_argument("--stage", default=DEFAULT_STAGE, choices=("finetune", "multiview", "heatmap", "geometry"),
-                   help="what is trained (default finetune: every network; multiview: the multi-view depth only)")
+                   help="what is trained (default multiview: the multi-view depth network, whose depth the node serves; "
+                        "finetune: the monocular network and the heads)")
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--no-progress", action="store_true")
     add_import_arguments(p, color_required=False)
@@ -148,10 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {len(splits)} recording(s): " + ", ".join(
         f"{s.name} {s.train_frames} train / {s.val_frames} validation frames" for s in splits), flush=True)
     cfg.training.data_dirs = [str(s.train_dir) for s in splits]
-    cfg.training.eval_data_dirs = [str(s.train_dir) for s in splits]  # the trainer's own eval only logs
+    cfg.training.eval_data_dirs = []  # no eval during training: every second goes to steps (validation is scored below)
+
+    windows = {"frames": cfg.video.total_frames, "stride": cfg.training.frame_stride, "count": 0}
 
     def scores(m) -> tuple[dict, dict]:
         result = score_on_validation(m, [s.val_dir for s in splits], cfg, constant_depth, modes)
+        windows["count"] = int(result["num_windows"])
         cc = {mode: heatmap_cc(result, mode) for mode in modes}
         base = {mode: {name: float(v["cc"]) for name, v in result["modes"][mode]["heatmap"].items()
                        if name not in ("model", "oracle") and "cc" in v} for mode in modes}
@@ -183,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": steps, "train_seconds": round(train_s, 1), "wall_seconds": round(time.monotonic() - wall_start, 1),
         "threads": torch.get_num_threads(), "peak_rss_mb": round(peak_rss_mb(), 1),
         "validation_cc": {"before": before, "after": after, "change": gains}, "baselines": baselines, "won": won,
+        "validation_windows": windows,
     }
     table = describe_table(before, after, baselines)
     print(table)
@@ -208,7 +213,10 @@ def _report(result: dict, table: str) -> str:
     return (f"# Adaptation\n\nFrom `{result['init']}`, stage `{result['stage']}`, {result['steps']} steps in "
             f"{result['train_seconds'] / 60:.1f} min of training ({result['wall_seconds'] / 60:.1f} min in all) on "
             f"{result['threads']} thread(s), peak RSS {result['peak_rss_mb']:.0f} MB.\n\n## Data\n\n{data}\n\n"
-            f"## Validation heatmap CC (training/evaluate.py protocol)\n\n{table}\n")
+            f"## Validation heatmap CC (training/evaluate.py protocol)\n\n{result['validation_windows']['count']} windows "
+            f"of {result['validation_windows']['frames']} frames at stride {result['validation_windows']['stride']} "
+            f"on the held-out part (`model_net`: the networks without the match refinement; `classical`: ORB).\n\n"
+            f"{table}\n")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Layout of the output folder (``training/adapt.py --out DIR``):
 from __future__ import annotations
 
 import json
-import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -161,5 +160,5 @@ def describe_table(before: dict[str, float], after: dict[str, float], baselines:
              "| --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
     for mode in before:
         lines.append(f"| {mode} | {before[mode]:.3f} | {after[mode]:.3f} | {after[mode] - before[mode]:+.3f} | "
-                     + " | ".join(f"{baselines[mode].get(n, math.nan):.3f}" for n in names) + " |")
+                     + " | ".join(f"{baselines[mode][n]:.3f}" if n in baselines[mode] else "-" for n in names) + " |")
     return "\n".join(lines)

@@ -20,7 +20,6 @@ from vln_core.data.posed_images import load_posed_sequence
 from vln_core.models.shipped import SHIPPED_CHECKPOINT
 from vln_core.runtime.runtime import NavigationRuntime
 from vln_core.train.checkpoint import load_checkpoint
-from vln_core.train.streaming_eval import base_poses
 
 torch.set_num_threads(1)
 
@@ -70,16 +69,22 @@ def _runtime(path, real):
     return rt, _Stream(real, cfg)
 
 
+def _serving_copy(tmp_path, real, frames: int):
+    """A runtime serving a copy of the shipped checkpoint, after ``frames`` outputs."""
+    path = tmp_path / "model.pt"
+    shutil.copy(SHIPPED_CHECKPOINT, path)
+    rt, stream = _runtime(path, real)
+    for i in range(frames):
+        assert stream.feed(rt, i) is not None
+    return path, rt, stream
+
+
 def _entry(rt, name):
     return next(s for s in rt.diagnostics() if s["name"] == f"vln_heatmap: {name}")
 
 
 def test_a_replaced_checkpoint_serves_from_the_next_update(tmp_path, real):
-    path = tmp_path / "model.pt"
-    shutil.copy(SHIPPED_CHECKPOINT, path)
-    rt, stream = _runtime(path, real)
-    for i in range(5):
-        assert stream.feed(rt, i) is not None
+    path, rt, stream = _serving_copy(tmp_path, real, 5)
     first_backend = rt.backend
     rt.poll_model()
     assert not rt.model_swapper.status.loading  # unchanged file: nothing to load
@@ -110,11 +115,7 @@ def _first_model_heatmaps(real, n):
 
 
 def test_a_broken_file_is_refused_and_the_old_model_keeps_serving(tmp_path, real):
-    path = tmp_path / "model.pt"
-    shutil.copy(SHIPPED_CHECKPOINT, path)
-    rt, stream = _runtime(path, real)
-    for i in range(4):
-        assert stream.feed(rt, i) is not None
+    path, rt, stream = _serving_copy(tmp_path, real, 4)
     serving = rt.backend
     data = SHIPPED_CHECKPOINT.read_bytes()
     tmp = tmp_path / "partial.pt"

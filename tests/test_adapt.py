@@ -90,3 +90,22 @@ def test_bad_recordings_exit_2_with_one_line(case, recording, tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("adapt: "), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_the_nodes_recording_is_taken_as_it_is(recording, tmp_path):
+    """The loop of the package README: an RGB-D robot on the geometry path records with
+    node.record, and adapt.py takes the recorder's episode without conversion."""
+    from vln_core.data.episode import list_episodes
+    from vln_core.train.streaming_eval import stream_episode
+
+    cfg = load_config(REPO / "ros2_ws" / "src" / "vln_heatmap" / "config" / "vln_heatmap.yaml",
+                      ["node.backend=geometry", "node.record=true", f"node.record_dir={tmp_path / 'rec'}",
+                       "node.record_frames_per_episode=100", "node.publish_overlay=false"])
+    stream_episode(read_episode(recording), cfg, 1, "go to the chair", depth=True)
+    recorded = list_episodes(tmp_path / "rec")
+    assert len(recorded) == 1 and len(read_episode(recorded[0])) == 40
+    proc = _adapt(str(recorded[0]), "--out", str(tmp_path / "adapted"), "--minutes", "0.05", "training.batch_size=1")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(read_episode(tmp_path / "adapted" / "data" / "val" / recorded[0].name)) == 12
+    assert "starting model, validation CC" in proc.stdout

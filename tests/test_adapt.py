@@ -109,3 +109,29 @@ def test_the_nodes_recording_is_taken_as_it_is(recording, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert len(read_episode(tmp_path / "adapted" / "data" / "val" / recorded[0].name)) == 12
     assert "starting model, validation CC" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_with_the_time_it_has_left(recording, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "adapted"
+    args = [sys.executable, str(ADAPT), str(recording), "--out", str(out), "--minutes", "0.3", "--threads", "1",
+            "--no-progress", "training.batch_size=1"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = out / "run" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.is_file() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert last.is_file(), first.communicate()[0][-2000:]
+    first.send_signal(signal.SIGKILL)  # no clean-up of any kind
+    first.wait(30)
+    state = json.loads((out / "run" / "adapt_state.json").read_text())
+    assert state["step"] >= 1 and state["train_seconds"] > 0
+    second = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "resuming from" in second.stdout and "s of the budget used" in second.stdout, second.stdout[-2000:]
+    report = json.loads(((out / "adaptation.json") if (out / "adaptation.json").is_file()
+                         else (out / "run" / "adaptation.json")).read_text())
+    assert report["steps"] > state["step"]

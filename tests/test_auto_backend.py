@@ -69,11 +69,12 @@ def _backend_status(rt: NavigationRuntime) -> dict:
 
 def test_auto_runs_geometry_with_depth_and_poses_and_the_model_without_depth(episode):
     now = [0.0]
-    rt = NavigationRuntime(_cfg("node.backend=auto"), clock=lambda: now[0])
+    rt = NavigationRuntime(_cfg("node.backend=auto", "node.auto_learned_heads=false"), clock=lambda: now[0])
     assert isinstance(rt.backend, AutoBackend)
     feeder = Feeder(rt, episode, now)
 
-    # RGB-D + odometry: geometry from the first frame on; the learned model is not even loaded
+    # RGB-D + odometry: geometry from the first frame on; without the learned heads on that path
+    # the learned model is not even loaded
     for i in range(6):
         out = feeder.feed(i, depth=True)
         assert out is not None, rt.waiting_reason
@@ -115,6 +116,35 @@ def test_auto_runs_geometry_with_depth_and_poses_and_the_model_without_depth(epi
         out = feeder.feed(i, depth=True)
     assert out is not None and out.backend == "auto (geometry)"
     assert rt.error_count("backend_switched") == 2
+    rt.close()
+
+
+def test_auto_with_depth_still_gets_the_learned_goal_and_waypoints(episode):
+    """node.auto_learned_heads (default on): an RGB-D robot gets the exact heatmaps from depth and
+    the learned goal heatmap and waypoints, the same as the learned backend's heads called directly."""
+    from vln_core.runtime import CameraFrame, create_backend
+
+    now = [0.0]
+    cfg = _cfg("node.backend=auto")
+    assert cfg.node.auto_learned_heads
+    rt = NavigationRuntime(cfg, clock=lambda: now[0])
+    feeder = Feeder(rt, episode, now)
+    outputs = [feeder.feed(i, depth=True) for i in range(6)]
+    assert all(o is not None and o.backend == "auto (geometry)" for o in outputs), rt.waiting_reason
+    status = _backend_status(rt)
+    assert status["values"]["auto_learned_backend"] == "model (loaded)"
+    assert status["values"]["keyframe_geometry"] == "measured"
+    assert "predicts no waypoints" not in status["message"]
+
+    direct = create_backend("model", cfg)
+    for i, out in enumerate(outputs):
+        assert out.waypoints.shape == (20, 2) and np.isfinite(out.waypoints).all()
+        assert abs(float(out.goal_heatmap.sum()) - 1) < 1e-4
+        frame = CameraFrame(stamp_ns=feeder.stamp(i), frame_id="camera", rgb=episode.color(i), K=episode.K,
+                            T_wc=out.T_wc, T_odom_base=out.T_odom_base, seq=out.seq)
+        goal, waypoints = direct.goal_and_waypoints(frame, "")
+        np.testing.assert_allclose(out.waypoints, waypoints, atol=1e-5)
+        np.testing.assert_allclose(out.goal_heatmap, goal, atol=1e-6)
     rt.close()
 
 

@@ -137,6 +137,9 @@ class NodeConfig:
     # what the learned backends take: "rgb_pose" (colour + odometry/tf poses, mode 2), "rgb_only"
     # (colour alone, poses predicted, mode 3), "auto" (known poses when every frame has one)
     learned_mode: Literal["auto", "rgb_pose", "rgb_only"] = "auto"
+    # backend auto on the geometry path (depth + poses): still run the learned model's goal and
+    # waypoint heads on the current frame, so an RGB-D robot gets the whole output
+    auto_learned_heads: bool = True
     onnx_providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")  # those present are used
     tensorrt_precision: Literal["fp32", "fp16"] = "fp32"  # which engines the "tensorrt" backend loads
     inference_rate_hz: float = 5.0

@@ -452,6 +452,23 @@ class LearnedBackend(HeatmapBackend):
         with torch.no_grad():
             heatmaps = heatmaps_from_config(key_depth, K, T_cur_key, K, torch.eye(4), self.frame_size, cur_depth,
                                             cfg=predicted_depth_config(self.heatmap_cfg))
+        goal, waypoints = self._goal_and_waypoints(current, encs[-1][0], T_wc_cur, instruction)
+        return BackendResult(heatmaps=heatmaps, waypoints=waypoints, goal_heatmap=goal)
+
+    def goal_and_waypoints(self, current: CameraFrame, instruction: str) -> tuple[np.ndarray, np.ndarray]:
+        """Only the goal and waypoint heads on ``current`` (``auto`` on the geometry path: the
+        heatmaps come from measured depth, the navigation output from here). Returns the goal
+        heatmap ``(h, w)`` (sums to 1) and waypoints ``(20, 2)`` (x forward, y left, metres, base frame)."""
+        hit = self._cache.get(current.seq)
+        if hit is not None:
+            enc = hit[0]
+        else:  # the heads need the encoder only: no ORB features, no multi-view features, not cached
+            pre = preprocess_frames([current.rgb], None, self._intrinsics(current), self.frame_size)
+            enc = self.engine.encode(pre.frames)
+        return self._goal_and_waypoints(current, enc, self._estimated_pose(current), instruction)
+
+    def _goal_and_waypoints(self, current: CameraFrame, cur: FrameEncoding, T_wc_cur: np.ndarray,
+                            instruction: str) -> tuple[np.ndarray, np.ndarray]:
         # past motion at the training rate, then the goal and waypoint heads
         now_s = current.stamp_ns * 1e-9
         if self._history and now_s <= self._history[-1][0]:
@@ -459,12 +476,10 @@ class LearnedBackend(HeatmapBackend):
         self._history.append((now_s, self._base_pose(current, T_wc_cur)))
         past = torch.from_numpy(past_trajectory_from_history(list(self._history), now_s))[None]
         ids, mask = self.engine.tokenizer.encode([instruction or ""], self.cfg.model.max_instruction_length)
-        cur = encs[-1][0]
         goal_logits, waypoints = self.engine.goal_and_waypoints(cur.f8, cur.f32, ids, mask, past,
                                                                 torch.ones(1, dtype=torch.long))
         goal = torch.softmax(goal_logits[0].float().flatten(), 0).reshape(goal_logits.shape[-2:])
-        return BackendResult(heatmaps=heatmaps, waypoints=waypoints[0].numpy().astype(np.float32),
-                             goal_heatmap=goal.numpy().astype(np.float32))
+        return goal.numpy().astype(np.float32), waypoints[0].numpy().astype(np.float32)
 
     def close(self) -> None:
         self._cache.clear()

@@ -193,7 +193,13 @@ class AutoBackend(HeatmapBackend):
 
     @property
     def predicts_waypoints(self) -> bool:  # type: ignore[override]
-        return self._current().predicts_waypoints
+        return self._current().predicts_waypoints or self._learned_heads_on_geometry()
+
+    def _learned_heads_on_geometry(self) -> bool:
+        """Geometry serves and ``node.auto_learned_heads``: the learned goal and waypoint heads
+        run on the current frame too (unless the learned backend failed to load)."""
+        return (self.active is self.geometry and self.active is not None and self._learned_error is None
+                and bool(getattr(self.cfg.node, "auto_learned_heads", False)))
 
     @property
     def decided(self) -> bool:
@@ -202,7 +208,17 @@ class AutoBackend(HeatmapBackend):
     def infer(self, current: CameraFrame, keyframes: list[CameraFrame], instruction: str) -> BackendResult:
         if self.active is None:
             raise BackendUnavailableError(f"auto backend: {self.reason}")
-        return self.active.infer(current, keyframes, instruction)
+        result = self.active.infer(current, keyframes, instruction)
+        if self._learned_heads_on_geometry():
+            try:
+                learned = self.learned
+            except BackendUnavailableError:
+                return result  # the exact heatmaps still serve; diagnostics say why (learned_error)
+            heads = getattr(learned, "goal_and_waypoints", None)
+            if heads is not None:
+                goal, waypoints = heads(current, instruction)
+                result = BackendResult(heatmaps=result.heatmaps, waypoints=waypoints, goal_heatmap=goal)
+        return result
 
     def output_size(self, current: CameraFrame) -> tuple[int, int]:
         return self._current().output_size(current)

@@ -27,6 +27,9 @@ Publishes (stamped with the input colour image's stamp and frame_id):
     ``~/waypoint_markers`` (MarkerArray) and ``~/goal_heatmap`` (32FC1 Image) when the backend
     predicts them, ``/diagnostics`` (DiagnosticArray, 1 Hz).
 
+Service: ``~/reload_model`` (std_srvs/Trigger): load ``node.model_path`` again; the file is also
+watched once a second and a replaced one is swapped in between two updates (``vln_core.runtime.model_swap``).
+
 Every callback catches bad input (``InputError``) and any other exception, logs it rate-limited,
 reports it to the runtime (it appears in ``/diagnostics`` by kind) and keeps serving.
 """

@@ -135,3 +135,12 @@ def test_a_killed_run_resumes_with_the_time_it_has_left(recording, tmp_path):
     report = json.loads(((out / "adaptation.json") if (out / "adaptation.json").is_file()
                          else (out / "run" / "adaptation.json")).read_text())
     assert report["steps"] > state["step"]
+
+
+def test_the_real_evaluation_set_is_refused_but_for_the_issues_split(tmp_path):
+    evaluation_set = REPO.parent / "shared" / "data" / "real_rgbd_box"
+    if not evaluation_set.is_dir():
+        pytest.skip(f"real evaluation set not found at {evaluation_set}")
+    proc = _adapt(str(evaluation_set), "--out", str(tmp_path / "o"), "--minutes", "0.1")
+    assert proc.returncode == 2 and "evaluation set" in proc.stderr and "--val-fraction 0.4" in proc.stderr, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and not (tmp_path / "o").exists()

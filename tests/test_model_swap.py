@@ -41,22 +41,15 @@ def _variant(src, dst, factor: float) -> None:
 class _Stream:
     """Feeds the real frames (colour + odometry) one by one and steps after each."""
 
-    def __init__(self, seq, cfg):
-        self.seq, self.cfg = seq, cfg
-        self.T_odom_base = np.asarray(seq.poses, dtype=np.float64) @ np.linalg.inv(
-            base_poses_mount(cfg))
+    def __init__(self, seq, T_base_cam):
+        self.seq = seq
+        self.T_odom_base = np.asarray(seq.poses, dtype=np.float64) @ np.linalg.inv(T_base_cam)
 
     def feed(self, rt, i):
         stamp = int(1e9 + i * 1e8)
         rt.add_odometry(stamp, self.T_odom_base[i])
         rt.add_image(stamp, "camera", np.ascontiguousarray(self.seq.colors[i]))
         return rt.step(overlay=False)
-
-
-def base_poses_mount(cfg):
-    from vln_core.geometry.transforms import pose_from_xyz_quat
-
-    return pose_from_xyz_quat(torch.tensor(cfg.node.camera_mount, dtype=torch.float64)).numpy()
 
 
 def _runtime(path, real):
@@ -66,7 +59,7 @@ def _runtime(path, real):
     H, W = real.colors[0].shape[:2]
     rt.set_camera_info(real.K, W, H)
     rt.set_instruction("go to the box")
-    return rt, _Stream(real, cfg)
+    return rt, _Stream(real, rt.T_base_cam)
 
 
 def _serving_copy(tmp_path, real, frames: int):

@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 from vln_core.atomic import atomic_write_text  # noqa: E402
 from vln_core.config import load_config  # noqa: E402
 from vln_core.data.episode import is_complete_episode, read_episode  # noqa: E402
+from vln_core.train.streaming_eval import ExactHeatmaps, keyframe_cc  # noqa: E402
 from vln_heatmap.session import (  # noqa: E402
     OutputCollector,
     percentile_summary,
@@ -226,49 +227,18 @@ def summarize(collector: OutputCollector, manifest: list[dict], stamp_to_index: 
     }
 
 
-class ExactHeatmaps:
-    """The geometry core's heatmaps for episode frames (recorded depth and poses), on the node's grid."""
-
-    def __init__(self, episode, cfg) -> None:
-        from vln_core.runtime import GeometryBackend
-
-        self.episode, self.cfg = episode, cfg
-        self.backend = GeometryBackend(cfg)
-        self._results: dict[int, tuple] = {}  # output stamp -> (current, keyframes, result)
-
-    def frame(self, index: int, stamp: int, seq: int):
-        from vln_core.runtime import CameraFrame
-
-        ep = self.episode
-        return CameraFrame(stamp_ns=stamp, frame_id="camera", rgb=ep.color(index), depth_m=ep.depth(index), K=ep.K,
-                           T_wc=ep.poses[index], seq=seq)
-
-    def result(self, output, stamp_to_index: dict[int, int]):
-        """(current frame, keyframes, BackendResult) for one collected output (computed once)."""
-        if output.stamp_ns not in self._results:
-            current = self.frame(stamp_to_index[output.stamp_ns], output.stamp_ns, -1)
-            keys = [self.frame(stamp_to_index[s], s, q) for s, q in zip(output.keyframe_stamps, output.keyframe_indices)]
-            self._results[output.stamp_ns] = (current, keys, self.backend.infer(current, keys, ""))
-        return self._results[output.stamp_ns]
-
-
 def compare_with_exact(collector: OutputCollector, stamp_to_index: dict[int, int], exact: ExactHeatmaps) -> dict:
     """Per output: Pearson CC (vln_core.metrics.correlation_coefficient) of each learned keyframe
     heatmap with the exact one, and their mean (NaN maps, e.g. a keyframe out of view in both, skipped)."""
-    from vln_core.metrics import correlation_coefficient
-
     per_output = []
     for o in collector.outputs:
         if o.stamp_ns not in stamp_to_index or not all(s in stamp_to_index for s in o.keyframe_stamps):
             continue
         _, _, result = exact.result(o, stamp_to_index)
-        cc = correlation_coefficient(o.heatmaps, result.heatmaps.heatmap.numpy()).numpy()
-        finite = cc[np.isfinite(cc)]
         per_output.append({
             "frame": stamp_to_index[o.stamp_ns],
             "keyframe_frames": [stamp_to_index[s] for s in o.keyframe_stamps],
-            "cc_per_keyframe": [None if not np.isfinite(c) else round(float(c), 4) for c in cc],
-            "cc_mean": float(finite.mean()) if finite.size else None,
+            **keyframe_cc(o.heatmaps, result.heatmaps.heatmap),
         })
     means = [p["cc_mean"] for p in per_output if p["cc_mean"] is not None]
     return {
@@ -324,12 +294,9 @@ def write_overlays(collector: OutputCollector, stamp_to_index: dict[int, int], o
         output = by_stamp.get(stamp)
         if exact is None or output is None or stamp not in stamp_to_index:
             return rgb
-        from vln_core.metrics import correlation_coefficient
-
         _, _, result = exact.result(output, stamp_to_index)
-        cc = correlation_coefficient(output.heatmaps, result.heatmaps.heatmap.numpy()).numpy()
-        finite = cc[np.isfinite(cc)]
-        return side_by_side(rgb, exact_overlay(output, stamp_to_index, exact), float(finite.mean()) if finite.size else None)
+        cc = keyframe_cc(output.heatmaps, result.heatmaps.heatmap)["cc_mean"]
+        return side_by_side(rgb, exact_overlay(output, stamp_to_index, exact), cc)
 
     picks = sorted(set(np.linspace(0, len(overlays) - 1, min(MAX_OVERLAYS, len(overlays))).round().astype(int)))
     written = []

@@ -41,6 +41,9 @@ from vln_core.config import ConfigError, with_overrides  # noqa: E402
 from vln_core.errors import InputError  # noqa: E402
 
 DEFAULT_STAGE = "multiview"
+#: the real evaluation sequence: evaluation only, but for the one split the adaptation test uses
+EVALUATION_SET = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_rgbd_box"
+EVALUATION_SET_VAL_FRACTION = 0.4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +85,9 @@ def prepare_recordings(args: argparse.Namespace, data_dir: Path) -> list[Path]:
     for rec in args.recordings:
         if not rec.exists():
             raise InputError(f"recording {rec} does not exist")
+        if rec.resolve() == EVALUATION_SET.resolve() and args.val_fraction != EVALUATION_SET_VAL_FRACTION:
+            raise InputError(f"{rec} is the project's real evaluation set: it is never trained on, except its first "
+                             f"60 % for the adaptation test (--val-fraction {EVALUATION_SET_VAL_FRACTION})")
         if rec.is_dir() and (rec / "metadata.yaml").is_file():
             if not args.color_topic:
                 raise InputError(f"{rec} is a rosbag2 folder: pass --color-topic (and --depth-topic, --odom-topic or --tf)")

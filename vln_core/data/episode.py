@@ -620,6 +620,20 @@ def read_episode(path: str | os.PathLike, skip_invalid_poses: bool = False) -> E
     return _read_plain_folder(path, skip_invalid_poses)
 
 
+def odometry_for_mount(episode: Episode, T_base_cam: np.ndarray) -> tuple[np.ndarray, str]:
+    """``(N, 4, 4)`` ``T_odom_base`` that make a robot with camera mount ``T_base_cam`` (camera
+    optical frame -> base_link) see ``episode.poses``: the episode's own base poses when its mount
+    is the same, else the camera poses times the inverse mount. Returns the poses and a sentence
+    saying where they came from (the replay prints it; the streaming evaluation feeds them)."""
+    if episode.base_poses is not None and episode.T_base_cam is not None and np.allclose(
+        episode.T_base_cam, T_base_cam, atol=1e-6
+    ):
+        return np.asarray(episode.base_poses, dtype=np.float64), "episode base poses"
+    poses = np.asarray(episode.poses, dtype=np.float64) @ np.linalg.inv(T_base_cam)
+    why = "no base poses in the episode" if episode.base_poses is None else "episode mount differs from node.camera_mount"
+    return poses, f"derived from camera poses and node.camera_mount ({why})"
+
+
 def is_complete_episode(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a finished episode: a folder not named ``*.partial`` whose
     ``episode.json`` parses and has an integer ``format_version`` and a ``frames`` list."""

@@ -199,7 +199,7 @@ class AutoBackend(HeatmapBackend):
         """Geometry serves and ``node.auto_learned_heads``: the learned goal and waypoint heads
         run on the current frame too (unless the learned backend failed to load)."""
         return (self.active is self.geometry and self.active is not None and self._learned_error is None
-                and bool(getattr(self.cfg.node, "auto_learned_heads", False)))
+                and self.cfg.node.auto_learned_heads)
 
     @property
     def decided(self) -> bool:

@@ -44,8 +44,8 @@ def path_signature(path: Path) -> Optional[tuple]:
     file in the folder (sorted by name); None when it does not exist."""
     try:
         if path.is_dir():
-            return tuple(sorted((p.name, p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
-                                for p in path.rglob("*") if p.is_file()))
+            stats = ((p.name, p.stat()) for p in path.rglob("*") if p.is_file())
+            return tuple(sorted((name, st.st_ino, st.st_size, st.st_mtime_ns) for name, st in stats))
         st = path.stat()
         return (st.st_ino, st.st_size, st.st_mtime_ns)
     except OSError:
@@ -70,15 +70,17 @@ class ModelSwapper:
         cfg: the node's config (``node.model_path``).
         learned: the learned backend's name (``model``, ``onnx``, ``tensorrt``).
         build: ``cfg -> backend`` (``create_backend(learned, cfg)``); raises on a bad file.
+        on_refused: called once per refused file with the reason (on the loading thread).
         clock: wall clock for "since when".
     """
 
     def __init__(self, cfg: VLNConfig, learned: str, build: Callable[[VLNConfig], object],
-                 clock: Callable[[], float] = time.time) -> None:
+                 on_refused: Optional[Callable[[str], None]] = None, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.learned = learned
         self.path = watched_model_path(cfg, learned)
         self._build = build
+        self._on_refused = on_refused
         self._clock = clock
         self._lock = threading.Lock()
         self._signature = path_signature(self.path)  # of the model serving now
@@ -120,9 +122,12 @@ class ModelSwapper:
         try:
             backend = self._build(self.cfg)
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, the old model serves
+            refused = f"{self.path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             with self._lock:
                 self.status.loading = False
-                self.status.refused = f"{self.path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                self.status.refused = refused
+            if self._on_refused is not None:
+                self._on_refused(refused)
             return
         with self._lock:
             old, self._ready, self._ready_signature = self._ready, backend, sig

@@ -211,7 +211,8 @@ class NavigationRuntime:
         self._swapper: Optional[ModelSwapper] = None
         learned = (self.backend.learned_name if isinstance(self.backend, AutoBackend) else cfg.node.backend)
         if backend is None and learned in LEARNED_BACKENDS:
-            self._swapper = ModelSwapper(cfg, learned, lambda c: create_backend(learned, c))
+            self._swapper = ModelSwapper(cfg, learned, lambda c: create_backend(learned, c), on_refused=lambda why: (
+                self._record_event("model_refused", f"new model refused, the loaded one keeps serving: {why}", ERROR)))
         node = cfg.node
         self.tolerance_ns = int(round(node.max_stamp_gap_s * 1e9))
         self.jump_ns = int(round(node.stamp_jump_reset_s * 1e9))
@@ -749,7 +750,6 @@ class NavigationRuntime:
         calls this once a second); the new model serves from the first update after it loaded."""
         if self._swapper is not None:
             self._swapper.poll()
-            self._report_refused_model()
 
     def reload_model(self) -> tuple[bool, str]:
         """Load ``node.model_path`` again now (the node's ``~/reload_model`` service)."""
@@ -761,19 +761,12 @@ class NavigationRuntime:
     def model_swapper(self) -> Optional[ModelSwapper]:
         return self._swapper
 
-    def _report_refused_model(self) -> None:
-        refused = self._swapper.status.refused if self._swapper is not None else ""
-        if refused and refused != getattr(self, "_refused_reported", ""):
-            self._refused_reported = refused
-            self._record_event("model_refused", f"new model refused, the loaded one keeps serving: {refused}", ERROR)
-
     def _swap_model_if_ready(self) -> None:
         """Put a model the swapper finished loading in service (called with ``_step_lock`` held)."""
         if self._swapper is None:
             return
         new = self._swapper.take_ready()
         if new is None:
-            self._report_refused_model()
             return
         if isinstance(self.backend, AutoBackend):
             self.backend.replace_learned(new)

@@ -20,7 +20,7 @@ import torch
 
 from vln_core.config import VLNConfig
 from vln_core.errors import InputError
-from vln_core.geometry.transforms import pose_from_xyz_quat
+from vln_core.data.episode import odometry_for_mount
 from vln_core.metrics import correlation_coefficient
 
 #: what the learned backends are fed in each mode (the node's ``node.learned_mode``)
@@ -40,14 +40,41 @@ class StreamScore:
         return float(np.mean(means)) if means else float("nan")
 
 
-def base_poses(episode: Any, cfg: VLNConfig) -> np.ndarray:
-    """``(N, 4, 4)`` ``T_odom_base`` that make the runtime (mount ``node.camera_mount``) see the
-    episode's camera poses: the episode's own base poses when its mount is the node's."""
-    T_base_cam = pose_from_xyz_quat(torch.tensor(cfg.node.camera_mount, dtype=torch.float64)).numpy()
-    if episode.base_poses is not None and episode.T_base_cam is not None and np.allclose(
-            episode.T_base_cam, T_base_cam, atol=1e-6):
-        return np.asarray(episode.base_poses, dtype=np.float64)
-    return np.asarray(episode.poses, dtype=np.float64) @ np.linalg.inv(T_base_cam)
+class ExactHeatmaps:
+    """The geometry core's heatmaps for episode frames (recorded depth and poses), on the node's
+    grid: the reference for the node's outputs (here and in ``tools/demo.py``)."""
+
+    def __init__(self, episode: Any, cfg: VLNConfig) -> None:
+        from vln_core.runtime import GeometryBackend
+
+        self.episode, self.cfg = episode, cfg
+        self.backend = GeometryBackend(cfg)
+        self._results: dict[int, tuple] = {}  # output stamp -> (current, keyframes, result)
+
+    def frame(self, index: int, stamp: int, seq: int) -> Any:
+        from vln_core.runtime import CameraFrame
+
+        ep = self.episode
+        return CameraFrame(stamp_ns=stamp, frame_id="camera", rgb=ep.color(index), depth_m=ep.depth(index), K=ep.K,
+                           T_wc=ep.poses[index], seq=seq)
+
+    def result(self, output: Any, stamp_to_index: dict[int, int]) -> tuple:
+        """``(current frame, keyframes, BackendResult)`` for one output (``stamp_ns``,
+        ``keyframe_stamps``, ``keyframe_indices``), computed once per output stamp."""
+        if output.stamp_ns not in self._results:
+            current = self.frame(stamp_to_index[output.stamp_ns], output.stamp_ns, -1)
+            keys = [self.frame(stamp_to_index[s], s, q) for s, q in zip(output.keyframe_stamps, output.keyframe_indices)]
+            self._results[output.stamp_ns] = (current, keys, self.backend.infer(current, keys, ""))
+        return self._results[output.stamp_ns]
+
+
+def keyframe_cc(heatmaps: Any, exact: Any) -> dict[str, Any]:
+    """Pearson CC of each keyframe heatmap ``(K, H, W)`` with the exact one, and their mean (NaN
+    maps, e.g. a keyframe out of view in both, are skipped: ``None``)."""
+    cc = correlation_coefficient(torch.as_tensor(heatmaps), torch.as_tensor(exact)).numpy()
+    finite = cc[np.isfinite(cc)]
+    return {"cc_per_keyframe": [None if not np.isfinite(c) else round(float(c), 4) for c in cc],
+            "cc_mean": float(finite.mean()) if finite.size else None}
 
 
 def stream_episode(episode: Any, cfg: VLNConfig, update_every: int, instruction: str = "",
@@ -64,7 +91,6 @@ def stream_episode(episode: Any, cfg: VLNConfig, update_every: int, instruction:
         runtime_factory: ``cfg -> NavigationRuntime`` (default: the runtime with ``node.backend``).
         progress: called with the frame index after each frame.
     """
-    from vln_core.runtime import CameraFrame, GeometryBackend
     from vln_core.runtime.runtime import NavigationRuntime
 
     if update_every < 1:
@@ -72,8 +98,8 @@ def stream_episode(episode: Any, cfg: VLNConfig, update_every: int, instruction:
     if episode.poses is None or not episode.has_depth:
         raise InputError("streaming evaluation needs recorded depth and poses (the exact heatmaps come from them)")
     runtime = (runtime_factory or NavigationRuntime)(cfg)
-    exact = GeometryBackend(cfg)
-    T_odom_base = base_poses(episode, cfg)
+    exact = ExactHeatmaps(episode, cfg)
+    T_odom_base, _ = odometry_for_mount(episode, runtime.T_base_cam)
     H, W = episode.color(0).shape[:2]
     runtime.set_camera_info(episode.K, W, H)
     if instruction:
@@ -82,10 +108,6 @@ def stream_episode(episode: Any, cfg: VLNConfig, update_every: int, instruction:
     stamp = [int(1e9 + round((ti - t[0]) * 1e9)) for ti in t]  # the episode's own clock
     index_of = {s: i for i, s in enumerate(stamp)}
     score = StreamScore()
-
-    def frame(i: int, seq: int) -> Any:
-        return CameraFrame(stamp_ns=stamp[i], frame_id="camera", rgb=episode.color(i), depth_m=episode.depth(i),
-                           K=episode.K, T_wc=episode.poses[i], seq=seq)
 
     try:
         for i in range(len(episode)):
@@ -101,15 +123,9 @@ def stream_episode(episode: Any, cfg: VLNConfig, update_every: int, instruction:
             out = runtime.step(overlay=False)
             if out is None:
                 continue
-            keys = [index_of[s] for s in out.keyframe_stamps]
-            truth = exact.infer(frame(i, -1), [frame(k, q) for k, q in zip(keys, out.keyframe_indices)], "")
-            cc = correlation_coefficient(out.heatmaps.heatmap, truth.heatmaps.heatmap).numpy()
-            finite = cc[np.isfinite(cc)]
-            score.outputs.append({
-                "frame": i, "keyframe_frames": keys, "backend": out.backend,
-                "cc_per_keyframe": [None if not np.isfinite(c) else round(float(c), 4) for c in cc],
-                "cc_mean": float(finite.mean()) if finite.size else None,
-            })
+            _, _, truth = exact.result(out, index_of)
+            score.outputs.append({"frame": i, "keyframe_frames": [index_of[s] for s in out.keyframe_stamps],
+                                  "backend": out.backend, **keyframe_cc(out.heatmaps.heatmap, truth.heatmaps.heatmap)})
     finally:
         runtime.close()
     return score

@@ -54,7 +54,7 @@ from std_msgs.msg import String
 
 from vln_core.atomic import atomic_write_text
 from vln_core.config import VLNConfig, load_config
-from vln_core.data.episode import Episode, read_episode
+from vln_core.data.episode import Episode, odometry_for_mount, read_episode
 from vln_core.data.rosbag_import import BagReadStats, iter_bag_messages
 from vln_core.errors import InputError
 from vln_core.geometry.transforms import pose_from_xyz_quat
@@ -102,18 +102,9 @@ def mount_matrix(cfg: VLNConfig) -> np.ndarray:
 
 
 def base_poses_for_node(episode: Episode, T_base_cam_node: np.ndarray) -> tuple[np.ndarray, str]:
-    """``(N, 4, 4)`` ``T_odom_base`` that make the node (mount ``T_base_cam_node``) see ``episode.poses``.
-
-    Returns the poses and a sentence saying where they came from.
-    """
-    if episode.base_poses is not None and episode.T_base_cam is not None and np.allclose(
-        episode.T_base_cam, T_base_cam_node, atol=1e-6
-    ):
-        return np.asarray(episode.base_poses, dtype=np.float64), "episode base poses"
-    T_cam_base = np.linalg.inv(T_base_cam_node)
-    poses = np.asarray(episode.poses, dtype=np.float64) @ T_cam_base
-    why = "no base poses in the episode" if episode.base_poses is None else "episode mount differs from node.camera_mount"
-    return poses, f"derived from camera poses and node.camera_mount ({why})"
+    """``(N, 4, 4)`` ``T_odom_base`` that make the node (mount ``T_base_cam_node``) see ``episode.poses``,
+    and where they came from (:func:`vln_core.data.episode.odometry_for_mount`)."""
+    return odometry_for_mount(episode, T_base_cam_node)
 
 
 class EpisodePublisher(Node):

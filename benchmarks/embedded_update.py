@@ -5,7 +5,7 @@
         [--frames 16 --keyframes 8 --size 224 224 --threads 2 --repeats 10] [--no-refinement]
 
 An *update* is what the node does for one current frame with N_m buffered frames and N_k
-keyframes, through the node's own backend (``vln_core.models.runtime_backend.ModelBackend``):
+keyframes, through the node's own backend (``vln_core.backends.model_backend.ModelBackend``):
 the predicted geometry of the frames (``frame_geometry``), space-aware sampling of N_k keyframes
 on it, and ``infer`` (the match refinement of ``model.match_refinement``, the reprojection, goal
 heatmap and waypoints):
@@ -42,7 +42,7 @@ def _run_one(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     from vln_core.config import load_config
     from vln_core.data.episode import read_episode
-    from vln_core.runtime import CameraFrame, create_backend
+    from vln_core.backends import CameraFrame, create_backend
     from vln_core.sampling import sample_keyframes
     from vln_core.sim.collect import generate_episode
 

@@ -38,9 +38,10 @@ def main() -> int:
 
     from vln_core.config import load_config
     from vln_core.errors import InputError
-    from vln_core.models.onnx_backend import OnnxBackend, OnnxEngine
-    from vln_core.models.runtime_backend import LearnedBackend, TorchEngine
-    from vln_core.runtime.buffer import CameraFrame
+    from vln_core.backends.onnx_backend import OnnxBackend, OnnxEngine
+    from vln_core.backends.learned import LearnedBackend
+    from vln_core.backends.model_backend import TorchEngine
+    from vln_core.backends import CameraFrame
 
     torch.set_num_threads(args.threads)
     cfg = load_config(None, [f"node.learned_mode={args.mode}"])

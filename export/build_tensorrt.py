@@ -28,10 +28,10 @@ from vln_core.errors import InputError  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     from vln_core.config import ConfigError
-    from vln_core.models.reprojection_export import DEFAULT_EXPORT_DIR, GRAPHS, load_export
-    from vln_core.models.tensorrt_backend import (ENGINE_DIR, EngineKey, StaleEngineError, build_engine, find_engine,
-                                                  gpu_name, import_tensorrt, optimization_profiles, tensorrt_version,
-                                                  write_engine)
+    from vln_core.export.reprojection import DEFAULT_EXPORT_DIR, GRAPHS, load_export
+    from vln_core.export.tensorrt_cache import (ENGINE_DIR, EngineKey, StaleEngineError, build_engine, find_engine,
+                                                gpu_name, import_tensorrt, optimization_profiles, tensorrt_version,
+                                                write_engine)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--export", default=str(DEFAULT_EXPORT_DIR), help="export folder of export_onnx.py")
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 def check_and_time(folder: Path, precision: str, device: str, check: bool, runs: int) -> int:
     import torch
 
-    from vln_core.models.onnx_backend import OnnxEngine
-    from vln_core.models.tensorrt_backend import TensorRTEngine
+    from vln_core.backends.onnx_backend import OnnxEngine
+    from vln_core.backends.tensorrt_backend import TensorRTEngine
 
     trt_engine = TensorRTEngine(folder, precision, device)
     ort_engine = OnnxEngine(folder)

@@ -8,7 +8,7 @@ folder (atomically: a failed export never replaces a good one), after checking e
 ``onnx.checker`` and against PyTorch with onnxruntime (batches 1 and 3, max abs difference <=
 ``--atol``, 1e-4). Then prints the CPU time of onnxruntime and PyTorch per encoded frame and per
 update (``--runs``, ``--threads``). The graphs are described in
-:mod:`vln_core.models.reprojection_export` and export/README.md.
+:mod:`vln_core.export.reprojection` and export/README.md.
 
 The model and the frame size come from the checkpoint's own config unless ``--config`` or
 ``key=value`` overrides are given. ``--allow-random-init`` without ``--checkpoint`` exports random
@@ -66,7 +66,7 @@ def time_reprojection(model, folder: Path, runs: int, threads: int, keyframes: i
     sampler (outside the graphs, the same code for both) are not included."""
     import onnxruntime as ort
 
-    from vln_core.models.reprojection_export import GRAPHS, graph_inputs, load_export
+    from vln_core.export.reprojection import GRAPHS, graph_inputs, load_export
 
     meta = load_export(folder)
     options = ort.SessionOptions()
@@ -109,7 +109,7 @@ def recover_interrupted_export(out: Path | None) -> None:
     in ``.<name>.old-*`` (``--out`` missing), and remove the ``.<name>.tmp-*`` / ``.<name>.old-*``
     folders killed runs left behind (only folders holding nothing but export files); one line each."""
     from vln_core.atomic import recover_folder_swap
-    from vln_core.models.reprojection_export import DEFAULT_EXPORT_DIR, GRAPHS, MULTIVIEW_GRAPHS
+    from vln_core.export.reprojection import DEFAULT_EXPORT_DIR, GRAPHS, MULTIVIEW_GRAPHS
 
     out = out if out is not None else DEFAULT_EXPORT_DIR
     if out.suffix == ".onnx":
@@ -121,7 +121,7 @@ def recover_interrupted_export(out: Path | None) -> None:
 
 def export_reprojection_cli(args, cfg) -> int:
     from vln_core.models import build_model
-    from vln_core.models.reprojection_export import DEFAULT_EXPORT_DIR, ExportMismatchError, export_reprojection
+    from vln_core.export.reprojection import DEFAULT_EXPORT_DIR, ExportMismatchError, export_reprojection
     from vln_core.models.shipped import load_model_checkpoint
 
     out = Path(args.out) if args.out else DEFAULT_EXPORT_DIR
@@ -170,7 +170,7 @@ def export_tokens_cli(args, cfg) -> int:
     import onnxruntime as ort
 
     from vln_core.models import build_model
-    from vln_core.models.export import EXPORT_BATCH, INPUT_NAMES, OnnxExportWrapper, example_inputs, export_onnx, \
+    from vln_core.export.window_model import EXPORT_BATCH, INPUT_NAMES, OnnxExportWrapper, example_inputs, export_onnx, \
         verify_onnx
     from vln_core.train.checkpoint import load_model_weights
 

@@ -13,7 +13,8 @@ import pytest
 from vln_core.config import load_config
 from vln_core.data.episode import read_episode
 from vln_core.models.shipped import SHIPPED_CHECKPOINT
-from vln_core.runtime import AutoBackend, NavigationRuntime
+from vln_core.backends import AutoBackend
+from vln_core.runtime import NavigationRuntime
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "ros2_ws" / "src" / "vln_heatmap" / "config" / "vln_heatmap.yaml"
@@ -122,7 +123,7 @@ def test_auto_runs_geometry_with_depth_and_poses_and_the_model_without_depth(epi
 def test_auto_with_depth_still_gets_the_learned_goal_and_waypoints(episode):
     """node.auto_learned_heads (default on): an RGB-D robot gets the exact heatmaps from depth and
     the learned goal heatmap and waypoints, the same as the learned backend's heads called directly."""
-    from vln_core.runtime import CameraFrame, create_backend
+    from vln_core.backends import CameraFrame, create_backend
 
     now = [0.0]
     cfg = _cfg("node.backend=auto")

@@ -1,4 +1,4 @@
-"""ONNX export of the embedded model (vln_core.models.export, export/export_onnx.py).
+"""ONNX export of the embedded model (vln_core.export.window_model, export/export_onnx.py).
 
 A tiny embedded model (56x56 frames, 4 buffered frames, 2 keyframes; sizes from tests/test_models.py)
 is exported, run with onnxruntime and compared with PyTorch; a failing export must leave an older
@@ -16,7 +16,7 @@ import torch
 from test_models import H, N_K, N_M, TINY_ARCH, W, tiny_cfg
 from vln_core.errors import InputError
 from vln_core.models import build_model
-from vln_core.models.export import (
+from vln_core.export.window_model import (
     EXPORT_BATCH,
     INPUT_NAMES,
     OUTPUT_NAMES,

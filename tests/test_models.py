@@ -28,7 +28,7 @@ from vln_core.models.geometry_encoder import (
     extrinsics_intrinsics_to_pose_encoding,
     pose_encoding_to_extrinsics_intrinsics,
 )
-from vln_core.models.export import OnnxExportWrapper
+from vln_core.export.window_model import OnnxExportWrapper
 from vln_core.models.heads import ConvexUpSample, HeatmapDecoder, WaypointHead, convex_upsample
 from vln_core.models.reasoning import EmbeddedReasoner, LLMReasoner, language_model_of
 from vln_core.models.semantic_encoder import SemanticEncoder, SmallViT

@@ -144,7 +144,8 @@ def test_multiview_stage_trains_only_the_multiview_network():
 
 
 def test_checkpoint_without_multiview_weights_loads_as_monocular(tmp_path):
-    from vln_core.models.runtime_backend import LearnedBackend, TorchEngine
+    from vln_core.backends.learned import LearnedBackend
+    from vln_core.backends.model_backend import TorchEngine
 
     cfg = _tiny_cfg()
     model = build_model(cfg)

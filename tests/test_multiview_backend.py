@@ -19,8 +19,8 @@ from vln_core.config import load_config
 from vln_core.data.posed_images import load_posed_sequence
 from vln_core.models.shipped import SHIPPED_CHECKPOINT, load_model_checkpoint
 from vln_core.preprocess import preprocess_frames
-from vln_core.runtime.backends import create_backend
-from vln_core.runtime.buffer import CameraFrame
+from vln_core.backends.base import create_backend
+from vln_core.backends import CameraFrame
 
 torch.set_num_threads(1)
 

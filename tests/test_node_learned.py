@@ -37,7 +37,7 @@ from vln_core.data.episode import read_episode  # noqa: E402
 from vln_core.geometry.camera import PinholeCamera  # noqa: E402
 from vln_core.geometry.transforms import camera_pose_from_base  # noqa: E402
 from vln_core.models.shipped import SHIPPED_CHECKPOINT  # noqa: E402
-from vln_core.runtime import CameraFrame, create_backend  # noqa: E402
+from vln_core.backends import CameraFrame, create_backend  # noqa: E402
 from vln_heatmap import msg_conversions as conv  # noqa: E402
 from vln_heatmap.replay import base_poses_for_node, mount_matrix  # noqa: E402
 

@@ -19,8 +19,8 @@ import torch
 
 from onnx_helpers import CHECKPOINT, REPO
 from vln_core.config import load_config
-from vln_core.runtime.backends import BackendUnavailableError, create_backend
-from vln_core.runtime.buffer import CameraFrame
+from vln_core.backends.base import BackendUnavailableError, create_backend
+from vln_core.backends import CameraFrame
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -46,7 +46,7 @@ def model_cfg(*overrides: str):
 # ------------------------------------------------------------------------------------------ export
 def test_cli_writes_checked_graphs_and_meta(exported):
     out, stdout = exported
-    from vln_core.models.reprojection_export import GRAPHS, MULTIVIEW_GRAPHS, sha256_file
+    from vln_core.export.reprojection import GRAPHS, MULTIVIEW_GRAPHS, sha256_file
 
     assert "max |onnxruntime - torch| (batches 1 and 3" in stdout and "encode one frame: onnxruntime" in stdout
     meta = json.loads((out / "meta.json").read_text())
@@ -99,8 +99,8 @@ def sequences(tmp_path_factory, request):
 
 @pytest.fixture(scope="module")
 def engines(exported):
-    from vln_core.models.onnx_backend import OnnxEngine
-    from vln_core.models.runtime_backend import TorchEngine
+    from vln_core.backends.onnx_backend import OnnxEngine
+    from vln_core.backends.model_backend import TorchEngine
 
     from_cfg = OnnxEngine(node_cfg(exported[0]))  # the other constructor: folder and providers from the config
     assert from_cfg.folder == exported[0].resolve() and from_cfg.active_providers == ["CPUExecutionProvider"]
@@ -258,7 +258,7 @@ def test_tampered_or_mismatched_export_is_refused(exported, tmp_path):
 
 
 def test_failed_export_leaves_the_good_one_and_bad_out_is_exit_2(exported, tmp_path, monkeypatch):
-    from vln_core.models import reprojection_export as rx
+    from vln_core.export import reprojection as rx
     from vln_core.models.shipped import load_model_checkpoint
 
     good = _copy_export(exported[0], tmp_path / "embedded")

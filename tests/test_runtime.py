@@ -19,18 +19,15 @@ from vln_core.geometry.camera import PinholeCamera
 from vln_core.geometry.tf_buffer import rotation_to_quat
 from vln_core.geometry.transforms import camera_pose_from_base, pose_from_xyz_quat
 from vln_core.heatmaps import frame_indexed_heatmaps
-from vln_core.runtime import (
+from vln_core.backends import (
     BackendUnavailableError,
     CameraFrame,
-    EpisodeRecorder,
     GeometryBackend,
-    NavigationRuntime,
     create_backend,
-    interpolate_pose,
-    pose_at,
     register_backend,
     registered_backends,
 )
+from vln_core.runtime import EpisodeRecorder, NavigationRuntime, interpolate_pose, pose_at
 from vln_core.runtime.diagnostics import LEVEL_BYTES
 
 torch.set_num_threads(1)

@@ -150,7 +150,7 @@ def _fill(folder: Path) -> Path:
 
 
 def _frame(seq: int):
-    from vln_core.runtime.buffer import CameraFrame
+    from vln_core.backends import CameraFrame
 
     K = np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
     return CameraFrame(stamp_ns=1_000_000_000 + seq * 100_000_000, frame_id="camera", rgb=_image(), depth_m=None,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vln_core.models.tensorrt_backend import (
+from vln_core.export.tensorrt_cache import (
     EngineKey,
     StaleEngineError,
     engine_file_name,
@@ -122,7 +122,7 @@ def test_optimization_profiles_cover_the_dynamic_axes():
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
 def test_without_tensorrt_the_backend_and_the_build_stop_with_one_line(tmp_path):
     from vln_core.config import load_config
-    from vln_core.runtime.backends import BackendUnavailableError, create_backend
+    from vln_core.backends.base import BackendUnavailableError, create_backend
 
     with pytest.raises(BackendUnavailableError) as err:
         create_backend("tensorrt", load_config(None, ["node.backend=tensorrt"]))

@@ -129,7 +129,7 @@ class NodeConfig:
     """The ROS 2 node (ros2_ws/src/vln_heatmap)."""
 
     topics: TopicsConfig = field(default_factory=TopicsConfig)
-    # auto: geometry when depth and poses arrive, else the learned "model" (vln_core/runtime/auto_backend.py)
+    # auto: geometry when depth and poses arrive, else the learned "model" (vln_core/backends/auto_backend.py)
     backend: Literal["geometry", "model", "onnx", "tensorrt", "auto"] = "auto"
     # checkpoint of the "model" backend (empty: the shipped models/embedded/checkpoint.pt); for
     # "onnx" / "tensorrt" the folder that export/export_onnx.py wrote (empty: exports/embedded)
@@ -284,7 +284,7 @@ class TrainingConfig:
 
 @dataclass
 class ExportConfig:
-    """ONNX export (export/export_onnx.py, vln_core.models.export)."""
+    """ONNX export (export/export_onnx.py, vln_core.export.window_model)."""
 
     output_dir: str = "exports"  # default folder of <model.name>.onnx
     opset: int = 17  # ONNX opset of the exported graph

@@ -161,11 +161,11 @@ class VideoResult:
 
 def _learned_engine(backend: str, cfg: VLNConfig, model_path: Optional[str]) -> Any:
     if backend == "model":
-        from vln_core.models.runtime_backend import TorchEngine
+        from vln_core.backends.model_backend import TorchEngine
 
         return TorchEngine(cfg, model_path)
     try:
-        from vln_core.models.onnx_backend import OnnxEngine
+        from vln_core.backends.onnx_backend import OnnxEngine
     except ImportError as exc:
         raise InputError(f"the onnx backend is not available: {exc}") from None
     return OnnxEngine(cfg, model_path)

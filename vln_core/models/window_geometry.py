@@ -2,7 +2,7 @@
 
 One function for the offline paths that see a window at once (``training/evaluate.py`` and
 ``tools/infer_video.py``); the node's backend does the same per frame, streaming
-(:mod:`vln_core.models.runtime_backend`), with the same parts:
+(:mod:`vln_core.backends.learned`), with the same parts:
 
 * **known poses** (RGB + pose): each wanted frame's depth from the plane-sweep cost volume over its
   neighbours (:func:`vln_core.models.multiview.window_depth`), metric by construction, so no

@@ -23,6 +23,7 @@ from typing import Any, Generic, Iterator, Optional, TypeVar
 
 import numpy as np
 
+from vln_core.backends.base import CameraFrame  # the frame type the backends take
 from vln_core.geometry.transforms import matrix_to_quat, quat_to_matrix
 
 __all__ = [
@@ -36,43 +37,6 @@ __all__ = [
 ]
 
 V = TypeVar("V")
-
-
-@dataclass(eq=False)
-class CameraFrame:
-    """One camera frame with everything paired to it (what backends and the recorder consume).
-
-    Attributes:
-        stamp_ns: image stamp, integer nanoseconds.
-        frame_id: the image's frame id (the camera optical frame name in ROS).
-        rgb: ``(H, W, 3)`` uint8 RGB.
-        depth_m: ``(H, W)`` float32 metres on the same grid (0 = no measurement), or None.
-        K: ``(3, 3)`` float64 intrinsics of the ``(H, W)`` grid, or None.
-        T_wc: ``(4, 4)`` float64 camera-optical-to-world (odom) pose, or None.
-        T_odom_base: ``(4, 4)`` float64 base_link-to-odom pose at the image stamp, or None (e.g.
-            when the pose came from tf as a camera pose).
-        seq: the runtime's sequence number of the image (0, 1, 2, ... in arrival order).
-        base_velocity: ``(2,)`` float64 ``(vx m/s, wz rad/s)`` of the base near the stamp, or None.
-    """
-
-    stamp_ns: int
-    frame_id: str
-    rgb: np.ndarray
-    depth_m: Optional[np.ndarray] = None
-    K: Optional[np.ndarray] = None
-    T_wc: Optional[np.ndarray] = None
-    T_odom_base: Optional[np.ndarray] = None
-    seq: int = -1
-    base_velocity: Optional[np.ndarray] = None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(H, W)`` of the image."""
-        return (int(self.rgb.shape[0]), int(self.rgb.shape[1]))
-
-    @property
-    def stamp_s(self) -> float:
-        return self.stamp_ns * 1e-9
 
 
 @dataclass(eq=False)

@@ -34,7 +34,7 @@ def watched_model_path(cfg: VLNConfig, learned: str) -> Path:
         from vln_core.models.shipped import SHIPPED_CHECKPOINT
 
         return Path(SHIPPED_CHECKPOINT)
-    from vln_core.models.onnx_backend import DEFAULT_EXPORT_DIR
+    from vln_core.backends.onnx_backend import DEFAULT_EXPORT_DIR
 
     return Path(DEFAULT_EXPORT_DIR)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from vln_core.data.episode import EpisodeWriter
 from vln_core.errors import InputError
-from vln_core.runtime.buffer import CameraFrame
+from vln_core.backends.base import CameraFrame
 
 __all__ = ["EpisodeRecorder"]
 

@@ -62,8 +62,8 @@ from vln_core.geometry.transforms import (
     rotation_error,
 )
 from vln_core.heatmaps import InterFrameHeatmaps
-from vln_core.runtime.auto_backend import AutoBackend
-from vln_core.runtime.backends import NUM_WAYPOINTS, BackendResult, HeatmapBackend, create_backend
+from vln_core.backends.auto_backend import AutoBackend
+from vln_core.backends.base import NUM_WAYPOINTS, BackendResult, HeatmapBackend, create_backend
 from vln_core.runtime.model_swap import LEARNED_BACKENDS, ModelSwapper
 from vln_core.runtime.buffer import (
     BufferedImage,

@@ -45,14 +45,14 @@ class ExactHeatmaps:
     grid: the reference for the node's outputs (here and in ``tools/demo.py``)."""
 
     def __init__(self, episode: Any, cfg: VLNConfig) -> None:
-        from vln_core.runtime import GeometryBackend
+        from vln_core.backends.geometry_backend import GeometryBackend
 
         self.episode, self.cfg = episode, cfg
         self.backend = GeometryBackend(cfg)
         self._results: dict[int, tuple] = {}  # output stamp -> (current, keyframes, result)
 
     def frame(self, index: int, stamp: int, seq: int) -> Any:
-        from vln_core.runtime import CameraFrame
+        from vln_core.backends import CameraFrame
 
         ep = self.episode
         return CameraFrame(stamp_ns=stamp, frame_id="camera", rgb=ep.color(index), depth_m=ep.depth(index), K=ep.K,

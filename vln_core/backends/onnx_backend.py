@@ -2,7 +2,7 @@
 
 The networks of :class:`~vln_core.models.reprojection_model.ReprojectionHeatmapModel` run from the
 folder that ``export/export_onnx.py`` writes (``node.model_path``; default ``exports/embedded``,
-see :mod:`vln_core.models.reprojection_export`); everything else -- preprocessing, the per-frame
+see :mod:`vln_core.export.reprojection`); everything else -- preprocessing, the per-frame
 encoding cache, the reprojection into heatmaps, the trajectory -- is :class:`LearnedBackend`'s,
 shared with the ``model`` backend, so both give the same outputs (within 1e-4,
 tests/test_onnx_backend.py).
@@ -24,10 +24,10 @@ import torch
 
 from vln_core.config import VLNConfig
 from vln_core.errors import InputError
-from vln_core.models.reprojection_export import DEFAULT_EXPORT_DIR, GRAPHS, MULTIVIEW_GRAPHS, load_export
+from vln_core.export.reprojection import DEFAULT_EXPORT_DIR, GRAPHS, MULTIVIEW_GRAPHS, load_export
 from vln_core.models.reprojection_model import FrameEncoding
-from vln_core.models.runtime_backend import LearnedBackend
-from vln_core.runtime.backends import BackendUnavailableError, register_backend
+from vln_core.backends.learned import LearnedBackend
+from vln_core.backends.base import BackendUnavailableError, register_backend
 
 __all__ = ["OnnxEngine", "OnnxBackend", "choose_providers", "tokenizer_from_meta", "check_export_meta",
            "export_folder"]
@@ -84,7 +84,7 @@ def check_export_meta(meta: dict[str, Any], cfg: VLNConfig) -> None:
 
 
 class OnnxEngine:
-    """The exported graphs as a :class:`~vln_core.models.runtime_backend.FrameEngine` (with the
+    """The exported graphs as a :class:`~vln_core.backends.learned.FrameEngine` (with the
     multi-view depth graphs when the export has them).
 
     ``OnnxEngine(folder, providers)``, or ``OnnxEngine(cfg, model_path=None)``: the folder
@@ -98,7 +98,7 @@ class OnnxEngine:
         threads: intra-op threads per session (0: onnxruntime's default, all cores).
 
     Raises:
-        InputError: see :func:`~vln_core.models.reprojection_export.load_export`,
+        InputError: see :func:`~vln_core.export.reprojection.load_export`,
             :func:`choose_providers`, :func:`tokenizer_from_meta`, :func:`check_export_meta`.
     """
 

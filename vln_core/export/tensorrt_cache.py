@@ -1,13 +1,13 @@
-"""``node.backend: tensorrt``: TensorRT engines built from the ONNX export. UNTESTED on a GPU.
+"""The TensorRT engine cache: engines built from the ONNX export, keyed so a stale one is never used. UNTESTED on a GPU.
 
 No GPU and no TensorRT builder were available where this was written: the engine build
-(:func:`build_engine`) and the engine run (:class:`TensorRTEngine`) have never been executed.
+(:func:`build_engine`) and the engine run (:class:`vln_core.backends.tensorrt_backend.TensorRTEngine`) have never been executed.
 What is tested (tests/test_tensorrt_cache.py) is the part that decides whether an engine may be
 used at all -- pure Python, no TensorRT needed:
 
 * engines live in ``<export folder>/engines/`` (``node.model_path``, default ``exports/embedded``),
   one per graph of the export (``encoder``, ``pose_head``, ``goal_waypoints``; see
-  :mod:`vln_core.models.reprojection_export`) and precision;
+  :mod:`vln_core.export.reprojection`) and precision;
 * an engine is keyed by the **TensorRT version**, the **GPU name** and the **sha256 of the ONNX
   file** it was built from (plus graph and precision): the key is in the file name
   (:func:`engine_file_name`) and, complete, in a sidecar ``<engine>.json`` that also records the
@@ -32,18 +32,17 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
 from vln_core.atomic import atomic_write_bytes, atomic_write_text
-from vln_core.config import VLNConfig
+from vln_core.config import ConfigError
 from vln_core.errors import InputError
-from vln_core.models.reprojection_export import GRAPHS, load_export, sha256_file
-from vln_core.models.runtime_backend import LearnedBackend
-from vln_core.runtime.backends import BackendUnavailableError, register_backend
+from vln_core.export.reprojection import sha256_file
 
 __all__ = [
+    "TensorRTUnavailableError",
     "EngineKey",
     "StaleEngineError",
     "PRECISIONS",
@@ -58,8 +57,6 @@ __all__ = [
     "tensorrt_version",
     "gpu_name",
     "build_engine",
-    "TensorRTEngine",
-    "TensorRTBackend",
 ]
 
 PRECISIONS = ("fp32", "fp16")
@@ -71,6 +68,10 @@ SIDECAR_FORMAT = "vln_heatmap.tensorrt_engine"
 MAX_ENCODE_BATCH = 16
 MAX_POSE_PAIRS = 64
 MAX_GOAL_BATCH = 4
+
+
+class TensorRTUnavailableError(ConfigError):
+    """TensorRT's Python package or a CUDA GPU is missing (the message says which and what to use)."""
 
 
 class StaleEngineError(InputError):
@@ -219,7 +220,7 @@ def import_tensorrt():
         if hasattr(module, "Builder") or hasattr(module, "Runtime"):
             return module
         errors.append(f"{name}: no Builder/Runtime (a stub package?)")
-    raise BackendUnavailableError(
+    raise TensorRTUnavailableError(
         "backend 'tensorrt' needs TensorRT's Python package, which is not importable here ("
         + "; ".join(errors) + "); install TensorRT (JetPack, NVIDIA's TensorRT container, or the tensorrt wheels "
         "where their download host is reachable) or use node.backend: onnx")
@@ -231,7 +232,7 @@ def tensorrt_version(trt) -> str:
 
 def gpu_name(device: int | str | torch.device = 0) -> str:
     if not torch.cuda.is_available():
-        raise BackendUnavailableError("backend 'tensorrt' needs a CUDA GPU and a CUDA build of PyTorch "
+        raise TensorRTUnavailableError("backend 'tensorrt' needs a CUDA GPU and a CUDA build of PyTorch "
                                       "(torch.cuda.is_available() is False); use node.backend: onnx on the CPU")
     return torch.cuda.get_device_name(torch.device(device) if isinstance(device, str) else device)
 
@@ -264,106 +265,3 @@ def build_engine(trt, onnx_path: str | os.PathLike, profile: dict[str, tuple[tup
     return bytes(serialized)
 
 
-class TensorRTEngine:
-    """The three engines as a :class:`~vln_core.models.runtime_backend.FrameEngine`. UNTESTED.
-
-    Inputs and outputs are CUDA torch tensors bound by address (``execute_async_v3`` on the
-    current torch stream); results come back to the CPU like the other engines'.
-    """
-
-    def __init__(self, folder: str | os.PathLike, precision: str = "fp32", device: str = "cuda:0") -> None:
-        from vln_core.models.onnx_backend import tokenizer_from_meta
-
-        if precision not in PRECISIONS:
-            raise InputError(f"TensorRT precision must be one of {PRECISIONS}, got {precision!r}")
-        trt = import_tensorrt()
-        self.trt = trt
-        self.device = torch.device(device)
-        self.meta = load_export(folder)
-        self.folder = Path(self.meta["folder"])
-        self.frame_size = tuple(int(s) for s in self.meta["frame_size"])
-        self.tokenizer = tokenizer_from_meta(self.meta)
-        version, gpu = tensorrt_version(trt), gpu_name(self.device)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        self.engines, self.contexts = {}, {}
-        for name in GRAPHS:
-            key = EngineKey(name, precision, version, gpu, self.meta["graphs"][name]["sha256"])
-            path = find_engine(self.folder / ENGINE_DIR, key, self.folder)
-            engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
-            if engine is None:
-                raise StaleEngineError(f"TensorRT could not deserialize {path}; refused, rebuild with: "
-                                       f"{rebuild_command(self.folder, precision)}")
-            self.engines[name] = engine
-            self.contexts[name] = engine.create_execution_context()
-        self.precision = precision
-
-    def _dtype(self, engine, name: str) -> torch.dtype:
-        trt = self.trt
-        table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
-                 trt.DataType.BOOL: torch.bool}
-        if hasattr(trt.DataType, "INT64"):
-            table[trt.DataType.INT64] = torch.int64
-        return table[engine.get_tensor_dtype(name)]
-
-    def _run(self, graph: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        spec = GRAPHS[graph]
-        engine, ctx = self.engines[graph], self.contexts[graph]
-        keep = []
-        for name in spec.inputs:
-            t = feeds[name].to(self.device, self._dtype(engine, name)).contiguous()
-            keep.append(t)
-            ctx.set_input_shape(name, tuple(t.shape))
-            ctx.set_tensor_address(name, t.data_ptr())
-        outs = []
-        for name in spec.outputs:
-            out = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=self._dtype(engine, name), device=self.device)
-            ctx.set_tensor_address(name, out.data_ptr())
-            outs.append(out)
-        stream = torch.cuda.current_stream(self.device)
-        if not ctx.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT execution of {graph} failed")
-        stream.synchronize()
-        return [o.float().cpu() for o in outs]
-
-    def encode(self, frames: torch.Tensor):
-        from vln_core.models.reprojection_model import FrameEncoding
-
-        return FrameEncoding(*self._run("encoder", {"frames": frames.float()}))
-
-    def relative_poses(self, pose_frames: torch.Tensor, pose_current: torch.Tensor) -> torch.Tensor:
-        return self._run("pose_head", {"pose_frames": pose_frames, "pose_current": pose_current})[0]
-
-    def goal_and_waypoints(self, f8, f32, ids, mask, past, intent):
-        goal, waypoints = self._run("goal_waypoints", {
-            "f8": f8, "f32": f32, "instruction_ids": ids.long(), "instruction_mask": mask.float(),
-            "past_trajectory": past.float(), "intent": intent.long()})
-        return goal, waypoints
-
-
-def _precision(cfg: VLNConfig) -> str:
-    return str(cfg.node.tensorrt_precision)
-
-
-@register_backend("tensorrt")
-class TensorRTBackend(LearnedBackend):
-    """``node.backend: tensorrt``: cached engines of the export ``node.model_path`` (default
-    exports/embedded) at ``node.tensorrt_precision`` (fp32 or fp16). UNTESTED on a GPU."""
-
-    name = "tensorrt"
-
-    def __init__(self, cfg: VLNConfig) -> None:
-        from vln_core.models.onnx_backend import check_export_meta, export_folder
-
-        import_tensorrt()  # one clear line when TensorRT is absent, before anything else
-        try:
-            engine = TensorRTEngine(export_folder(cfg), _precision(cfg))
-            check_export_meta(engine.meta, cfg)
-        except InputError as exc:
-            raise BackendUnavailableError(f"backend 'tensorrt': {str(exc).splitlines()[0]}") from None
-        super().__init__(cfg, engine)
-
-    def describe(self) -> dict[str, str]:
-        info = super().describe()
-        info["tensorrt_engines"] = f"{self.engine.folder / ENGINE_DIR} ({self.engine.precision})"
-        return info

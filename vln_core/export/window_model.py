@@ -5,7 +5,7 @@ graph takes the keyframe indices as an input (the caller runs the sampler, or re
 of the ring buffer's keyframe memory) and also the camera intrinsics. Everything else of
 :meth:`VLNSpatialModel.forward` is in the graph.
 
-    from vln_core.models.export import export_onnx, verify_onnx
+    from vln_core.export.window_model import export_onnx, verify_onnx
     path = export_onnx(model, cfg, "exports/embedded.onnx")
     diffs = verify_onnx(model, path, cfg)   # {"depth": 2e-6, ...}; raises ExportMismatchError
 

@@ -1,7 +1,7 @@
 """ONNX export of the reprojection (``embedded``) model: the networks the learned backends run.
 
 The model's runtime work splits by how often it runs (see
-:mod:`vln_core.models.runtime_backend`): the frame encoder once per frame (its output is cached
+:mod:`vln_core.backends.learned`): the frame encoder once per frame (its output is cached
 while the frame is a keyframe), the relative-pose head and the goal / waypoint heads once per
 update. Each is one graph, so each engine call is one session run with no dummy inputs. The
 keyframe sampler and the reprojection (splatting into heatmaps) stay outside the graphs: they
@@ -25,7 +25,7 @@ truth. Every graph has a dynamic batch axis.
 encoding), channel counts, the opset, the sha256 of the checkpoint and of every ``.onnx`` file;
 :func:`load_export` checks all of it before a backend uses the folder.
 
-    from vln_core.models.reprojection_export import export_reprojection, verify_export
+    from vln_core.export.reprojection import export_reprojection, verify_export
     meta = export_reprojection(model, "exports/embedded", checkpoint="models/embedded/checkpoint.pt")
     diffs = verify_export(model, "exports/embedded")     # {"encoder.depth": 1e-6, ...}
 """
@@ -185,7 +185,7 @@ _WRAPPERS = {"encoder": _EncoderGraph, "pose_head": _PoseGraph, "goal_waypoints"
 def _check_model(model: nn.Module) -> None:
     if getattr(model, "kind", "") != "reprojection":
         raise InputError(f"this export takes the reprojection model (model.name=embedded), got {type(model).__name__}; "
-                         "the token model (model.name=embedded_tokens) exports with vln_core.models.export")
+                         "the token model (model.name=embedded_tokens) exports with vln_core.export.window_model")
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise InputError("export the model from the CPU (model.cpu())")
 

@@ -1,6 +1,6 @@
 """``node.backend: auto``: the exact geometry backend when depth and poses arrive, else the learned one.
 
-:class:`AutoBackend` holds the :class:`~vln_core.runtime.backends.GeometryBackend` and, created
+:class:`AutoBackend` holds the :class:`~vln_core.backends.geometry_backend.GeometryBackend` and, created
 on first use (loading a checkpoint takes seconds), the learned backend (``model`` by default).
 :class:`~vln_core.runtime.NavigationRuntime` calls :meth:`AutoBackend.choose` at every step with
 how long ago depth and poses last arrived; every other call (``infer``, ``output_size``,
@@ -28,15 +28,15 @@ from typing import Callable, Optional
 import numpy as np
 
 from vln_core.config import VLNConfig
-from vln_core.runtime.backends import (
+from vln_core.backends.base import (
     BackendResult,
     BackendUnavailableError,
-    GeometryBackend,
+    CameraFrame,
     HeatmapBackend,
     create_backend,
     register_backend,
 )
-from vln_core.runtime.buffer import CameraFrame
+from vln_core.backends.geometry_backend import GeometryBackend
 
 __all__ = ["AutoBackend", "AUTO_WINDOW_S", "AUTO_LEARNED_BACKEND"]
 

@@ -17,27 +17,27 @@ Registering happens when the defining module is imported. :func:`create_backend`
 module listed for a name in :data:`BACKEND_PROVIDERS` on first use, so a provider only has to
 live at that path (or be added with :func:`register_backend_provider`).
 
-:class:`GeometryBackend` ("geometry") computes the exact heatmaps from depth and poses with
-:func:`vln_core.heatmaps.frame_indexed_heatmaps`; it predicts no waypoints and no goal.
+The backends of this package: ``geometry`` (:mod:`.geometry_backend`, exact, from depth and
+poses), ``model`` (:mod:`.model_backend`, the PyTorch model: ``embedded`` per frame through
+:mod:`.learned`, ``base`` / ``full`` per window), ``onnx`` and ``tensorrt`` (the exported embedded
+model, :mod:`.onnx_backend`, :mod:`.tensorrt_backend`) and ``auto`` (:mod:`.auto_backend`:
+geometry while depth arrives, the learned backend when it stops). All of them make their
+frame-indexed heatmaps with :func:`vln_core.heatmaps.heatmaps_from_config`.
 """
 from __future__ import annotations
 
 import abc
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
-import cv2
 import numpy as np
-import torch
 
 from vln_core.config import ConfigError, VLNConfig
-from vln_core.errors import InputError
-from vln_core.geometry.camera import PinholeCamera
-from vln_core.heatmaps import InterFrameHeatmaps, heatmaps_from_config
-from vln_core.runtime.buffer import CameraFrame
+from vln_core.heatmaps import InterFrameHeatmaps
 
 __all__ = [
+    "CameraFrame",
     "BackendResult",
     "HeatmapBackend",
     "BackendUnavailableError",
@@ -46,12 +46,48 @@ __all__ = [
     "register_backend_provider",
     "registered_backends",
     "create_backend",
-    "GeometryBackend",
     "NUM_WAYPOINTS",
 ]
 
 #: Waypoints a backend predicts: ``(NUM_WAYPOINTS, 2)`` (x forward, y left) metres in base_link.
 NUM_WAYPOINTS = 20
+
+
+@dataclass(eq=False)
+class CameraFrame:
+    """One camera frame with everything paired to it (what backends and the recorder consume).
+
+    Attributes:
+        stamp_ns: image stamp, integer nanoseconds.
+        frame_id: the image's frame id (the camera optical frame name in ROS).
+        rgb: ``(H, W, 3)`` uint8 RGB.
+        depth_m: ``(H, W)`` float32 metres on the same grid (0 = no measurement), or None.
+        K: ``(3, 3)`` float64 intrinsics of the ``(H, W)`` grid, or None.
+        T_wc: ``(4, 4)`` float64 camera-optical-to-world (odom) pose, or None.
+        T_odom_base: ``(4, 4)`` float64 base_link-to-odom pose at the image stamp, or None (e.g.
+            when the pose came from tf as a camera pose).
+        seq: the runtime's sequence number of the image (0, 1, 2, ... in arrival order).
+        base_velocity: ``(2,)`` float64 ``(vx m/s, wz rad/s)`` of the base near the stamp, or None.
+    """
+
+    stamp_ns: int
+    frame_id: str
+    rgb: np.ndarray
+    depth_m: Optional[np.ndarray] = None
+    K: Optional[np.ndarray] = None
+    T_wc: Optional[np.ndarray] = None
+    T_odom_base: Optional[np.ndarray] = None
+    seq: int = -1
+    base_velocity: Optional[np.ndarray] = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of the image."""
+        return (int(self.rgb.shape[0]), int(self.rgb.shape[1]))
+
+    @property
+    def stamp_s(self) -> float:
+        return self.stamp_ns * 1e-9
 
 
 @dataclass
@@ -133,9 +169,11 @@ _REGISTRY: dict[str, BackendFactory] = {}
 #: Module that registers each backend not defined here; imported by :func:`create_backend` the
 #: first time the name is asked for.
 BACKEND_PROVIDERS: dict[str, str] = {
-    "model": "vln_core.models.runtime_backend",
-    "onnx": "vln_core.models.onnx_backend",
-    "tensorrt": "vln_core.models.tensorrt_backend",
+    "geometry": "vln_core.backends.geometry_backend",
+    "auto": "vln_core.backends.auto_backend",
+    "model": "vln_core.backends.model_backend",
+    "onnx": "vln_core.backends.onnx_backend",
+    "tensorrt": "vln_core.backends.tensorrt_backend",
 }
 
 
@@ -177,7 +215,7 @@ def _import_provider(name: str) -> None:
         raise BackendUnavailableError(
             f"backend {name!r} is not registered (registered: {registered_backends()}) and no provider "
             f"module is known for it; define it with @register_backend({name!r}) and list its module in "
-            f"vln_core.runtime.backends.BACKEND_PROVIDERS"
+            f"vln_core.backends.BACKEND_PROVIDERS"
         )
     try:
         importlib.import_module(module)
@@ -214,114 +252,3 @@ def create_backend(name: str, cfg: VLNConfig) -> HeatmapBackend:
             f"backend factory for {name!r} returned {type(backend).__name__}, not a HeatmapBackend"
         )
     return backend
-
-
-# ------------------------------------------------------------------------------------------
-# Geometry backend
-# ------------------------------------------------------------------------------------------
-
-
-def frame_on_grid(frame: CameraFrame, size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """A frame's depth and intrinsics resampled to another ``(H, W)`` grid.
-
-    Depth is resampled by nearest neighbour at pixel centres (``cv2.INTER_NEAREST_EXACT``: no
-    blending across depth edges, invalid pixels stay invalid); ``K`` follows with
-    :meth:`PinholeCamera.resized` (pixel-area mapping, consistent with that sampling).
-
-    Args:
-        frame: needs ``depth_m`` ``(h, w)`` metres and ``K`` ``(3, 3)`` of the ``(h, w)`` grid.
-        size: target ``(H, W)``.
-
-    Returns:
-        ``(depth (H, W) float32 metres, K (3, 3) float64)``; unchanged arrays when the size matches.
-    """
-    if frame.depth_m is None or frame.K is None:
-        raise InputError(f"frame seq {frame.seq}: resampling needs depth and K")
-    H, W = (int(s) for s in size)
-    h, w = frame.depth_m.shape
-    if (h, w) == (H, W):
-        return frame.depth_m, np.asarray(frame.K, dtype=np.float64)
-    depth = cv2.resize(frame.depth_m, (W, H), interpolation=cv2.INTER_NEAREST_EXACT)
-    K = PinholeCamera.from_K(frame.K, width=w, height=h).resized(W, H).K
-    return depth, K
-
-
-@register_backend("geometry")
-class GeometryBackend(HeatmapBackend):
-    """Exact frame-indexed heatmaps from depth and poses (no learning, no instruction use).
-
-    Grid: with ``node.geometry_resolution == "frame_size"`` (default) every frame's depth and
-    intrinsics are resampled to ``video.frame_size`` and the heatmaps come out on that grid, the
-    same grid the learned model predicts on and is trained against, so both backends publish
-    interchangeable maps and the CPU cost does not grow with the camera resolution. With
-    ``"input"`` the heatmaps are on the current image's own grid. ``heatmap.sigma_px`` is in
-    pixels of the output grid. Waypoints and goal heatmap: None (not predicted).
-    """
-
-    name = "geometry"
-    needs_depth = True
-    needs_intrinsics = True
-    needs_pose = True
-    predicts_waypoints = False
-
-    def __init__(self, cfg: VLNConfig) -> None:
-        self.heatmap_cfg = cfg.heatmap
-        self.resolution = cfg.node.geometry_resolution
-        self.frame_size = tuple(int(s) for s in cfg.video.frame_size)
-
-    def output_size(self, current: CameraFrame) -> tuple[int, int]:
-        return self.frame_size if self.resolution == "frame_size" else current.size
-
-    @staticmethod
-    def _check(frame: CameraFrame, role: str) -> None:
-        missing = [n for n in ("depth_m", "K", "T_wc") if getattr(frame, n) is None]
-        if missing:
-            raise InputError(f"geometry backend: {role} frame seq {frame.seq} has no {', '.join(missing)}")
-
-    def infer(self, current: CameraFrame, keyframes: list[CameraFrame], instruction: str) -> BackendResult:
-        """Heatmaps ``(K, H, W)`` over the current view on :meth:`output_size`; see the class doc.
-
-        Args:
-            current: needs ``depth_m`` ``(h, w)``, ``K`` ``(3, 3)``, ``T_wc`` ``(4, 4)``.
-            keyframes: each needs the same fields (any resolution); at least one.
-            instruction: unused (geometry does not read language).
-        """
-        if not keyframes:
-            raise InputError("geometry backend: needs at least one keyframe")
-        self._check(current, "current")
-        for kf in keyframes:
-            self._check(kf, "key")
-        size = self.output_size(current)
-        cur_depth, cur_K = frame_on_grid(current, size)
-        key_grid = self.frame_size if self.resolution == "frame_size" else None
-        key_depths, key_Ks = [], []
-        for kf in keyframes:
-            d, K = frame_on_grid(kf, key_grid) if key_grid is not None else (kf.depth_m, kf.K)
-            key_depths.append(d)
-            key_Ks.append(K)
-        shapes = {d.shape for d in key_depths}
-        if len(shapes) != 1:  # "input" mode across a resolution change: bring keyframes to the current grid
-            resampled = [frame_on_grid(kf, size) for kf in keyframes]
-            key_depths, key_Ks = [d for d, _ in resampled], [K for _, K in resampled]
-        with torch.no_grad():
-            heatmaps = heatmaps_from_config(
-                torch.from_numpy(np.stack(key_depths).astype(np.float32, copy=False)),
-                torch.from_numpy(np.stack(key_Ks)).float(),
-                torch.from_numpy(np.stack([kf.T_wc for kf in keyframes])).float(),
-                torch.from_numpy(np.asarray(cur_K)).float(),
-                torch.from_numpy(np.asarray(current.T_wc)).float(),
-                size,
-                torch.from_numpy(np.asarray(cur_depth, dtype=np.float32)),
-                cfg=self.heatmap_cfg,
-            )
-        return BackendResult(heatmaps=heatmaps, waypoints=None, goal_heatmap=None)
-
-    def describe(self) -> dict[str, str]:
-        info = super().describe()
-        info["heatmap_grid"] = (
-            f"video.frame_size {self.frame_size[0]}x{self.frame_size[1]} (HxW)"
-            if self.resolution == "frame_size" else "current image resolution"
-        )
-        info["waypoints"] = "none: the geometry backend predicts no waypoints and no goal heatmap"
-        return info
-

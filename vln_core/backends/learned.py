@@ -3,7 +3,7 @@
 :class:`LearnedBackend` is the runtime side of :class:`~vln_core.models.reprojection_model.ReprojectionHeatmapModel`.
 It needs only colour and CameraInfo; with poses (odometry or tf) it runs the RGB + pose mode, else
 the RGB-only mode (``node.learned_mode``). The networks run through an *engine* with three calls,
-so PyTorch (``model``, here), onnxruntime (``onnx``) and TensorRT (``tensorrt``) share all the
+so PyTorch (``model``, :mod:`.model_backend`), onnxruntime (``onnx``) and TensorRT (``tensorrt``) share all the
 rest -- preprocessing, caching, reprojection, trajectory bookkeeping:
 
 * ``encode(frames (B, 3, H, W) float32) -> FrameEncoding`` (depth, confidence, pose features, f8, f32),
@@ -47,11 +47,9 @@ from vln_core.models.multiview import window_depth
 from vln_core.models.reprojection_model import FrameEncoding, default_intrinsics
 from vln_core.models.spatial_model import PAST_TRAJECTORY_LENGTH
 from vln_core.preprocess import preprocess_frames
-from vln_core.runtime.backends import BackendResult, HeatmapBackend, register_backend
-from vln_core.runtime.buffer import CameraFrame
+from vln_core.backends.base import BackendResult, CameraFrame, HeatmapBackend
 
-__all__ = ["FrameEngine", "TorchEngine", "LearnedBackend", "ModelBackend", "past_trajectory_from_history",
-           "TRAJECTORY_STEP_S"]
+__all__ = ["FrameEngine", "MultiViewEngine", "LearnedBackend", "past_trajectory_from_history", "TRAJECTORY_STEP_S"]
 
 #: The waypoint head was trained on 10 Hz trajectories: the past is resampled at this step.
 TRAJECTORY_STEP_S = 0.1
@@ -94,51 +92,6 @@ class MultiViewEngine(Protocol):
     def multiview_depth(self, ref_features: torch.Tensor, src_features: torch.Tensor, K: torch.Tensor,
                         T_src_ref: torch.Tensor, size: tuple[int, int], mono_depth: Optional[torch.Tensor],
                         mono_conf: Optional[torch.Tensor], src_valid: torch.Tensor) -> Any: ...
-
-
-class TorchEngine:
-    """The PyTorch model as an engine (``node.backend: model``)."""
-
-    def __init__(self, cfg: VLNConfig, checkpoint: Optional[str] = None, device: str = "cpu") -> None:
-        from vln_core.models.shipped import load_model_checkpoint
-
-        self.model, self.meta = load_model_checkpoint(checkpoint or None, cfg, device=device)
-        if getattr(self.model, "kind", "") != "reprojection":
-            raise InputError(f"checkpoint {checkpoint} holds model '{self.model.cfg.model.name}', not a reprojection "
-                             "model (model.name=embedded); the learned backends serve the embedded model")
-        self.device = torch.device(device)
-        self.frame_size = self.model.frame_size
-        self.tokenizer = self.model.tokenizer
-        self.has_multiview = bool(self.model.has_multiview)
-
-    @torch.no_grad()
-    def multiview_features(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.model.multiview_features(frames.to(self.device)).cpu()
-
-    @torch.no_grad()
-    def multiview_depth(self, ref_features, src_features, K, T_src_ref, size, mono_depth, mono_conf, src_valid):
-        out = self.model.multiview(ref_features.to(self.device), src_features.to(self.device), K.to(self.device),
-                                   T_src_ref.to(self.device), size,
-                                   None if mono_depth is None else mono_depth.to(self.device),
-                                   None if mono_conf is None else mono_conf.to(self.device), src_valid.to(self.device))
-        out.depth = out.depth.cpu()
-        return out
-
-    @torch.no_grad()
-    def encode(self, frames: torch.Tensor) -> FrameEncoding:
-        enc = self.model.encode_frames(frames.to(self.device))
-        return FrameEncoding(*(getattr(enc, n).cpu() for n in ("depth", "depth_conf", "pose_features", "f8", "f32")))
-
-    @torch.no_grad()
-    def relative_poses(self, pose_frames: torch.Tensor, pose_current: torch.Tensor) -> torch.Tensor:
-        return self.model.pose_head(pose_frames.to(self.device), pose_current.to(self.device))[0].cpu()
-
-    @torch.no_grad()
-    def goal_and_waypoints(self, f8, f32, ids, mask, past, intent):
-        enc = FrameEncoding(f8.new_zeros(0), f8.new_zeros(0), f8.new_zeros(0), f8.to(self.device), f32.to(self.device))
-        goal, wp = self.model.goal_and_waypoints(enc, ids.to(self.device), mask.to(self.device).bool(),
-                                                 past.to(self.device), intent.to(self.device), self.frame_size)
-        return goal.cpu(), wp.cpu()
 
 
 def past_trajectory_from_history(history: list[tuple[float, np.ndarray]], now_s: float,
@@ -489,17 +442,3 @@ class LearnedBackend(HeatmapBackend):
         self._mv_pose.clear()
         self._mv_depth.clear()
         self._mv_refreshes.clear()
-
-
-@register_backend("model")
-class ModelBackend(LearnedBackend):
-    """``node.backend: model``: the PyTorch checkpoint ``node.model_path`` (default: the shipped
-    ``models/embedded/checkpoint.pt``) on the CPU (or ``model.geometry_device``)."""
-
-    name = "model"
-
-    def __init__(self, cfg: VLNConfig) -> None:
-        from vln_core.models.spatial_model import resolve_device
-
-        device = resolve_device(cfg.model.geometry_device)
-        super().__init__(cfg, TorchEngine(cfg, cfg.node.model_path or None, device=str(device)))

@@ -28,8 +28,7 @@ from vln_core.models.geometry_encoder import (
     extrinsics_intrinsics_to_pose_encoding,
     pose_encoding_to_extrinsics_intrinsics,
 )
-from vln_core.export.window_model import OnnxExportWrapper
-from vln_core.models.heads import ConvexUpSample, HeatmapDecoder, WaypointHead, convex_upsample
+from vln_core.models.heads import ConvexUpSample, GoalHeatmapDecoder, WaypointHead, convex_upsample
 from vln_core.models.reasoning import EmbeddedReasoner, LLMReasoner, language_model_of
 from vln_core.models.semantic_encoder import SemanticEncoder, SmallViT
 from vln_core.models.tokenizer import ByteTokenizer, HashedWordTokenizer
@@ -43,7 +42,7 @@ TINY_ARCH = dict(geometry_dim=32, geometry_depth=1, geometry_heads=2, geometry_r
                  decoder_heads=2, decoder_layers=1, waypoint_hidden=32, vocab_size=64)
 
 
-def tiny_cfg(name: str = "embedded_tokens", *overrides: str):
+def tiny_cfg(name: str = "small", *overrides: str):
     return load_config(None, [f"model.name={name}", f"video.total_frames={N_M}", f"video.keyframes={N_K}",
                               f"video.frame_size=[{H}, {W}]", "frame_sampling.max_points_per_frame=256", *overrides])
 
@@ -216,39 +215,6 @@ def test_patch_world_coordinates_match_the_geometry_core_unprojection():
     assert valid.all()
 
 
-def test_embedded_model_exports_to_onnx_with_given_keyframes(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
-    torch.manual_seed(0)
-    model = build_model(tiny_cfg(), arch_overrides=TINY_ARCH).eval()
-
-    inputs = make_inputs(model, batch=1, keyframes=torch.tensor([[0, 2]]))
-    args = (inputs.frames, inputs.instruction_ids, inputs.instruction_mask, inputs.past_trajectory, inputs.intent,
-            inputs.keyframe_indices, torch.tensor([[[40.0, 0, 27.5], [0, 40.0, 27.5], [0, 0, 1]]]))
-    names = ["frames", "instruction_ids", "instruction_mask", "past_trajectory", "intent", "keyframe_indices",
-             "intrinsics"]
-    path = tmp_path / "embedded.onnx"
-    with torch.no_grad():
-        torch.onnx.export(OnnxExportWrapper(model), args, str(path), opset_version=17, dynamo=False, input_names=names)
-        reference = OnnxExportWrapper(model)(*args)
-    session = ort.InferenceSession(str(path))
-    assert [i.name for i in session.get_inputs()] == names  # keyframes and intrinsics are real graph inputs
-    feeds = {name: a.numpy() for name, a in zip(names, args)}
-    for got, want in zip(session.run(None, feeds), reference):
-        assert got.shape == tuple(want.shape)
-        assert abs(got - want.numpy()).max() < 1e-3
-    # other inputs than the traced ones: nothing data-dependent was frozen into constants
-    other = list(args)
-    other[0] = torch.rand_like(args[0])
-    other[5] = torch.tensor([[1, 3]])
-    other[6] = torch.tensor([[[25.0, 0, 27.5], [0, 30.0, 27.5], [0, 0, 1]]])
-    with torch.no_grad():
-        reference = OnnxExportWrapper(model)(*other)
-    feeds = {name: a.numpy() for name, a in zip(names, other)}
-    for got, want in zip(session.run(None, feeds), reference):
-        assert abs(got - want.numpy()).max() < 1e-3
-
-
 @pytest.mark.parametrize("pe_cls", [SinusoidalPositionalEncoding3D, MLPPositionalEncoding3D])
 def test_3d_positional_encodings_shapes_and_distinct_points(pe_cls):
     torch.manual_seed(0)
@@ -299,12 +265,16 @@ def test_convex_upsample_constant_shape_and_weights():
     assert torch.equal(nearest, ramp.repeat_interleave(2, -1).repeat_interleave(2, -2))
 
 
-def test_heatmap_decoder_and_waypoint_head_shapes():
+def test_goal_decoder_and_waypoint_head_shapes():
     torch.manual_seed(0)
-    dec = HeatmapDecoder(dim=16, num_heads=2, upsample_factor=4, num_layers=1)
-    logits, oov, bearing = dec(torch.randn(2, 3, 16), torch.randn(2, 12, 16), (3, 4), (12, 16))
-    assert logits.shape == (2, 3, 12, 16) and oov.shape == (2, 3) and bearing.shape == (2, 3, 2)
-    assert torch.allclose(bearing.norm(dim=-1), torch.ones(2, 3), atol=1e-5)
+    dec = GoalHeatmapDecoder(dim=16, num_heads=2, upsample_factor=4, num_layers=1)
+    tokens = torch.randn(2, 12, 16)
+    logits = dec(torch.randn(2, 16), tokens, (3, 4), (12, 16))
+    assert logits.shape == (2, 12, 16) and torch.isfinite(logits).all()
+    # the goal query steers the map: another query, another map
+    assert not torch.allclose(logits, dec(torch.randn(2, 16), tokens, (3, 4), (12, 16)))
+    with pytest.raises(InputError, match="goal_query"):
+        dec(torch.randn(2, 3, 16), tokens, (3, 4), (12, 16))
     head = WaypointHead(16, hidden=32)
     wp = head(torch.randn(2, 16), torch.randn(2, 16), torch.randn(2, 16, 4), torch.tensor([0, 1]))
     assert wp.shape == (2, 20, 2)
@@ -425,11 +395,56 @@ def test_known_intrinsics_are_used_instead_of_predicted_fov():
     torch.manual_seed(0)
     model = build_model(tiny_cfg(), arch_overrides=TINY_ARCH).eval()
     inputs = make_inputs(model, keyframes=torch.tensor([[0, 1], [0, 1]]))
+    inputs.camera_poses = _turning_poses(2)
     with torch.no_grad():
-        a = model(inputs).heatmap_logits
+        a = model(inputs)
         inputs.intrinsics = torch.tensor([[5.0, 0, 27.5], [0, 5.0, 27.5], [0, 0, 1]]).expand(2, 3, 3).clone()
-        b = model(inputs).heatmap_logits
-    assert not torch.allclose(a, b)  # the 3D positional encoding changed with the camera model
+        b = model(inputs)
+    assert not torch.allclose(a.goal_logits, b.goal_logits)  # the 3D positional encoding changed with the camera
+    assert not torch.allclose(a.heatmap_logits, b.heatmap_logits)  # and the reprojection of the turned keyframes
+
+
+def _turning_poses(batch: int) -> torch.Tensor:
+    """``(B, N_M, 4, 4)`` camera-to-world poses of a camera turning 10 degrees per frame about its y axis."""
+    poses = []
+    for i in range(N_M):
+        angle = torch.tensor(math.radians(10.0 * (i - N_M + 1)))
+        R = torch.tensor([[torch.cos(angle), 0.0, torch.sin(angle)], [0.0, 1.0, 0.0],
+                          [-torch.sin(angle), 0.0, torch.cos(angle)]])
+        poses.append(make_pose(R, torch.tensor([0.1 * i, 0.0, 0.0])))
+    return torch.stack(poses)[None].expand(batch, N_M, 4, 4).clone()
+
+
+@pytest.mark.parametrize("name", ["small", "base"])
+def test_pipeline_heatmaps_are_the_one_reprojection_of_its_geometry_stage(name):
+    """Every configuration's keyframe heatmaps come from the geometry core's reprojection of the
+    geometry stage's depth and poses (known poses where given), as the ground truth's do."""
+    from vln_core.heatmaps import heatmaps_from_config
+    from vln_core.models.geometry_encoder import pose_encoding_to_extrinsics_intrinsics
+    from vln_core.models.reprojected_heatmaps import HEATMAP_LOG_EPS
+
+    torch.manual_seed(0)
+    model = (tiny_base() if name == "base" else build_model(tiny_cfg(name), arch_overrides=TINY_ARCH)).eval()
+    inputs = make_inputs(model, keyframes=torch.tensor([[0, 2], [1, 2]]))
+    inputs.camera_poses = _turning_poses(2)
+    inputs.pose_known = torch.tensor([True, False])  # sample 1: the geometry stage's own poses
+    with torch.no_grad():
+        out = model(inputs)
+        geo = model.geometry(inputs.frames)
+    T_pred, K = pose_encoding_to_extrinsics_intrinsics(geo.pose_enc, (H, W))
+    T_known = torch.linalg.inv(inputs.camera_poses[:, -1:]) @ inputs.camera_poses
+    for b, T in ((0, T_known[0]), (1, T_pred[1])):
+        kf = inputs.keyframe_indices[b]
+        ref = heatmaps_from_config(geo.depth[b, kf], K[b, kf], T[kf], K[b, -1], torch.eye(4), (H, W),
+                                   geo.depth[b, -1], cfg=model.cfg.heatmap)
+        assert torch.allclose(out.heatmap_logits[b], torch.log(ref.heatmap + HEATMAP_LOG_EPS), atol=1e-4)
+    assert torch.allclose(out.depth, geo.depth)
+    assert torch.allclose(out.pose_enc_predicted, geo.pose_enc)
+    # the turned keyframes land elsewhere than an unmoved camera would put them
+    still = make_inputs(model, keyframes=inputs.keyframe_indices)
+    still.camera_poses = torch.eye(4).expand(2, N_M, 4, 4).clone()
+    with torch.no_grad():
+        assert not torch.allclose(model(still).heatmap_logits[0], out.heatmap_logits[0], atol=1e-3)
 
 
 def _grad_groups(model) -> tuple[set[str], set[str]]:
@@ -451,8 +466,8 @@ def _full_loss(out) -> torch.Tensor:
 
 @pytest.mark.parametrize("stage,expected", [
     ("geometry", {"geometry"}),
-    ("heatmap", {"geometry", "fusion", "reasoner", "heatmap_head"}),
-    ("finetune", {"geometry", "fusion", "reasoner", "heatmap_head", "waypoint_head"}),
+    ("heatmap", {"geometry", "fusion", "reasoner", "goal_head"}),
+    ("finetune", {"geometry", "fusion", "reasoner", "goal_head", "waypoint_head"}),
 ])
 def test_stage_freezing_tiny_base(stage, expected):
     model = tiny_base()  # freeze_semantic and freeze_llm default True, no LoRA
@@ -467,12 +482,12 @@ def test_stage_freezing_tiny_base(stage, expected):
     assert all(p.grad is None for p in model.reasoner.base_parameters())
 
 
-def test_stage_freezing_embedded_trains_its_own_backbones_and_unfrozen_llm():
+def test_stage_freezing_small_trains_its_own_backbones_and_unfrozen_llm():
     model = build_model(tiny_cfg(), arch_overrides=TINY_ARCH)
     model.trainable_parameters("heatmap")
     _full_loss(model(make_inputs(model, keyframes=torch.tensor([[0, 1], [1, 2]])))).backward()
     with_grad, frozen_with_grad = _grad_groups(model)
-    assert with_grad == {"geometry", "semantic_backbone", "fusion", "reasoner", "heatmap_head"}
+    assert with_grad == {"geometry", "semantic_backbone", "fusion", "reasoner", "goal_head"}
     assert not frozen_with_grad
     unfrozen = tiny_base("model.freeze_llm=false", "model.freeze_semantic=false")
     assert set(unfrozen.stage_groups("finetune")) >= {"llm", "semantic_backbone", "waypoint_head"}
@@ -555,7 +570,7 @@ def test_base_and_full_load_pretrained_weights_from_local_paths(tmp_path, kind):
 
 
 def test_device_map_falls_back_to_cpu(caplog):
-    model = build_model(tiny_cfg("embedded_tokens", "model.llm_device=cuda:0", "model.geometry_device=auto"),
+    model = build_model(tiny_cfg("small", "model.llm_device=cuda:0", "model.geometry_device=auto"),
                         arch_overrides=TINY_ARCH)
     if torch.cuda.is_available():
         pytest.skip("CUDA present: the CPU fallback cannot be observed on this machine")
@@ -573,21 +588,19 @@ def test_device_map_falls_back_to_cpu(caplog):
         resolve_device("not-a-device")
 
 
-def test_embedded_model_fits_a_fixed_heatmap_target():
-    """A few optimizer steps on one batch move the predicted heatmaps onto the target pixels:
-    the gradients through the decoder, convex upsampling, reasoning and fusion are useful."""
+def test_small_model_fits_a_fixed_goal_target():
+    """A few optimizer steps on one batch move the goal heatmap onto the target pixels: the
+    gradients through the goal decoder, convex upsampling, reasoning and fusion are useful."""
     torch.manual_seed(0)
     model = build_model(tiny_cfg(), arch_overrides=TINY_ARCH)
     params = model.trainable_parameters("heatmap")
     inputs = make_inputs(model, keyframes=torch.tensor([[0, 1], [1, 2]]))
-    target = torch.tensor([[3 * W + 5, 40 * W + 50], [20 * W + 30, 10 * W + 45]])  # flat pixel index per keyframe
+    target = torch.tensor([3 * W + 5, 40 * W + 50])  # flat pixel index of each sample's goal
     optimizer = torch.optim.Adam(params, lr=3e-3)
 
     def loss_and_hits():
-        out = model(inputs)
-        logits = out.heatmap_logits.flatten(2)  # (B, N_k, H*W)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
-        return loss, (logits.argmax(-1) == target).float().mean()
+        logits = model(inputs).goal_logits.flatten(1)  # (B, H*W)
+        return torch.nn.functional.cross_entropy(logits, target), (logits.argmax(-1) == target).float().mean()
 
     initial, _ = loss_and_hits()
     for _ in range(40):
@@ -597,4 +610,4 @@ def test_embedded_model_fits_a_fixed_heatmap_target():
         optimizer.step()
     final, hits = loss_and_hits()
     assert final < 0.5 * initial
-    assert hits >= 0.75
+    assert hits == 1.0

@@ -306,7 +306,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, root: str, out: str, resu
 # The embedded model's BatchNorm normalises over each process's own batch (standard DDP without
 # SyncBatchNorm), so one process on the global batch differs from two by design; the trainer's
 # gradient averaging is checked on the batch-independent token model.
-_DDP_MODEL = ("model.name=embedded_tokens",)
+_DDP_MODEL = ("model.name=small",)
 
 
 def test_two_process_ddp_matches_one_process_on_the_same_global_batch(episodes_root, tmp_path):

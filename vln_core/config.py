@@ -191,7 +191,7 @@ class NodeConfig:
 class ModelConfig:
     """The learned network (vln_core.models); `name` picks a registered configuration."""
 
-    name: Literal["embedded", "embedded_tokens", "base", "full"] = "embedded"
+    name: Literal["embedded", "small", "base", "full"] = "embedded"
     checkpoint: str = ""
     dinov3_path: str = ""  # local path of a DINOv3 checkpoint (base/full)
     llm_path: str = ""  # local path of a Qwen2 / Qwen2.5-VL checkpoint (base/full)

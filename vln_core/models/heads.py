@@ -1,5 +1,5 @@
-"""Output heads: camera and depth heads of the geometry encoder, the frame-indexed heatmap decoder
-with RAFT-style convex upsampling, and the waypoint head.
+"""Output heads: camera and depth heads of the geometry encoder, the goal heatmap decoder with
+RAFT-style convex upsampling, and the waypoint head.
 
 Pose encoding (9-d, VGGT style): ``[t (3), quaternion xyzw (4), fov_h, fov_w]`` of each frame's
 camera relative to the current frame's camera, i.e. the camera-to-current pose ``T_cur_cam``
@@ -22,7 +22,7 @@ __all__ = [
     "DepthHead",
     "ConvexUpSample",
     "convex_upsample",
-    "HeatmapDecoder",
+    "GoalHeatmapDecoder",
     "WaypointHead",
 ]
 
@@ -186,13 +186,15 @@ class ConvexUpSample(nn.Module):
         return convex_upsample(coarse, self.mask_logits(features), self.factor)
 
 
-class HeatmapDecoder(nn.Module):
-    """Frame-indexed heatmaps over the current view.
+class GoalHeatmapDecoder(nn.Module):
+    """The goal heatmap over the current view, decoded from tokens.
 
-    Each query (one per keyframe, plus the instruction's goal query) cross-attends to the current
-    view's tokens; its heatmap logits on the patch grid are scaled dot products with the current
-    tokens, brought to full resolution by :class:`ConvexUpSample`. An out-of-view head gives the
-    logit of "this keyframe's content is outside the current view" and its bearing ``(cos, sin)``.
+    The instruction's goal query cross-attends to the current view's fused tokens; its logits on
+    the patch grid are scaled dot products with those tokens, brought to full resolution by
+    :class:`ConvexUpSample`. Only the goal is decoded: where the *keyframes'* content lies in the
+    current view is geometry and comes from the one reprojection
+    (:func:`vln_core.heatmaps.heatmaps_from_config`) of the geometry stage's depth and poses. A
+    decoder that predicted those maps from tokens lost to the reprojection and was retired.
     """
 
     def __init__(self, dim: int, num_heads: int, upsample_factor: int, num_layers: int = 2) -> None:
@@ -208,42 +210,38 @@ class HeatmapDecoder(nn.Module):
             }))
         self.query_proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
         self.key_proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
-        self.out_of_view = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 3))
         self.upsample = ConvexUpSample(dim, upsample_factor)
         self.scale = dim ** -0.5
 
-    def forward(self, queries: torch.Tensor, current_tokens: torch.Tensor, grid: tuple[int, int],
-                out_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, goal_query: torch.Tensor, current_tokens: torch.Tensor, grid: tuple[int, int],
+                out_size: tuple[int, int]) -> torch.Tensor:
         """Args:
-            queries: ``(B, Q, D)`` one query per heatmap.
+            goal_query: ``(B, D)`` from the instruction.
             current_tokens: ``(B, h*w, D)`` tokens of the current view, row-major on ``grid``.
             grid: ``(h, w)``.
             out_size: ``(H, W)`` full image resolution.
 
         Returns:
-            ``logits (B, Q, H, W)`` (softmax over H*W = heatmap), ``out_of_view_logit (B, Q)``,
-            ``out_of_view_bearing (B, Q, 2)`` unit ``(cos, sin)`` in the current camera's
-            horizontal plane (positive = left).
+            ``goal_logits (B, H, W)`` (softmax over H*W = the goal heatmap).
         """
         B, T, D = current_tokens.shape
         h, w = grid
         if T != h * w:
             raise InputError(f"current_tokens has {T} tokens but grid {grid} needs {h * w}")
-        q = queries
+        if goal_query.shape != (B, D):
+            raise InputError(f"goal_query must have shape (B={B}, D={D}), got {tuple(goal_query.shape)}")
+        q = goal_query[:, None]
         for layer in self.layers:
             kv = layer["norm_kv"](current_tokens)
             attended, _ = layer["attn"](layer["norm_q"](q), kv, kv, need_weights=False)
             q = q + attended
             q = q + layer["ff"](layer["norm_ff"](q))
         coarse = torch.einsum("bqd,btd->bqt", self.query_proj(q), self.key_proj(current_tokens)) * self.scale
-        coarse = coarse.view(B, -1, h, w)
         features = current_tokens.transpose(1, 2).reshape(B, D, h, w)
-        logits = self.upsample(coarse, features)
+        logits = self.upsample(coarse.view(B, 1, h, w), features)
         if logits.shape[-2:] != tuple(out_size):
             logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
-        oov = self.out_of_view(q)
-        bearing = F.normalize(oov[..., 1:3], dim=-1, eps=1e-6)
-        return logits, oov[..., 0], bearing
+        return logits[:, 0]
 
 
 class WaypointHead(nn.Module):

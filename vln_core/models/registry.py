@@ -4,15 +4,19 @@
   a per-frame CNN predicts depth, a relative-pose head predicts camera motion when no poses are
   given, and the ground truth's own reprojection turns them into heatmaps; CPU real-time, no
   download. Trained weights ship in ``models/embedded/checkpoint.pt``.
-* ``embedded_tokens``: the earlier token decoder (own small ViTs, small transformer reasoner,
-  hashed-word tokenizer) that decodes heatmaps from tokens.
-* ``base``: DINOv3 ViT-S/B from ``model.dinov3_path`` + a Qwen2-0.5B-class LLM from
-  ``model.llm_path`` (tokenizer from the same path).
+* ``small``: the two-stage pipeline of ``base`` / ``full`` with our own small parts (geometry ViT,
+  semantic ViT, small transformer reasoner, hashed-word tokenizer), no pretrained weights: CPU
+  tests and experiments (untrained).
+* ``base``: our geometry ViT, DINOv3 ViT-S/B from ``model.dinov3_path`` + a Qwen2-0.5B-class LLM
+  from ``model.llm_path`` (tokenizer from the same path).
 * ``full``: the design's pipeline: VGGT-1B (``model.vggt_path``) on all N_m frames, keyframes
   from its point map and confidence, DINOv3 ViT-L on the keyframes, the language model of
   Qwen2.5-VL (3B/7B); VGGT, DINOv3 and the LLM take GPUs 0, 1, 2 (as many as there are).
 
-Pretrained parts load only from local paths. Two hooks avoid them:
+``small``, ``base`` and ``full`` are :class:`~vln_core.models.spatial_model.VLNSpatialModel`: a
+geometry stage (depth and poses of all N_m frames) whose keyframe heatmaps come from the one
+reprojection, and a reasoning stage for the goal heatmap and waypoints. Pretrained parts load
+only from local paths. Two hooks avoid them:
 
 * ``build_model(cfg, semantic_backbone=..., llm=..., tokenizer=...)`` takes ready modules (the
   tests pass ``DINOv3ViTModel`` / ``Qwen2Model`` built from tiny configs);
@@ -101,18 +105,18 @@ def _embedded() -> ModelSpec:
     )
 
 
-@register_model("embedded_tokens")
-def _embedded_tokens() -> ModelSpec:
+@register_model("small")
+def _small() -> ModelSpec:
     return ModelSpec(
-        name="embedded_tokens",
+        name="small",
         arch=ModelArchitecture(
             geometry_patch_size=14, geometry_dim=128, geometry_depth=3, geometry_heads=4, geometry_registers=2,
             semantic="small_vit", semantic_patch_size=16, semantic_dim=128, semantic_depth=3, semantic_heads=4,
             fusion_dim=128, reasoner="embedded", reasoning_depth=2, reasoning_heads=4, reasoning_pool=2,
             decoder_heads=4, decoder_layers=2, waypoint_hidden=256, vocab_size=4096,
         ),
-        description="token decoder: own small ViTs + small transformer reasoner decoding heatmaps "
-                    "(the earlier embedded model; loses to the reprojection model)",
+        description="the base/full pipeline with our own small parts and no pretrained weights: geometry ViT "
+                    "-> reprojected heatmaps; small ViT + fusion + small reasoner -> goal and waypoints (untrained)",
     )
 
 

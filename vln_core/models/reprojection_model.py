@@ -37,6 +37,7 @@ from vln_core.heatmaps import InterFrameHeatmaps, heatmaps_from_config
 from vln_core.models.geometry_encoder import extrinsics_intrinsics_to_pose_encoding, normalize_images
 from vln_core.geometry.plane_sweep import select_source_views
 from vln_core.models.multiview import MultiViewArchitecture, MultiViewDepth, window_depth
+from vln_core.models.reprojected_heatmaps import HEATMAP_LOG_EPS, reprojected_heatmap_outputs
 from vln_core.models.spatial_model import (
     NUM_INTENTS,
     NUM_WAYPOINTS,
@@ -56,9 +57,6 @@ __all__ = [
     "HEATMAP_LOG_EPS",
 ]
 
-#: ``heatmap_logits = log(heatmap + HEATMAP_LOG_EPS)``: softmax of the logits gives back the
-#: reprojected map with this floor per pixel (so a map with no overlap becomes uniform).
-HEATMAP_LOG_EPS = 1e-7
 #: Depth range the depth head can express (metres).
 MIN_DEPTH_M = 0.05
 MAX_DEPTH_M = 30.0
@@ -544,15 +542,7 @@ class ReprojectionHeatmapModel(nn.Module):
                                          Nk, self.cfg.frame_sampling).indices for b in range(B)]
             keyframes = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=device).reshape(B, Nk)
 
-        logits, oov_logit, bearing = [], [], []
-        for b in range(B):
-            kf = keyframes[b]
-            hm = self.reproject(depth[b, kf], K[b], T_cur_cam[b, kf], K[b], depth[b, -1])
-            logits.append(torch.log(hm.heatmap + HEATMAP_LOG_EPS))
-            frac = hm.out_of_view_fraction.clamp(1e-4, 1 - 1e-4)
-            oov_logit.append(torch.log(frac) - torch.log1p(-frac))
-            b_rad = torch.nan_to_num(hm.out_of_view_bearing, nan=0.0)
-            bearing.append(torch.stack([torch.cos(b_rad), torch.sin(b_rad)], dim=-1))
+        logits, oov_logit, bearing = reprojected_heatmap_outputs(depth, K, T_cur_cam, keyframes, self.heatmap_cfg)
 
         goal, waypoints = self.goal_and_waypoints(current, inputs.instruction_ids.to(device),
                                                   inputs.instruction_mask.to(device).bool(),
@@ -562,8 +552,8 @@ class ReprojectionHeatmapModel(nn.Module):
         pose_enc = extrinsics_intrinsics_to_pose_encoding(T_cur_cam.detach(), K[:, None].expand(B, N, 3, 3), (H, W))
         outputs = ModelOutputs(
             depth=depth, depth_conf=conf, pose_enc=pose_enc, keyframe_indices=keyframes,
-            heatmap_logits=torch.stack(logits), out_of_view_logit=torch.stack(oov_logit),
-            out_of_view_bearing=torch.stack(bearing), goal_logits=goal, waypoints=waypoints,
+            heatmap_logits=logits, out_of_view_logit=oov_logit,
+            out_of_view_bearing=bearing, goal_logits=goal, waypoints=waypoints,
             pose_enc_predicted=torch.cat([t_pred, q_pred, pose_enc[..., 7:]], dim=-1),
         )
         return outputs.to(out_device)

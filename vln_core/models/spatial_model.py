@@ -1,22 +1,31 @@
-"""The VLN spatial model: geometry -> keyframes -> semantics -> fusion -> reasoning -> heatmaps,
-goal heatmap and waypoints.
+"""The design's two-stage pipeline (``base``, ``full``): geometry stage -> keyframes -> the one
+reprojection for the heatmaps; semantics -> fusion -> reasoning for the goal heatmap and waypoints.
 
 One update sees the ``N_m`` buffered frames (the newest, last, is the current view), the
 instruction, the robot's past trajectory and an intent::
 
     out = model(ModelInputs(frames, instruction_ids, instruction_mask, past_trajectory, intent))
 
-1. :class:`~vln_core.models.geometry_encoder.GeometryEncoder` on all frames: depth, confidence,
-   9-d poses relative to the current camera, patch tokens.
+*Geometry stage*
+
+1. :class:`~vln_core.models.geometry_encoder.GeometryEncoder` (or VGGT-1B for ``full``) on all
+   ``N_m`` frames: depth, confidence, 9-d poses relative to the current camera, patch tokens.
+   Known poses (``ModelInputs.camera_poses``, RGB + pose) replace the predicted ones.
 2. Keyframes: given (teacher forcing) or chosen by the space-aware sampler
-   (:func:`vln_core.sampling.sample_keyframes`) on the predicted geometry, without gradients.
-3. :class:`~vln_core.models.semantic_encoder.SemanticEncoder` on the keyframes and the current view.
-4. :class:`~vln_core.models.fusion.TokenFusion` with 3D positional encodings of the predicted
-   patch positions and frame-slot embeddings.
-5. A reasoner (small transformer or LLM) over the instruction and pooled fused tokens.
-6. :class:`~vln_core.models.heads.HeatmapDecoder`: one query per keyframe + one goal query
-   (from the instruction) against the current view's tokens.
-7. :class:`~vln_core.models.heads.WaypointHead`.
+   (:func:`vln_core.sampling.sample_keyframes`) on that geometry, without gradients.
+3. Frame-indexed heatmaps: the keyframes' depth reprojected into the current camera by the one
+   reprojection (:func:`vln_core.models.reprojected_heatmaps.reprojected_heatmap_outputs`, the
+   ground truth's own function), as for ``embedded``. No network decodes them.
+
+*Reasoning stage*
+
+4. :class:`~vln_core.models.semantic_encoder.SemanticEncoder` (own small ViT or DINOv3) on the
+   keyframes and the current view.
+5. :class:`~vln_core.models.fusion.TokenFusion` with 3D positional encodings of the patches'
+   positions from the geometry stage and frame-slot embeddings.
+6. A reasoner (small transformer or LLM) over the instruction and pooled fused tokens.
+7. :class:`~vln_core.models.heads.GoalHeatmapDecoder` (the instruction's goal query against the
+   current view's tokens) and :class:`~vln_core.models.heads.WaypointHead`.
 
 Stages run on their own devices (``model.geometry_device`` etc.); tensors are moved between
 them explicitly and the outputs come back on the device of ``inputs.frames``.
@@ -34,9 +43,15 @@ from torch import nn
 from vln_core.config import FrameSamplingConfig, VLNConfig
 from vln_core.errors import InputError
 from vln_core.models.fusion import TokenFusion, patch_world_coordinates, resample_token_grid
-from vln_core.models.geometry_encoder import GeometryEncoder, pose_encoding_to_extrinsics_intrinsics
-from vln_core.models.heads import HeatmapDecoder, WaypointHead
+from vln_core.models.geometry_encoder import (
+    GeometryEncoder,
+    extrinsics_intrinsics_to_pose_encoding,
+    pose_encoding_to_extrinsics_intrinsics,
+)
+from vln_core.models.heads import GoalHeatmapDecoder, WaypointHead
+from vln_core.geometry.transforms import invert_pose
 from vln_core.models.reasoning import LLMReasoner
+from vln_core.models.reprojected_heatmaps import reprojected_heatmap_outputs
 from vln_core.models.semantic_encoder import SemanticEncoder
 from vln_core.sampling import sample_keyframes, sample_keyframes_from_points
 
@@ -82,9 +97,9 @@ class ModelOutputs:
     depth_conf: torch.Tensor  # (B, N_m, H, W)
     pose_enc: torch.Tensor  # (B, N_m, 9) [t(3), quat xyzw(4), fov_h, fov_w], camera-to-current
     keyframe_indices: torch.Tensor  # (B, N_k)
-    heatmap_logits: torch.Tensor  # (B, N_k, H, W) (softmax over H*W gives the heatmap)
-    out_of_view_logit: torch.Tensor  # (B, N_k)
-    out_of_view_bearing: torch.Tensor  # (B, N_k, 2) (cos, sin)
+    heatmap_logits: torch.Tensor  # (B, N_k, H, W) log(heatmap + 1e-7) of the reprojected maps (softmax gives them back)
+    out_of_view_logit: torch.Tensor  # (B, N_k) logit of the reprojected out-of-view fraction
+    out_of_view_bearing: torch.Tensor  # (B, N_k, 2) (cos, sin) of the out-of-view bearing
     goal_logits: torch.Tensor  # (B, H, W)
     waypoints: torch.Tensor  # (B, 20, 2) metres in the current base frame
     pose_enc_predicted: torch.Tensor | None = None  # (B, N_m, 9) the model's own pose estimate where pose_enc was given
@@ -114,7 +129,7 @@ class ModelArchitecture:
     reasoning_depth: int = 2  # embedded only
     reasoning_heads: int = 4  # embedded only
     reasoning_pool: int = 2  # fused grid is average-pooled by this factor before reasoning
-    decoder_heads: int = 4
+    decoder_heads: int = 4  # goal heatmap decoder
     decoder_layers: int = 2
     waypoint_hidden: int = 256
     vocab_size: int = 4096  # embedded tokenizer buckets
@@ -183,9 +198,8 @@ class VLNSpatialModel(nn.Module):
         self.fusion = TokenFusion(arch.geometry_dim, self.semantic.hidden_size, D, self.num_keyframes + 1,
                                   mcfg.pos_encoding_3d)
         self.reasoner = reasoner
-        self.query_slot_embed = nn.Embedding(self.num_keyframes, D)
         self.goal_query = nn.Parameter(torch.zeros(D))
-        self.heatmap_decoder = HeatmapDecoder(D, arch.decoder_heads, arch.geometry_patch_size, arch.decoder_layers)
+        self.goal_decoder = GoalHeatmapDecoder(D, arch.decoder_heads, arch.geometry_patch_size, arch.decoder_layers)
         self.waypoint_head = WaypointHead(D, PAST_TRAJECTORY_LENGTH, 4, NUM_WAYPOINTS, NUM_INTENTS, arch.waypoint_hidden)
 
         self.place_on_devices({
@@ -217,7 +231,7 @@ class VLNSpatialModel(nn.Module):
         return {"geometry": self.geometry_device, "semantic": self.semantic_device, "llm": self.llm_device}
 
     def _head_modules(self) -> list[nn.Module]:
-        return [self.geometry, self.fusion, self.query_slot_embed, self.heatmap_decoder, self.waypoint_head]
+        return [self.geometry, self.fusion, self.goal_decoder, self.waypoint_head]
 
     def place_on_devices(self, devices: dict[str, torch.device | str]) -> "VLNSpatialModel":
         """Move each stage to its device (``{"geometry", "semantic", "llm"} -> device``);
@@ -254,8 +268,7 @@ class VLNSpatialModel(nn.Module):
             "geometry_pretrained": [p for p in self.geometry.parameters() if id(p) in frozen],  # no stage trains it
             "semantic_backbone": list(self.semantic.backbone.parameters()),
             "fusion": list(self.fusion.parameters()),
-            "heatmap_head": list(self.heatmap_decoder.parameters()) + list(self.query_slot_embed.parameters())
-            + [self.goal_query],
+            "goal_head": list(self.goal_decoder.parameters()) + [self.goal_query],
             "waypoint_head": list(self.waypoint_head.parameters()),
         }
         if isinstance(self.reasoner, LLMReasoner):
@@ -271,7 +284,8 @@ class VLNSpatialModel(nn.Module):
 
         * ``geometry``: the geometry encoder only.
         * ``heatmap``: everything except a pretrained LLM (and a pretrained semantic backbone
-          while ``model.freeze_semantic``) and the waypoint head.
+          while ``model.freeze_semantic``) and the waypoint head: the heatmap loss reaches the
+          geometry through the reprojection, the goal loss the goal head and what feeds it.
         * ``finetune``: the heatmap set plus LoRA adapters (``model.lora_rank > 0``) or the
           whole LLM (``model.freeze_llm = false``), plus the waypoint head.
         """
@@ -279,7 +293,7 @@ class VLNSpatialModel(nn.Module):
             raise InputError(f"stage must be one of {list(STAGES)}, got {stage!r}")
         if stage == "geometry":
             return ["geometry"]
-        names = ["geometry", "fusion", "reasoner", "heatmap_head"]
+        names = ["geometry", "fusion", "reasoner", "goal_head"]
         if not (self.semantic_pretrained and self.cfg.model.freeze_semantic):
             names.append("semantic_backbone")
         if stage == "finetune":
@@ -401,24 +415,36 @@ class VLNSpatialModel(nn.Module):
         else:
             K = K_pred
 
+        # known poses (RGB + pose) replace the predicted ones, per sample
+        if inputs.camera_poses is not None:
+            T_wc = inputs.camera_poses.to(gdev).float()
+            T_known = invert_pose(T_wc[:, -1:]) @ T_wc
+            known = (inputs.pose_known.to(gdev).bool() if inputs.pose_known is not None
+                     else torch.ones(B, dtype=torch.bool, device=gdev))
+            T_cur_cam = torch.where(known[:, None, None, None], T_known, T_cur_cam)
+
         # 2. keyframes
         if inputs.keyframe_indices is not None:
             keyframes = inputs.keyframe_indices.to(gdev).long()
-        elif getattr(geo, "points_cur", None) is not None:  # VGGT: its own point map and confidence
-            keyframes = self.sample_keyframes_from_points(geo.points_cur.detach(), geo.points_conf.detach())
+        elif getattr(geo, "points_cur", None) is not None and inputs.camera_poses is None:
+            keyframes = self.sample_keyframes_from_points(geo.points_cur.detach(), geo.points_conf.detach())  # VGGT
         else:
             keyframes = self.sample_keyframes(geo.depth.detach(), K.detach(), T_cur_cam.detach())
+
+        # 3. frame-indexed heatmaps: the one reprojection of the geometry stage's depth and poses
+        logits, oov_logit, oov_bearing = reprojected_heatmap_outputs(geo.depth.float(), K.float(), T_cur_cam.float(),
+                                                                     keyframes, self.cfg.heatmap)
+
+        # 4. semantics of the chosen frames
         current = torch.full((B, 1), N - 1, dtype=torch.long, device=gdev)
         selected = torch.cat([keyframes, current], dim=1)  # (B, F = N_k + 1)
         Fr = Nk + 1
         batch_index = torch.arange(B, device=gdev)[:, None]
-
-        # 3. semantics of the chosen frames
         chosen_frames = frames[batch_index, selected]  # (B, F, 3, H, W)
         sem_tokens, sem_grid = self.semantic(chosen_frames.reshape(B * Fr, 3, H, W).to(self.semantic_device))
         sem_tokens = sem_tokens.to(gdev).view(B, Fr, sem_tokens.shape[1], sem_tokens.shape[2])
 
-        # 4. fusion with 3D positions of the predicted geometry
+        # 5. fusion with 3D positions from the geometry stage
         grid = geo.grid
         h, w = grid
         with torch.no_grad():
@@ -433,7 +459,7 @@ class VLNSpatialModel(nn.Module):
                             xyz.view(B, Fr, h, w, 3), xyz_valid.view(B, Fr, h, w), slots, grid)  # (B, F, h*w, D)
         D = fused.shape[-1]
 
-        # 5. reasoning over instruction + pooled visual tokens
+        # 6. reasoning over instruction + pooled visual tokens
         pool = max(1, min(self.arch.reasoning_pool, h, w))
         pooled = F.avg_pool2d(fused.view(B * Fr, h, w, D).permute(0, 3, 1, 2), pool, ceil_mode=True)
         ph, pw = pooled.shape[-2:]
@@ -446,27 +472,25 @@ class VLNSpatialModel(nn.Module):
         mask = instruction_mask.to(gdev).float()[..., None]
         instruction_pooled = (instr_out * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, D)
 
-        # 6. heatmaps: keyframe queries + goal query against the current view
-        keyframe_queries = visual_out[:, :Nk].mean(dim=2) + self.query_slot_embed.weight[None]
-        goal_queries = (instruction_pooled + self.goal_query)[:, None]
-        queries = torch.cat([keyframe_queries, goal_queries], dim=1)  # (B, N_k + 1, D)
+        # 7. goal heatmap (the instruction's query against the current view) and waypoints
         current_tokens = fused[:, -1] + resample_token_grid(visual_out[:, -1], (ph, pw), grid)
-        logits, oov_logit, oov_bearing = self.heatmap_decoder(queries, current_tokens, grid, (H, W))
-
-        # 7. waypoints
+        goal_logits = self.goal_decoder(instruction_pooled + self.goal_query, current_tokens, grid, (H, W))
         waypoints = self.waypoint_head(fused.mean(dim=(1, 2)), instruction_pooled,
                                        inputs.past_trajectory.to(gdev).float(), inputs.intent.to(gdev).long())
 
         result = ModelOutputs(
             depth=geo.depth,
             depth_conf=geo.depth_conf,
-            pose_enc=geo.pose_enc,
+            # the poses the heatmaps used: known where given, else the geometry stage's (with gradients)
+            pose_enc=(geo.pose_enc if inputs.camera_poses is None
+                      else extrinsics_intrinsics_to_pose_encoding(T_cur_cam.detach(), K.detach(), (H, W))),
             keyframe_indices=keyframes,
-            heatmap_logits=logits[:, :Nk],
-            out_of_view_logit=oov_logit[:, :Nk],
-            out_of_view_bearing=oov_bearing[:, :Nk],
-            goal_logits=logits[:, Nk],
+            heatmap_logits=logits,
+            out_of_view_logit=oov_logit,
+            out_of_view_bearing=oov_bearing,
+            goal_logits=goal_logits,
             waypoints=waypoints,
+            pose_enc_predicted=geo.pose_enc,  # the geometry stage's own estimate (the pose loss)
         )
         return _outputs_to(result, out_device)
 

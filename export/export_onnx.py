@@ -12,8 +12,9 @@ update (``--runs``, ``--threads``). The graphs are described in
 
 The model and the frame size come from the checkpoint's own config unless ``--config`` or
 ``key=value`` overrides are given. ``--allow-random-init`` without ``--checkpoint`` exports random
-weights on purpose (pipeline check, timing only). A checkpoint of the earlier token model
-(``model.name=embedded_tokens``) is exported as before, as one file (``--out x.onnx``).
+weights on purpose (pipeline check, timing only). The pipeline models (``model.name=small``,
+``base``, ``full``) export their geometry stage at fixed N_m as one file (``--out x.onnx``, see
+:mod:`vln_core.export.geometry_stage`); the reprojection and the reasoning stage stay in PyTorch.
 Bad input (missing or damaged checkpoint, unknown model, an ``--out`` that is not an export folder)
 exits with status 2 and one line; a graph that differs from PyTorch exits with status 1. A run
 first restores an export that a killed run left in ``.<name>.old-*`` (``--out`` missing) and
@@ -164,52 +165,53 @@ def export_reprojection_cli(args, cfg) -> int:
     return 0
 
 
-def export_tokens_cli(args, cfg) -> int:
-    """The earlier token model (model.name=embedded_tokens): one graph, batch 1, as before."""
+def export_geometry_cli(args, cfg) -> int:
+    """The pipeline models (model.name=small/base/full): the geometry stage at fixed N_m, one graph."""
     import numpy as np
     import onnxruntime as ort
 
+    from vln_core.export.geometry_stage import (EXPORT_BATCH, GeometryStageWrapper, example_frames,
+                                                export_geometry_stage, verify_geometry_stage)
     from vln_core.models import build_model
-    from vln_core.export.window_model import EXPORT_BATCH, INPUT_NAMES, OnnxExportWrapper, example_inputs, export_onnx, \
-        verify_onnx
     from vln_core.train.checkpoint import load_model_weights
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(cfg.training.seed)
-    out_path = Path(args.out) if args.out else Path(cfg.export.output_dir) / f"{cfg.model.name}.onnx"
-    model = build_model(cfg)
+    out_path = Path(args.out) if args.out else Path(cfg.export.output_dir) / f"{cfg.model.name}_geometry.onnx"
+    # pretrained parts load from model.*_path; with --allow-random-init and no checkpoint they are random
+    model = build_model(cfg, random_init=bool(args.allow_random_init and not args.checkpoint))
     if args.checkpoint:
         load_model_weights(model, args.checkpoint)
     model = model.cpu().eval()
     start = time.perf_counter()
-    export_onnx(model, cfg, out_path, opset=args.opset)
+    export_geometry_stage(model, cfg, out_path, opset=args.opset)
     export_seconds = time.perf_counter() - start
-    diffs = verify_onnx(model, out_path, cfg)
+    diffs = verify_geometry_stage(model, out_path, cfg, atol=max(args.atol, 1e-3))
 
     weights = args.checkpoint if args.checkpoint else "random init (--allow-random-init)"
-    print(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-          f"weights: {weights}")
+    geometry_params = sum(p.numel() for p in model.geometry.parameters())
+    print(f"model {cfg.model.name}: geometry stage {geometry_params / 1e6:.2f} M parameters, weights: {weights}")
     print(f"wrote {out_path} ({out_path.stat().st_size / 2**20:.2f} MiB) in {export_seconds:.1f} s, "
-          f"opset {args.opset or cfg.export.opset}, batch {EXPORT_BATCH}, frames {cfg.video.total_frames}x"
-          f"{cfg.video.frame_size[0]}x{cfg.video.frame_size[1]}, keyframes {cfg.video.keyframes}")
+          f"opset {args.opset or cfg.export.opset}, batch {EXPORT_BATCH}, N_m {cfg.video.total_frames}, frames "
+          f"{cfg.video.frame_size[0]}x{cfg.video.frame_size[1]}, rotary tables as constants")
     print("max |onnxruntime - torch| per output: " + ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()))
     runs = max(args.runs, 1)
-    inputs = example_inputs(model, cfg, batch=EXPORT_BATCH, seed=2)
+    frames = example_frames(cfg, seed=2)
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(out_path), options, providers=["CPUExecutionProvider"])
-    feeds = {name: np.ascontiguousarray(t.numpy()) for name, t in zip(INPUT_NAMES, inputs)}
-    wrapper = OnnxExportWrapper(model)
+    feeds = {"frames": np.ascontiguousarray(frames.numpy())}
+    wrapper = GeometryStageWrapper(model.geometry)
 
     def run_torch() -> object:
         with torch.no_grad():
-            return wrapper(*inputs)
+            return wrapper(frames)
 
     ort_s = median_seconds(lambda: session.run(None, feeds), runs)
     torch_s = median_seconds(run_torch, runs)
-    print(f"CPU latency, median of {runs} runs, {args.threads} thread(s): onnxruntime {ort_s * 1e3:.1f} ms, "
-          f"PyTorch eager {torch_s * 1e3:.1f} ms (x{torch_s / ort_s:.2f})")
+    print(f"CPU latency of the geometry stage, median of {runs} runs, {args.threads} thread(s): onnxruntime "
+          f"{ort_s * 1e3:.1f} ms, PyTorch eager {torch_s * 1e3:.1f} ms (x{torch_s / ort_s:.2f})")
     engine = out_path.with_suffix(".fp16.plan" if cfg.export.fp16 else ".plan")
     print(f"TensorRT (untested here, needs a TensorRT install): trtexec --onnx={out_path} --saveEngine={engine}"
           + (" --fp16" if cfg.export.fp16 else ""))
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "training run's best.pt / last.pt)")
     parser.add_argument("--allow-random-init", action="store_true",
                         help="export randomly initialised weights when no --checkpoint is given")
-    parser.add_argument("--out", help="export folder (default exports/embedded); for embedded_tokens an .onnx file")
+    parser.add_argument("--out", help="export folder (default exports/embedded); for small/base/full the geometry stage's .onnx file")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default export.opset, 17)")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted |onnxruntime - torch| (1e-4)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per runtime, median printed (0: no timing)")
@@ -253,14 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         name, saved_cfg = _checkpoint_config(Path(args.checkpoint)) if args.checkpoint else ("", None)
         cfg = cfg if cfg is not None else saved_cfg  # the checkpoint's own sizes unless told otherwise
         name = name or (cfg.model.name if cfg is not None else "")
-        if name == "embedded_tokens":
+        if name in ("small", "base", "full"):
             if cfg is None:
-                cfg = load_config(str(REPO / "configs/train_embedded.yaml"), ["model.name=embedded_tokens"])
+                cfg = load_config(str(REPO / "configs/train_embedded.yaml"), [f"model.name={name}"])
             cfg.model.name = name
-            return export_tokens_cli(args, cfg)
+            return export_geometry_cli(args, cfg)
         if name != "embedded":
-            return fail(f"model '{name or '?'}' cannot be exported here: export_onnx.py exports the reprojection "
-                        "model (model.name=embedded; embedded_tokens too)")
+            return fail(f"model '{name or '?'}' cannot be exported: export_onnx.py exports model.name=embedded "
+                        "(its graphs) and small/base/full (their geometry stage)")
         return export_reprojection_cli(args, cfg)
     except (InputError, ConfigError, OSError) as exc:
         return fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

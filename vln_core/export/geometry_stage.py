@@ -1,44 +1,29 @@
-"""ONNX export of the embedded model, with keyframes and intrinsics as graph inputs.
+"""ONNX export of the pipeline's geometry stage (``small`` / ``base`` / ``full``) at a fixed N_m.
 
-The keyframe sampler (:mod:`vln_core.sampling`) is numpy and cannot be traced, so the exported
-graph takes the keyframe indices as an input (the caller runs the sampler, or reuses the indices
-of the ring buffer's keyframe memory) and also the camera intrinsics. Everything else of
-:meth:`VLNSpatialModel.forward` is in the graph.
+The geometry stage is the heavy part of an update (VGGT-1B on all N_m frames for ``full``) and
+the part TensorRT would run; the sampler (numpy), the one reprojection and the reasoning stage
+stay in PyTorch. The graph is traced at batch 1 and a fixed ``N_m`` (``video.total_frames``) and
+frame size, with the rotary position tables precomputed as constants for that size
+(:mod:`vln_core.export.rotary`), so no data-dependent shape or conditional node is left for
+TensorRT to mishandle.
 
-    from vln_core.export.window_model import export_onnx, verify_onnx
-    path = export_onnx(model, cfg, "exports/embedded.onnx")
-    diffs = verify_onnx(model, path, cfg)   # {"depth": 2e-6, ...}; raises ExportMismatchError
+    from vln_core.export.geometry_stage import export_geometry_stage, verify_geometry_stage
+    path = export_geometry_stage(model, cfg, "exports/base_geometry.onnx")
+    diffs = verify_geometry_stage(model, path, cfg)   # {"depth": 2e-6, ...}; raises ExportMismatchError
 
-Graph inputs (:data:`INPUT_NAMES`). The batch is fixed at B = 1 (:data:`EXPORT_BATCH`): the
-model computes its patch grid and pooling sizes from tensor shapes, and the TorchScript exporter
-cannot keep those static once the batch axis is symbolic (``adaptive_avg_pool2d`` output size
-fails). The instruction length L is a dynamic axis:
+Graph input: ``frames`` ``(1, N_m, 3, H, W)`` float32 RGB in [0, 1], newest frame last (the
+current view). Graph outputs (:data:`OUTPUT_NAMES`), as in
+:class:`~vln_core.models.geometry_encoder.GeometryOutput`:
 
-* ``frames``            (B, N_m, 3, H, W) float32 RGB in [0, 1], newest frame last (current view)
-* ``instruction_ids``   (B, L) int64, from ``model.tokenizer.encode``; 1 <= L <= model.max_instruction_length
-* ``instruction_mask``  (B, L) bool, True on real tokens
-* ``past_trajectory``   (B, 16, 4) float32 [x, y, v, w] past base poses (m) and speeds, current base frame
-* ``intent``            (B,) int64: 0 left, 1 straight, 2 right
-* ``keyframe_indices``  (B, N_k) int64 indices into the N_m frames, each in [0, N_m)
-* ``intrinsics``        (B, 3, 3) float32 pinhole K of the frames at (H, W) (pixels, OpenCV)
-
-Graph outputs (:data:`OUTPUT_NAMES`), as in :class:`ModelOutputs`:
-
-* ``depth``               (B, N_m, H, W) metres
-* ``pose_enc``            (B, N_m, 9) [t(3), quat xyzw(4), fov_h, fov_w], camera-to-current
-* ``heatmap_logits``      (B, N_k, H, W) (softmax over H*W gives the heatmap)
-* ``out_of_view_logit``   (B, N_k)
-* ``out_of_view_bearing`` (B, N_k, 2) (cos, sin)
-* ``goal_logits``         (B, H, W)
-* ``waypoints``           (B, 20, 2) metres in the current base frame
-
-The graph does not check its inputs (the eager model's checks are traced away): out-of-range
-keyframe indices give undefined results, so validate them before calling onnxruntime.
+* ``depth``        (1, N_m, H, W) metres
+* ``depth_conf``   (1, N_m, H, W)
+* ``pose_enc``     (1, N_m, 9) [t(3), quat xyzw(4), fov_h, fov_w], camera-to-current
+* ``patch_tokens`` (1, N_m, h*w, C) the tokens the fusion reads
 """
 from __future__ import annotations
 
+import copy
 import io
-import math
 import os
 import warnings
 from pathlib import Path
@@ -50,192 +35,116 @@ from torch import nn
 from vln_core.atomic import atomic_write_bytes
 from vln_core.config import VLNConfig
 from vln_core.errors import InputError
-from vln_core.models.spatial_model import PAST_TRAJECTORY_LENGTH, ModelInputs, VLNSpatialModel
+from vln_core.models.spatial_model import VLNSpatialModel
 
 __all__ = [
     "INPUT_NAMES",
     "OUTPUT_NAMES",
-    "DYNAMIC_AXES",
     "EXPORT_BATCH",
     "ExportMismatchError",
-    "OnnxExportWrapper",
-    "example_inputs",
-    "export_onnx",
-    "verify_onnx",
+    "GeometryStageWrapper",
+    "example_frames",
+    "export_geometry_stage",
+    "verify_geometry_stage",
 ]
 
-INPUT_NAMES: tuple[str, ...] = (
-    "frames",
-    "instruction_ids",
-    "instruction_mask",
-    "past_trajectory",
-    "intent",
-    "keyframe_indices",
-    "intrinsics",
-)
-OUTPUT_NAMES: tuple[str, ...] = (
-    "depth",
-    "pose_enc",
-    "heatmap_logits",
-    "out_of_view_logit",
-    "out_of_view_bearing",
-    "goal_logits",
-    "waypoints",
-)
-#: Batch size of the exported graph (fixed; see the module docstring).
+INPUT_NAMES: tuple[str, ...] = ("frames",)
+OUTPUT_NAMES: tuple[str, ...] = ("depth", "depth_conf", "pose_enc", "patch_tokens")
+#: Batch size of the exported graph (fixed, like N_m and the frame size).
 EXPORT_BATCH = 1
-#: Axes that stay symbolic in the exported graph (input name -> {axis: symbolic name}).
-DYNAMIC_AXES: dict[str, dict[int, str]] = {
-    "instruction_ids": {1: "instruction_length"},
-    "instruction_mask": {1: "instruction_length"},
-}
-#: Horizontal field of view of the pinhole intrinsics in :func:`example_inputs`.
-EXAMPLE_HFOV_DEG = 60.0
-_EXAMPLE_INSTRUCTIONS = ("go to the red chair next to the table", "turn left at the door and stop")
 
 
 class ExportMismatchError(RuntimeError):
     """onnxruntime's outputs differ from the PyTorch model's by more than the tolerance."""
 
 
-class OnnxExportWrapper(nn.Module):
-    """The model with flat tensor inputs and outputs (names and order: :data:`INPUT_NAMES`,
-    :data:`OUTPUT_NAMES`; shapes in the module docstring).
+class GeometryStageWrapper(nn.Module):
+    """The geometry stage with a flat tensor input and outputs (:data:`OUTPUT_NAMES`).
 
     Args:
-        model: an embedded :class:`VLNSpatialModel`; it is not copied, so eval() it first.
+        geometry: ``model.geometry`` of a :class:`VLNSpatialModel` (our geometry ViT or VGGT).
     """
 
-    def __init__(self, model: VLNSpatialModel) -> None:
+    def __init__(self, geometry: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.geometry = geometry
 
-    def forward(self, frames: torch.Tensor, instruction_ids: torch.Tensor, instruction_mask: torch.Tensor,
-                past_trajectory: torch.Tensor, intent: torch.Tensor, keyframe_indices: torch.Tensor,
-                intrinsics: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Shapes: frames (B, N_m, 3, H, W), instruction_ids / instruction_mask (B, L),
-        past_trajectory (B, 16, 4), intent (B,), keyframe_indices (B, N_k), intrinsics (B, 3, 3).
-
-        Returns:
-            ``(depth, pose_enc, heatmap_logits, out_of_view_logit, out_of_view_bearing,
-            goal_logits, waypoints)`` with the shapes of :class:`ModelOutputs`.
-        """
-        out = self.model(ModelInputs(frames, instruction_ids, instruction_mask, past_trajectory, intent,
-                                     keyframe_indices, intrinsics))
-        return tuple(getattr(out, name) for name in OUTPUT_NAMES)
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """frames ``(1, N_m, 3, H, W)`` -> ``(depth, depth_conf, pose_enc, patch_tokens)``."""
+        out = self.geometry(frames)
+        return tuple(getattr(out, name).float() for name in OUTPUT_NAMES)
 
 
 def _check_exportable(model: VLNSpatialModel) -> None:
     if not isinstance(model, VLNSpatialModel):
-        raise InputError(f"export needs a VLNSpatialModel, got {type(model).__name__}")
-    arch = model.arch
-    if arch.reasoner != "embedded" or arch.semantic != "small_vit":
-        raise InputError(
-            f"ONNX export is built and tested for the embedded model (own small ViT + small transformer "
-            f"reasoner); this model has semantic={arch.semantic!r}, reasoner={arch.reasoner!r}"
-        )
-    devices = {str(device) for device in model.device_map.values()}
-    if devices != {"cpu"}:
-        raise InputError(f"export the model from the CPU (stage devices: {sorted(devices)}): "
-                         "model.cpu(), or model.geometry_device=cpu model.semantic_device=cpu model.llm_device=cpu")
+        raise InputError(f"geometry-stage export needs a small/base/full model (VLNSpatialModel), got "
+                         f"{type(model).__name__}; the embedded model exports with vln_core.export.reprojection")
+    device = next(model.geometry.parameters()).device
+    if device.type != "cpu":
+        raise InputError(f"export the geometry stage from the CPU (it is on {device}): model.geometry_device=cpu")
 
 
-def example_inputs(model: VLNSpatialModel, cfg: VLNConfig, batch: int = 1, seed: int = 0
-                   ) -> tuple[torch.Tensor, ...]:
-    """Well-formed inputs in :data:`INPUT_NAMES` order for tracing and checking an export.
-
-    Frames are random images (a seeded generator) of ``cfg.video`` sizes; the instructions are
-    real sentences through ``model.tokenizer``; keyframes are spread over the buffer (shifted with
-    the seed so different seeds give different indices); intrinsics are a centred pinhole with a
-    60 degree horizontal field of view (focal scaled a little with the seed).
-
-    Returns:
-        frames (B, N_m, 3, H, W), instruction_ids (B, L), instruction_mask (B, L),
-        past_trajectory (B, 16, 4), intent (B,), keyframe_indices (B, N_k), intrinsics (B, 3, 3).
-    """
-    if batch < 1:
-        raise InputError(f"batch must be >= 1, got {batch}")
+def example_frames(cfg: VLNConfig, seed: int = 0) -> torch.Tensor:
+    """Random frames ``(1, N_m, 3, H, W)`` of ``cfg.video`` sizes from a seeded generator."""
     gen = torch.Generator().manual_seed(seed)
-    n_frames, n_keyframes = cfg.video.total_frames, cfg.video.keyframes
     height, width = cfg.video.frame_size
-    frames = torch.rand(batch, n_frames, 3, height, width, generator=gen)
-    texts = [_EXAMPLE_INSTRUCTIONS[(seed + b) % len(_EXAMPLE_INSTRUCTIONS)] for b in range(batch)]
-    ids, mask = model.tokenizer.encode(texts, cfg.model.max_instruction_length)
-    past = torch.randn(batch, PAST_TRAJECTORY_LENGTH, 4, generator=gen) * 0.5
-    intent = torch.arange(seed, seed + batch) % 3
-    spread = torch.linspace(0, n_frames - 1, n_keyframes).round().long()
-    keyframes = torch.stack([(spread + seed + b) % n_frames for b in range(batch)])
-    focal = width / (2.0 * math.tan(math.radians(EXAMPLE_HFOV_DEG) / 2.0)) * (1.0 + 0.1 * (seed % 3))
-    K = torch.tensor([[focal, 0.0, (width - 1) / 2.0], [0.0, focal, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
-    return frames, ids.long(), mask.bool(), past, intent.long(), keyframes, K.expand(batch, 3, 3).contiguous()
+    return torch.rand(EXPORT_BATCH, cfg.video.total_frames, 3, height, width, generator=gen)
 
 
-def export_onnx(model: VLNSpatialModel, cfg: VLNConfig, path: str | os.PathLike, opset: int | None = None) -> Path:
-    """Export ``model`` (embedded, on the CPU) to an ONNX file at ``path``, atomically.
+def _frozen_geometry(model: VLNSpatialModel, cfg: VLNConfig) -> nn.Module:
+    """A copy of the geometry stage in eval mode with its rotary tables as constants."""
+    from vln_core.export.rotary import freeze_rotary_tables
 
-    The graph is traced with :func:`example_inputs` (batch :data:`EXPORT_BATCH` = 1) by the
-    TorchScript-based exporter (``dynamo=False``); the instruction length is a dynamic axis. The whole file is built in
-    memory, checked with ``onnx.checker`` and only then swapped in with
-    :func:`vln_core.atomic.atomic_write_bytes`, so a failed export leaves an older file untouched.
+    geometry = copy.deepcopy(model.geometry).eval()
+    if hasattr(geometry, "with_points"):
+        geometry.with_points = False  # VGGT's point head is not an output (and its expm1 does not export)
+    H, W = (int(s) for s in cfg.video.frame_size)
+    network = getattr(geometry, "network", None)  # VGGT: the network sees the frames cut to its patch grid
+    if network is not None:
+        patch = int(geometry.patch_size)
+        freeze_rotary_tables(network, (max(1, H // patch) * patch, max(1, W // patch) * patch))
+        return geometry
+    return freeze_rotary_tables(geometry, (H, W))
 
-    Args:
-        model: the network; put in eval mode for the export and restored afterwards.
-        cfg: the config the model was built with (``cfg.video`` sizes, ``cfg.model``).
-        path: the ``.onnx`` file to write; its folder is created.
-        opset: ONNX opset; default ``cfg.export.opset`` (17).
 
-    Returns:
-        ``Path(path)``.
+def export_geometry_stage(model: VLNSpatialModel, cfg: VLNConfig, path: str | os.PathLike,
+                          opset: int | None = None) -> Path:
+    """Export ``model.geometry`` (on the CPU) to an ONNX file at ``path``, atomically.
+
+    Traced with :func:`example_frames` by the TorchScript-based exporter (``dynamo=False``) at
+    batch 1, ``N_m = cfg.video.total_frames`` and ``cfg.video.frame_size``; checked with
+    ``onnx.checker`` in memory and only then swapped in, so a failed export leaves an older file
+    untouched. The model itself is not changed (the export works on a copy).
 
     Raises:
-        InputError: not the embedded model, or not on the CPU.
+        InputError: not a pipeline model, or not on the CPU.
     """
     import onnx
 
     _check_exportable(model)
     opset = cfg.export.opset if opset is None else opset
-    path = Path(path)
-    wrapper = OnnxExportWrapper(model)
-    args = example_inputs(model, cfg, batch=EXPORT_BATCH, seed=0)
-    was_training = model.training
-    model.eval()
+    wrapper = GeometryStageWrapper(_frozen_geometry(model, cfg))
     buffer = io.BytesIO()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # the eager input checks become constants in the trace; that is expected (see module doc)
-            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(wrapper, args, buffer, opset_version=opset, dynamo=False,
-                              input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                              dynamic_axes=DYNAMIC_AXES, do_constant_folding=True)
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # shapes are fixed on purpose
+        torch.onnx.export(wrapper, (example_frames(cfg, seed=0),), buffer, opset_version=opset, dynamo=False,
+                          input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), do_constant_folding=True)
     data = buffer.getvalue()
     onnx.checker.check_model(onnx.load_model_from_string(data))
+    path = Path(path)
     atomic_write_bytes(path, data)
     return path
 
 
-def verify_onnx(model: VLNSpatialModel, path: str | os.PathLike, cfg: VLNConfig, atol: float = 1e-3,
-                seed: int = 1) -> dict[str, float]:
-    """Run the ONNX file with onnxruntime (CPU) and the model in PyTorch on the same fresh inputs.
-
-    The inputs (:func:`example_inputs` with ``seed`` != the export's 0) differ from the traced ones
-    in frames, instruction (and its length), keyframe indices, intrinsics, trajectory and intent,
-    so anything frozen into a constant during tracing shows up as a difference.
-
-    Args:
-        model: the network that was exported (CPU).
-        path: the ``.onnx`` file.
-        cfg: the config the model was built with.
-        atol: largest accepted absolute difference for every output.
-        seed: seed of the check inputs.
+def verify_geometry_stage(model: VLNSpatialModel, path: str | os.PathLike, cfg: VLNConfig, atol: float = 1e-3,
+                          seed: int = 1) -> dict[str, float]:
+    """onnxruntime (CPU) against the model's own geometry stage in PyTorch on fresh frames.
 
     Returns:
-        ``{output name: max |onnxruntime - torch|}`` in :data:`OUTPUT_NAMES` order.
+        ``{output name: max |onnxruntime - torch|}``.
 
     Raises:
-        ExportMismatchError: an output's shape differs or its difference exceeds ``atol``
-            (the message lists every output's difference).
+        ExportMismatchError: a shape differs or a difference exceeds ``atol`` (or is NaN).
         InputError: the file's inputs or outputs are not :data:`INPUT_NAMES` / :data:`OUTPUT_NAMES`.
     """
     import onnxruntime as ort
@@ -246,16 +155,16 @@ def verify_onnx(model: VLNSpatialModel, path: str | os.PathLike, cfg: VLNConfig,
     got_outputs = tuple(o.name for o in session.get_outputs())
     if got_inputs != INPUT_NAMES or got_outputs != OUTPUT_NAMES:
         raise InputError(f"{path} has inputs {got_inputs} and outputs {got_outputs}; expected "
-                         f"{INPUT_NAMES} and {OUTPUT_NAMES} (not exported by export_onnx?)")
-    args = example_inputs(model, cfg, batch=EXPORT_BATCH, seed=seed)
+                         f"{INPUT_NAMES} and {OUTPUT_NAMES} (not exported by export_geometry_stage?)")
+    frames = example_frames(cfg, seed=seed)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            reference = OnnxExportWrapper(model)(*args)
+            reference = GeometryStageWrapper(model.geometry)(frames)  # the model as it is, not the frozen copy
     finally:
         model.train(was_training)
-    results = session.run(None, {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, args)})
+    results = session.run(None, {"frames": frames.numpy()})
     diffs: dict[str, float] = {}
     problems: list[str] = []
     for name, got, want in zip(OUTPUT_NAMES, results, reference):
@@ -267,7 +176,7 @@ def verify_onnx(model: VLNSpatialModel, path: str | os.PathLike, cfg: VLNConfig,
         if not diffs[name] <= atol:  # also catches NaN
             problems.append(f"{name}: max abs difference {diffs[name]:.3g} > atol {atol:g}")
     if problems:
-        raise ExportMismatchError(f"ONNX file {path} does not match the PyTorch model: " + "; ".join(problems)
+        raise ExportMismatchError(f"ONNX file {path} does not match the PyTorch geometry stage: " + "; ".join(problems)
                                   + f" (all differences: {_format_diffs(diffs)})")
     return diffs
 

@@ -206,6 +206,9 @@ class ModelConfig:
     semantic_device: str = "auto"
     llm_device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # the node refuses to serve model.name=full on a machine without CUDA (VGGT-1B + DINOv3 ViT-L + a
+    # 3B LLM on a CPU take minutes per update); true serves it anyway
+    allow_full_on_cpu: bool = False
     # horizontal field of view assumed when no intrinsics are known (a video without calibration)
     default_hfov_deg: float = 60.0
     # the learned modes refine the networks' per-frame geometry with ORB matches between each

@@ -49,7 +49,8 @@ from vln_core.models.spatial_model import PAST_TRAJECTORY_LENGTH
 from vln_core.preprocess import preprocess_frames
 from vln_core.backends.base import BackendResult, CameraFrame, HeatmapBackend
 
-__all__ = ["FrameEngine", "MultiViewEngine", "LearnedBackend", "past_trajectory_from_history", "TRAJECTORY_STEP_S"]
+__all__ = ["FrameEngine", "MultiViewEngine", "LearnedBackend", "PastTrajectory", "past_trajectory_from_history",
+           "TRAJECTORY_STEP_S"]
 
 #: The waypoint head was trained on 10 Hz trajectories: the past is resampled at this step.
 TRAJECTORY_STEP_S = 0.1
@@ -130,6 +131,39 @@ def past_trajectory_from_history(history: list[tuple[float, np.ndarray]], now_s:
     return np.concatenate([local, v[:, None], w[:, None]], axis=1).astype(np.float32)
 
 
+class PastTrajectory:
+    """The robot's recent base poses, turned into the ``(1, 16, 4)`` past trajectory the waypoint
+    head reads (shared by every backend that runs a waypoint head).
+
+    Args:
+        camera_mount: ``node.camera_mount`` ``[x, y, z, qx, qy, qz, qw]``, the camera optical frame in base_link.
+    """
+
+    def __init__(self, camera_mount) -> None:
+        self.T_cam_base = invert_pose(pose_from_xyz_quat(torch.tensor(camera_mount, dtype=torch.float64))).numpy()
+        self._history: deque[tuple[float, np.ndarray]] = deque(maxlen=64)  # (time s, T_world_base)
+
+    def base_pose(self, frame: CameraFrame, T_wc: np.ndarray) -> np.ndarray:
+        """``T_world_base (4, 4)``: odometry's base pose, else the camera pose through the mount, else
+        (an estimated camera pose without a mount) the camera with body axes."""
+        if frame.T_odom_base is not None:
+            return np.asarray(frame.T_odom_base, dtype=np.float64)
+        if frame.T_wc is not None:
+            return T_wc @ self.T_cam_base
+        return optical_to_body_pose(torch.from_numpy(T_wc)).numpy()
+
+    def update(self, frame: CameraFrame, T_wc: np.ndarray) -> torch.Tensor:
+        """Add ``frame`` (camera-to-world ``T_wc``) and return the past trajectory ``(1, 16, 4)`` float32."""
+        now_s = frame.stamp_ns * 1e-9
+        if self._history and now_s <= self._history[-1][0]:
+            self._history.clear()  # time went back (bag loop): start a new trajectory
+        self._history.append((now_s, self.base_pose(frame, T_wc)))
+        return torch.from_numpy(past_trajectory_from_history(list(self._history), now_s))[None]
+
+    def clear(self) -> None:
+        self._history.clear()
+
+
 class LearnedBackend(HeatmapBackend):
     """Heatmaps, goal heatmap and waypoints from predicted geometry (see the module doc).
 
@@ -151,13 +185,12 @@ class LearnedBackend(HeatmapBackend):
         self.needs_pose = self.mode == "rgb_pose"
         self.frame_size = tuple(int(s) for s in engine.frame_size)
         self.heatmap_cfg = cfg.heatmap
-        self.T_cam_base = invert_pose(pose_from_xyz_quat(torch.tensor(cfg.node.camera_mount, dtype=torch.float64))).numpy()
+        self.trajectory = PastTrajectory(cfg.node.camera_mount)
         self.refine = bool(cfg.model.match_refinement)
         self._cache: OrderedDict[int, tuple[FrameEncoding, np.ndarray]] = OrderedDict()
         self._features: dict[int, OrbFeatures] = {}  # seq -> ORB features on the model grid (refinement)
         self._vo_pose: OrderedDict[int, np.ndarray] = OrderedDict()  # seq -> estimated T_wc (no poses given)
         self._last_vo: Optional[tuple[int, FrameEncoding]] = None
-        self._history: deque[tuple[float, np.ndarray]] = deque(maxlen=64)
         self.last_mode = ""
         self.last_refinement = ""
         self._depth_scale = 1.0  # the last window's match scale (known poses): keyframe selection uses it too
@@ -336,13 +369,6 @@ class LearnedBackend(HeatmapBackend):
         return float(sum(scores))
 
     # ------------------------------------------------------------------ update
-    def _base_pose(self, frame: CameraFrame, T_wc: np.ndarray) -> np.ndarray:
-        if frame.T_odom_base is not None:
-            return np.asarray(frame.T_odom_base, dtype=np.float64)
-        if frame.T_wc is not None:
-            return T_wc @ self.T_cam_base
-        return optical_to_body_pose(torch.from_numpy(T_wc)).numpy()
-
     def _unmatched_keyframe_poses(self, keyframes: list[CameraFrame], encs: list, T_wc_cur: np.ndarray) -> torch.Tensor:
         """RGB only: ``T_cur_key (K, 4, 4)`` before (or without) direct matching. With the match
         refinement, the chained odometry where the keyframe is in it, the network's pose head
@@ -423,11 +449,7 @@ class LearnedBackend(HeatmapBackend):
     def _goal_and_waypoints(self, current: CameraFrame, cur: FrameEncoding, T_wc_cur: np.ndarray,
                             instruction: str) -> tuple[np.ndarray, np.ndarray]:
         # past motion at the training rate, then the goal and waypoint heads
-        now_s = current.stamp_ns * 1e-9
-        if self._history and now_s <= self._history[-1][0]:
-            self._history.clear()  # time went back (bag loop): start a new trajectory
-        self._history.append((now_s, self._base_pose(current, T_wc_cur)))
-        past = torch.from_numpy(past_trajectory_from_history(list(self._history), now_s))[None]
+        past = self.trajectory.update(current, T_wc_cur)
         ids, mask = self.engine.tokenizer.encode([instruction or ""], self.cfg.model.max_instruction_length)
         goal_logits, waypoints = self.engine.goal_and_waypoints(cur.f8, cur.f32, ids, mask, past,
                                                                 torch.ones(1, dtype=torch.long))

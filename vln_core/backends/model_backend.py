@@ -1,23 +1,28 @@
-"""``node.backend: model``: the PyTorch model behind the learned backend.
+"""``node.backend: model``: the PyTorch model, whichever configuration it is.
 
-:class:`TorchEngine` runs the ``embedded`` checkpoint (``node.model_path``, default the shipped
-``models/embedded/checkpoint.pt``) as the engine of :class:`~vln_core.backends.learned.LearnedBackend`:
-per-frame encodings cached as frames enter the keyframe memory, the heatmaps from the one
-reprojection.
+* ``embedded`` (the shipped ``models/embedded/checkpoint.pt``, or ``node.model_path``):
+  :class:`TorchEngine` is the engine of :class:`~vln_core.backends.learned.LearnedBackend`,
+  per-frame encodings cached as frames enter the keyframe memory;
+* ``small`` / ``base`` / ``full``: :class:`~vln_core.backends.window_backend.WindowModelBackend`,
+  the two-stage pipeline on the window of keyframes + current frame.
+
+Either way the heatmaps come from the one reprojection. Which one serves: the configuration that
+``node.model_path``'s checkpoint records, else ``model.name``.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import torch
 
-from vln_core.backends.base import register_backend
+from vln_core.backends.base import HeatmapBackend, register_backend
 from vln_core.backends.learned import LearnedBackend
 from vln_core.config import VLNConfig
 from vln_core.errors import InputError
 from vln_core.models.reprojection_model import FrameEncoding
 
-__all__ = ["TorchEngine", "ModelBackend"]
+__all__ = ["TorchEngine", "ModelBackend", "create_model_backend", "served_model_name"]
 
 
 class TorchEngine:
@@ -65,7 +70,6 @@ class TorchEngine:
         return goal.cpu(), wp.cpu()
 
 
-@register_backend("model")
 class ModelBackend(LearnedBackend):
     """``node.backend: model``: the PyTorch checkpoint ``node.model_path`` (default: the shipped
     ``models/embedded/checkpoint.pt``) on the CPU (or ``model.geometry_device``)."""
@@ -77,3 +81,30 @@ class ModelBackend(LearnedBackend):
 
         device = resolve_device(cfg.model.geometry_device)
         super().__init__(cfg, TorchEngine(cfg, cfg.node.model_path or None, device=str(device)))
+
+
+def served_model_name(cfg: VLNConfig) -> str:
+    """The configuration ``node.backend: model`` serves: the one ``node.model_path``'s checkpoint
+    records (``embedded`` for the shipped default), else ``model.name``."""
+    if cfg.node.model_path:
+        from vln_core.train.checkpoint import load_checkpoint
+
+        path = Path(cfg.node.model_path)
+        if path.is_file():
+            try:
+                saved = load_checkpoint(path).get("config") or {}
+            except InputError:  # unreadable: the embedded model's loader names the problem at start-up
+                return "embedded"
+            return str((saved.get("model") or {}).get("name") or "embedded")
+        return "embedded"
+    return cfg.model.name
+
+
+@register_backend("model")
+def create_model_backend(cfg: VLNConfig) -> HeatmapBackend:
+    """``node.backend: model``: :class:`ModelBackend` for ``embedded``, the window backend for the pipeline models."""
+    from vln_core.backends.window_backend import PIPELINE_MODELS, WindowModelBackend
+
+    if served_model_name(cfg) in PIPELINE_MODELS:
+        return WindowModelBackend(cfg)
+    return ModelBackend(cfg)

@@ -66,6 +66,28 @@ def test_mp4_from_the_real_sequence_with_the_learned_model(tmp_path):
 
 
 @needs_real
+def test_tiny_base_with_random_weights_writes_the_design_outputs_through_every_stage(tmp_path):
+    """A plumbing check: configs/tiny_base.yaml with --random-init runs the pipeline (geometry
+    stage, its own keyframes, the one reprojection, DINOv3 + fusion + Qwen2 reasoning) on a video
+    and writes the design's outputs, plus the goal heatmap and the waypoints."""
+    seq = load_posed_sequence(REAL_RGBD)
+    video = tmp_path / "box.mp4"
+    write_mp4(video, list(seq.colors[:40]))
+    out = tmp_path / "tiny"
+    done = run(str(video), "--out", str(out), "--backend", "model", "--config", "configs/tiny_base.yaml",
+               "--random-init", "--instruction", "go to the box")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "model base (RANDOM WEIGHTS: plumbing check) (rgb_only)" in done.stdout
+    summary = check_outputs(out, "box", 4)
+    assert summary["model"] == "base" and summary["random_init"] is True and summary["frames"] == 8
+    assert len(summary["waypoints_xy_m"]) == 20 and np.isfinite(np.array(summary["waypoints_xy_m"])).all()
+    assert cv2.imread(str(out / "box_goal_heatmap.png")).shape == (*seq.colors.shape[1:3], 3)
+    refused = run(str(video), "--out", str(tmp_path / "no"), "--random-init")
+    assert refused.returncode == 2 and "--random-init is for the pipeline models" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "no").exists()
+
+
+@needs_real
 def test_posed_folder_with_the_geometry_path_matches_the_geometry_core(tmp_path):
     from vln_core.config import load_config
     from vln_core.geometry.transforms import invert_pose

@@ -26,7 +26,7 @@ from ros_helpers import (  # noqa: E402
     unique_domain_id,
 )
 from test_models import _save_tiny_tokenizer, tiny_dinov3  # noqa: E402
-from test_node_learned import CAMERA_FRAME, NODE, Probe, _frame, _params_file  # noqa: E402
+from test_node_learned import CAMERA_FRAME, Probe, _frame, _params_file  # noqa: E402
 from vln_core.backends.window_backend import WindowModelBackend  # noqa: E402
 from vln_core.config import config_to_dict, load_config  # noqa: E402
 from vln_core.data.episode import read_episode  # noqa: E402

@@ -220,8 +220,19 @@ class ModelConfig:
     # cost volume alone; "monocular" = the per-frame network alone (with the match scale search)
     depth_source: Literal["fused", "multiview", "monocular"] = "fused"
     multiview_sources: int = 3  # neighbouring frames per cost volume, chosen for parallax
+    # sizes of our own parts (ModelArchitecture fields for small/base/full, ReprojectionArchitecture
+    # fields for embedded) replacing the registered configuration's: tiny models for tests and
+    # plumbing checks (configs/tiny_base.yaml); a checkpoint records them and loads with them
+    arch_overrides: dict[str, Any] = field(default_factory=dict)
+    # random weights only (build_model(random_init=True), tools/infer_video.py --random-init):
+    # config fields of the pretrained parts, per part "dinov3" / "llm" / "vggt", replacing those of
+    # the checkpoints the configuration expects
+    random_init_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self, key: str) -> None:
+        unknown = sorted(set(self.random_init_overrides) - {"dinov3", "llm", "vggt"})
+        if unknown:
+            raise ConfigError(f"{key}.random_init_overrides: unknown part(s) {unknown}; parts are dinov3, llm, vggt")
         if not 1 <= self.multiview_sources <= 8:
             raise ConfigError(f"{key}.multiview_sources must be in [1, 8], got {self.multiview_sources}")
         if not 10.0 <= self.default_hfov_deg <= 170.0:

@@ -157,6 +157,9 @@ class VideoResult:
     backend: str
     mode: str  # "measured", "rgb_pose", "rgb_only", "vggt"
     timings_ms: dict[str, float] = field(default_factory=dict)
+    model_name: str = ""  # the configuration that ran (backend model / onnx)
+    goal_heatmap: Optional[np.ndarray] = None  # (H, W) sums to 1: small/base/full's reasoning stage
+    waypoints: Optional[np.ndarray] = None  # (20, 2) x forward, y left, metres in the current base frame
 
 
 def _learned_engine(backend: str, cfg: VLNConfig, model_path: Optional[str]) -> Any:
@@ -171,8 +174,46 @@ def _learned_engine(backend: str, cfg: VLNConfig, model_path: Optional[str]) -> 
     return OnnxEngine(cfg, model_path)
 
 
+def _pipeline_model(cfg: VLNConfig, model_path: Optional[str], random_init: bool) -> Optional[Any]:
+    """The small/base/full model that ``--backend model`` runs, or None for ``embedded``."""
+    from vln_core.models.registry import build_model
+    from vln_core.models.shipped import load_model_checkpoint
+
+    name = cfg.model.name
+    if model_path:
+        from vln_core.train.checkpoint import load_checkpoint
+
+        name = str(((load_checkpoint(model_path).get("config") or {}).get("model") or {}).get("name") or "embedded")
+    if name not in ("small", "base", "full"):
+        if random_init:
+            raise InputError("--random-init is for the pipeline models (model.name=small/base/full, e.g. "
+                             "--config configs/tiny_base.yaml); the embedded model ships trained weights")
+        return None
+    if model_path:
+        return load_model_checkpoint(model_path, cfg)[0].eval()
+    return build_model(cfg, random_init=random_init).eval()
+
+
+def _run_pipeline(model: Any, frames: torch.Tensor, K: torch.Tensor, poses: Optional[np.ndarray],
+                  instruction: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor]:
+    """small/base/full on the whole window: ``(depth (N, H, W), T_cur_cam (N, 4, 4), K (3, 3) of the
+    current frame, keyframes (N_k,) sampled by the model, goal_logits (H, W), waypoints (20, 2))``."""
+    from vln_core.models.spatial_model import PAST_TRAJECTORY_LENGTH, ModelInputs
+
+    ids, mask = model.tokenizer.encode([instruction or ""], model.cfg.model.max_instruction_length)
+    inputs = ModelInputs(frames=frames[None], instruction_ids=ids, instruction_mask=mask,
+                         past_trajectory=torch.zeros(1, PAST_TRAJECTORY_LENGTH, 4), intent=torch.ones(1, dtype=torch.long),
+                         intrinsics=K[None],
+                         camera_poses=None if poses is None else torch.from_numpy(poses).float()[None])
+    stage = model.geometry_stage(inputs)
+    goal_logits, waypoints = model.reasoning_stage(inputs, stage)
+    return (stage.geometry.depth[0].float().cpu(), stage.T_cur_cam[0].float().cpu(), stage.K[0, -1].float().cpu(),
+            stage.keyframes[0].cpu().numpy().astype(np.int64), goal_logits[0].float().cpu(), waypoints[0].float().cpu())
+
+
 def infer_video(source: VideoSource, cfg: VLNConfig, backend: str, model_path: Optional[str] = None,
-                hfov_deg: Optional[float] = None, progress: Optional[Callable[[str], None]] = None) -> VideoResult:
+                hfov_deg: Optional[float] = None, progress: Optional[Callable[[str], None]] = None,
+                instruction: str = "", random_init: bool = False) -> VideoResult:
     """Keyframes and heatmaps for ``source`` with ``backend`` (see the module doc).
 
     Args:
@@ -184,6 +225,9 @@ def infer_video(source: VideoSource, cfg: VLNConfig, backend: str, model_path: O
         hfov_deg: horizontal field of view when the source has no intrinsics (default
             ``model.default_hfov_deg``).
         progress: called with a stage name as each stage starts.
+        instruction: read by the pipeline models' reasoning stage (goal heatmap, waypoints).
+        random_init: ``model`` with a pipeline configuration: random weights (a plumbing check,
+            e.g. ``configs/tiny_base.yaml``; the result predicts nothing).
     """
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
@@ -205,8 +249,21 @@ def infer_video(source: VideoSource, cfg: VLNConfig, backend: str, model_path: O
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     say("geometry")
+    keyframes: Optional[np.ndarray] = None
+    goal = waypoints = None
+    model_name = cfg.model.name if backend in ("model", "onnx") else ""
+    hcfg = cfg.heatmap
+    pipeline = _pipeline_model(cfg, model_path, random_init) if backend == "model" else None
+    if random_init and pipeline is None:
+        raise InputError("--random-init needs --backend model")
     with torch.no_grad():
-        if backend == "geometry":
+        if pipeline is not None:  # small/base/full: geometry stage, its keyframes, reasoning stage
+            depth, T, K, keyframes, goal_logits, wp = _run_pipeline(pipeline, pre.frames, K, source.poses, instruction)
+            goal = torch.softmax(goal_logits.flatten(), 0).view(goal_logits.shape).numpy().astype(np.float32)
+            waypoints = wp.numpy().astype(np.float32)
+            mode = "rgb_pose" if source.poses is not None else "rgb_only"
+            model_name, hcfg = pipeline.cfg.model.name, pipeline.heatmap_cfg
+        elif backend == "geometry":
             if source.depths is None or source.poses is None:
                 raise InputError("the geometry backend needs a posed RGB-D folder (depth and poses); use --backend model "
                                  "for a plain video")
@@ -225,6 +282,8 @@ def infer_video(source: VideoSource, cfg: VLNConfig, backend: str, model_path: O
             mode = "vggt"
         else:
             engine = _learned_engine(backend, cfg, model_path)
+            model_name = "embedded"
+            hcfg = predicted_depth_config(cfg.heatmap)
             enc = engine.encode(pre.frames)
             depth = enc.depth.float()
             if source.poses is not None:
@@ -253,19 +312,22 @@ def infer_video(source: VideoSource, cfg: VLNConfig, backend: str, model_path: O
     timings["geometry"] = (time.perf_counter() - t0) * 1e3
     say("keyframes")
     t1 = time.perf_counter()
-    keyframes = np.asarray(sample_keyframes(depth[:-1], K, T[:-1], Nk, cfg.frame_sampling).indices, dtype=np.int64)
+    if keyframes is None:  # the pipeline models sample their own
+        keyframes = np.asarray(sample_keyframes(depth[:-1], K, T[:-1], Nk, cfg.frame_sampling).indices, dtype=np.int64)
     timings["sampling"] = (time.perf_counter() - t1) * 1e3
     say("heatmaps")
     t2 = time.perf_counter()
     kf = torch.from_numpy(keyframes)
-    hcfg = cfg.heatmap if mode == "measured" else predicted_depth_config(cfg.heatmap)
+    if mode == "vggt":
+        hcfg = predicted_depth_config(cfg.heatmap)
     with torch.no_grad():
         hm = heatmaps_from_config(depth[kf].float(), K, T[kf].float(), K, torch.eye(4), size, depth[-1].float(),
                                   cfg=hcfg)
     timings["heatmaps"] = (time.perf_counter() - t2) * 1e3
     timings["total"] = (time.perf_counter() - t0) * 1e3
     return VideoResult(heatmaps=hm, keyframes=keyframes, depth=depth.numpy().astype(np.float32),
-                       T_cur_cam=T.double().numpy(), K=K.double().numpy(), backend=backend, mode=mode, timings_ms=timings)
+                       T_cur_cam=T.double().numpy(), K=K.double().numpy(), backend=backend, mode=mode, timings_ms=timings,
+                       model_name=model_name, goal_heatmap=goal, waypoints=waypoints)
 
 
 def write_video_outputs(source: VideoSource, result: VideoResult, out_dir: str | Path, name: str,
@@ -306,6 +368,9 @@ def write_video_outputs(source: VideoSource, result: VideoResult, out_dir: str |
         save(buf)
         return buf.getvalue()
 
+    if result.goal_heatmap is not None:
+        png(out / f"{name}_goal_heatmap.png", blend_heatmap(current, result.goal_heatmap))
+
     path = out / f"{name}_selected_indices.npy"
     atomic_write_bytes(path, npy_bytes(lambda b: np.save(b, numbers[result.keyframes].astype(np.int64))))
     written.append(path)
@@ -321,6 +386,7 @@ def write_video_outputs(source: VideoSource, result: VideoResult, out_dir: str |
     summary = {
         **settings,
         "backend": result.backend,
+        "model": result.model_name or None,
         "mode": result.mode,
         "source_kind": source.kind,
         "source_frames": int(source.total_frames),
@@ -334,6 +400,11 @@ def write_video_outputs(source: VideoSource, result: VideoResult, out_dir: str |
         "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()},
         "heatmap_grid_hw": list(hm.heatmap.shape[-2:]),
     }
+    if result.waypoints is not None:
+        summary["waypoints_xy_m"] = [[round(float(x), 4), round(float(y), 4)] for x, y in result.waypoints]
+    if result.goal_heatmap is not None:
+        row, col = np.unravel_index(int(np.argmax(result.goal_heatmap)), result.goal_heatmap.shape)
+        summary["goal_peak_rc"] = [int(row), int(col)]
     path = out / f"{name}_summary.json"
     atomic_write_text(path, json.dumps(summary, indent=2))
     written.append(path)

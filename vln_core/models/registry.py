@@ -195,7 +195,7 @@ def _load_semantic(cfg: VLNConfig, spec: ModelSpec, random_init: bool) -> nn.Mod
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
     if random_init:
-        return DINOv3ViTModel(DINOv3ViTConfig(**(spec.dinov3_config or {})))
+        return DINOv3ViTModel(DINOv3ViTConfig(**_random_init_fields(cfg, "dinov3", spec.dinov3_config)))
     path = _require_path(cfg.model.dinov3_path, "model.dinov3_path", spec.name, "DINOv3")
     return DINOv3ViTModel.from_pretrained(str(path))
 
@@ -203,13 +203,14 @@ def _load_semantic(cfg: VLNConfig, spec: ModelSpec, random_init: bool) -> nn.Mod
 def _load_llm(cfg: VLNConfig, spec: ModelSpec, random_init: bool) -> tuple[nn.Module, Any]:
     """``(llm, tokenizer or None)``."""
     if random_init:
+        fields = _random_init_fields(cfg, "llm", spec.llm_config)
         if spec.llm_kind == "qwen2_5_vl":
             from transformers import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
 
-            return Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(**(spec.llm_config or {}))), None
+            return Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(**fields)), None
         from transformers import Qwen2Config, Qwen2Model
 
-        return Qwen2Model(Qwen2Config(**(spec.llm_config or {}))), None
+        return Qwen2Model(Qwen2Config(**fields)), None
     from transformers import AutoConfig, AutoTokenizer
 
     path = _require_path(cfg.model.llm_path, "model.llm_path", spec.name, "LLM (Qwen2 / Qwen2.5-VL)")
@@ -227,6 +228,12 @@ def _load_llm(cfg: VLNConfig, spec: ModelSpec, random_init: bool) -> tuple[nn.Mo
     return llm, HFTokenizerAdapter(AutoTokenizer.from_pretrained(str(path)))
 
 
+def _random_init_fields(cfg: VLNConfig, part: str, expected: dict[str, Any] | None) -> dict[str, Any]:
+    """The config fields of a randomly initialised pretrained part: the expected checkpoint's,
+    with ``model.random_init_overrides[part]`` on top (tiny plumbing configs)."""
+    return {**(expected or {}), **cfg.model.random_init_overrides.get(part, {})}
+
+
 def _llm_kwargs(cfg: VLNConfig, spec: ModelSpec) -> dict[str, Any]:
     """flash-attention 2 when installed and the LLM runs on a GPU in bf16/fp16, else SDPA."""
     device = resolve_device(cfg.model.llm_device, spec.arch.device_indices.get("llm", 0))
@@ -239,7 +246,7 @@ def _load_vggt(cfg: VLNConfig, spec: ModelSpec, network: nn.Module | None, rando
 
     if network is None:
         if random_init:
-            network = VGGT(spec.vggt)
+            network = VGGT(VGGTConfig.from_dict(_random_init_fields(cfg, "vggt", spec.vggt.to_dict())))
         else:
             path = _require_path(cfg.model.vggt_path, "model.vggt_path", spec.name, "VGGT-1B (model.safetensors)")
             network = load_vggt_network(str(path), spec.vggt)
@@ -264,7 +271,7 @@ def build_model(cfg: VLNConfig, *, semantic_backbone: nn.Module | None = None, l
         random_init: build the pretrained parts' architectures with random weights (parameter
             counting and timing only; the result knows nothing).
         arch_overrides: replace fields of the configuration's :class:`ModelArchitecture`
-            (e.g. ``{"geometry_dim": 32}`` for tiny test models).
+            (e.g. ``{"geometry_dim": 32}`` for tiny test models), on top of ``model.arch_overrides``.
         geometry_backbone: a ready :class:`~vln_core.models.vggt.VGGT` for configurations with
             VGGT geometry (``full``) instead of loading ``model.vggt_path`` (test hook).
 
@@ -274,7 +281,8 @@ def build_model(cfg: VLNConfig, *, semantic_backbone: nn.Module | None = None, l
     """
     spec = model_spec(cfg.model.name)
     arch = copy.deepcopy(spec.arch)
-    for key, value in (arch_overrides or {}).items() if spec.kind != "reprojection" else ():
+    arch_overrides = {**cfg.model.arch_overrides, **(arch_overrides or {})}
+    for key, value in arch_overrides.items() if spec.kind != "reprojection" else ():
         if not hasattr(arch, key):
             raise ConfigError(f"arch_overrides: ModelArchitecture has no field {key!r}")
         setattr(arch, key, value)

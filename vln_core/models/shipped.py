@@ -56,9 +56,11 @@ def load_model_checkpoint(path: str | os.PathLike | None = None, cfg: Optional[V
             raise InputError(f"checkpoint {path} records no config; pass the config it was trained with")
         cfg = config_from_dict(state["config"])
     cfg = copy.deepcopy(cfg)
-    saved_name = (state.get("config") or {}).get("model", {}).get("name")
-    if saved_name:
-        cfg.model.name = saved_name
+    saved_model = (state.get("config") or {}).get("model", {})
+    if saved_model.get("name"):
+        cfg.model.name = saved_model["name"]
+    if "arch_overrides" in saved_model:  # the sizes the weights were trained at
+        cfg.model.arch_overrides = dict(saved_model["arch_overrides"] or {})
     cfg.model.checkpoint = ""
     model = build_model(cfg)
     try:

@@ -268,7 +268,7 @@ def side_by_side(learned_rgb: np.ndarray, exact_rgb: np.ndarray, cc: Optional[fl
 
 def exact_overlay(output, stamp_to_index: dict[int, int], exact: ExactHeatmaps) -> np.ndarray:
     """The mosaic the node would draw for the exact heatmaps (same labels, thumbnails and size)."""
-    from vln_core.runtime.runtime import OVERLAY_MAX_WIDTH
+    from vln_core.runtime.output import OVERLAY_MAX_WIDTH
     from vln_core.viz import overlay_mosaic
 
     current, keys, result = exact.result(output, stamp_to_index)

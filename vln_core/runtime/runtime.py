@@ -20,7 +20,7 @@ problem, and records it in diagnostics, or is handled as stated):
   buffered data are discarded (for images: the ring, the paired depth and the keyframe memory)
   and the message is accepted; more than that *before* the previous one (bag loop, clock
   reset): warning, everything is reset (all streams, poses, memory) and the message accepted.
-  A jump counts only once confirmed (:data:`JUMP_CONFIRM_MESSAGES` consecutive messages on the
+  A jump counts only once confirmed (:data:`vln_core.runtime.timelines.JUMP_CONFIRM_MESSAGES` consecutive messages on the
   new timeline, another stream already there, or a real pause of the stream): until then the
   message is held, and a lone outlier stamp (an image stamped 0) is dropped and counted
   (``<stream>_stamp_outlier``, counter ``dropped_stamp_outlier``) without touching buffers or
@@ -37,42 +37,22 @@ counted, never queued.
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import cv2
 import numpy as np
 import torch
 
+from vln_core.backends.auto_backend import AutoBackend
+from vln_core.backends.base import CameraFrame, HeatmapBackend, create_backend
 from vln_core.config import VLNConfig
 from vln_core.errors import InputError
 from vln_core.geometry.camera import PinholeCamera
-from vln_core.geometry.reproject import unproject_depth
 from vln_core.geometry.tf_buffer import ExtrapolationError, TransformBuffer, TransformError
-from vln_core.geometry.transforms import (
-    ROTATION_TOLERANCE,
-    camera_pose_from_base,
-    nearest_rotation,
-    pose_from_xyz_quat,
-    rotation_error,
-)
-from vln_core.heatmaps import InterFrameHeatmaps
-from vln_core.backends.auto_backend import AutoBackend
-from vln_core.backends.base import NUM_WAYPOINTS, BackendResult, HeatmapBackend, create_backend
-from vln_core.runtime.model_swap import LEARNED_BACKENDS, ModelSwapper
-from vln_core.runtime.buffer import (
-    BufferedImage,
-    CameraFrame,
-    FrameRing,
-    StampedHistory,
-    StreamClock,
-    pose_at,
-)
+from vln_core.geometry.transforms import camera_pose_from_base, pose_from_xyz_quat
+from vln_core.runtime.buffer import BufferedImage, FrameRing, StampedHistory, pose_at
 from vln_core.runtime.diagnostics import (
     ERROR,
     OK,
@@ -86,8 +66,12 @@ from vln_core.runtime.diagnostics import (
     status,
     worst_level,
 )
+from vln_core.runtime.inputs import checked_pose_matrix, checked_stamp, format_stamp
+from vln_core.runtime.keyframe_memory import RuntimeKeyframes
+from vln_core.runtime.model_swap import LEARNED_BACKENDS, ModelSwapper
+from vln_core.runtime.output import RuntimeOutput, check_backend_result, compose_overlay
 from vln_core.runtime.recorder import EpisodeRecorder
-from vln_core.sampling import KeyframeMemory, estimate_voxel_size, frame_voxel_keys, random_sample, uniform_sample
+from vln_core.runtime.timelines import StreamTimelines
 
 __all__ = ["NavigationRuntime", "RuntimeOutput", "POSE_HISTORY_S", "STALE_AFTER_S"]
 
@@ -99,16 +83,7 @@ POSE_HISTORY_MAX = 2048
 STALE_AFTER_S = 2.0
 #: Events newer than this make a diagnostics entry WARN / ERROR; older ones only show in values.
 RECENT_EVENT_S = 10.0
-#: The overlay's current image is shrunk to at most this width before the mosaic is drawn
-#: (each tile is upscaled to ``viz``'s minimum tile width anyway).
-OVERLAY_MAX_WIDTH = 400
-
 STREAMS = ("image", "depth", "odometry", "camera_pose")
-#: A stamp jump (``node.stamp_jump_reset_s``) resets buffers only once confirmed: by this many
-#: consecutive messages of the stream on the new timeline, by another stream already there, or
-#: (forward) by a real pause of the stream; until then its messages are held, and dropped as
-#: outliers (kind ``<stream>_stamp_outlier``) when the stream goes on where it was.
-JUMP_CONFIRM_MESSAGES = 3
 #: Each event kind is logged at most once per this many seconds (per kind, see LogThrottle).
 LOG_THROTTLE_S = 2.0
 #: Instructions longer than this (UTF-8 bytes) are refused and the previous one kept: navigation
@@ -116,81 +91,6 @@ LOG_THROTTLE_S = 2.0
 MAX_INSTRUCTION_BYTES = 10_000
 #: Events recorded before the node attached its logger, logged as soon as it does.
 _EARLY_EVENTS_MAX = 32
-
-
-@dataclass
-class RuntimeOutput:
-    """Everything the node publishes for one processed frame.
-
-    Attributes:
-        stamp_ns: the current image's stamp (outputs carry the input's stamp).
-        frame_id: the current image's frame id.
-        seq: the current image's sequence number.
-        heatmaps: :class:`InterFrameHeatmaps`; ``heatmap`` ``(K, H, W)`` over the current view
-            on the backend's output grid, one map per keyframe in ``keyframe_indices`` order.
-        keyframe_stamps: K image stamps (ns) of the keyframes, oldest first.
-        keyframe_indices: K sequence numbers of the keyframes (same order).
-        waypoints: ``(20, 2)`` float32 (x forward, y left) metres in base_link, or None.
-        goal_heatmap: ``(H, W)`` float32 or None.
-        overlay: ``(H', W', 3)`` uint8 RGB mosaic (:func:`vln_core.viz.overlay_mosaic`) or None.
-        latency_ms: stage -> milliseconds ("pairing", "memory", "backend", "overlay", "record",
-            "total").
-        input_to_output_ms: from the image's arrival in ``add_image`` to the end of ``step``.
-        T_wc: ``(4, 4)`` the current camera pose used, or None.
-        T_odom_base: ``(4, 4)`` the base pose (odometry) at the image stamp, or None (tf poses,
-            no pose): with it the waypoints go into ``node.world_frame``.
-        backend: name of the backend that produced this output (``auto`` says which it chose).
-    """
-
-    stamp_ns: int
-    frame_id: str
-    seq: int
-    heatmaps: InterFrameHeatmaps
-    keyframe_stamps: list[int]
-    keyframe_indices: list[int]
-    waypoints: Optional[np.ndarray]
-    goal_heatmap: Optional[np.ndarray]
-    overlay: Optional[np.ndarray]
-    latency_ms: dict[str, float]
-    input_to_output_ms: float
-    T_wc: Optional[np.ndarray] = None
-    T_odom_base: Optional[np.ndarray] = None
-    backend: str = ""
-
-
-def _stamp(stamp_ns: Any, what: str) -> int:
-    if isinstance(stamp_ns, (bool, np.bool_)) or not isinstance(stamp_ns, (int, np.integer)):
-        raise InputError(f"{what} stamp must be integer nanoseconds, got {stamp_ns!r}")
-    if stamp_ns < 0:
-        raise InputError(f"{what} stamp must be >= 0 ns, got {stamp_ns}")
-    return int(stamp_ns)
-
-
-def _fmt_s(stamp_ns: int) -> str:
-    return f"{stamp_ns * 1e-9:.3f} s"
-
-
-def _check_pose_matrix(T: Any, what: str) -> np.ndarray:
-    """``(4, 4)`` float64 rigid pose or InputError naming what is wrong."""
-    arr = np.asarray(T.detach().cpu().numpy() if isinstance(T, torch.Tensor) else T)
-    if arr.shape != (4, 4):
-        raise InputError(f"{what} must be a (4, 4) matrix, got shape {arr.shape}")
-    if arr.dtype.kind not in "fiu":
-        raise InputError(f"{what} must be numeric, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise InputError(f"{what} contains NaN or inf")
-    if not np.allclose(arr[3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
-        raise InputError(f"{what} must have last row [0, 0, 0, 1], got {arr[3].tolist()}")
-    error = rotation_error(arr[:3, :3])
-    if error > ROTATION_TOLERANCE:
-        R = arr[:3, :3]
-        raise InputError(
-            f"{what}: the 3x3 block is not a rotation (error {error:.3g} = max(|R R^T - I|, |det R - 1|), "
-            f"det = {np.linalg.det(R):.4f}, tolerance {ROTATION_TOLERANCE:g})"
-        )
-    arr[:3, :3] = nearest_rotation(arr[:3, :3])
-    return arr
 
 
 class NavigationRuntime:
@@ -215,7 +115,6 @@ class NavigationRuntime:
                 self._record_event("model_refused", f"new model refused, the loaded one keeps serving: {why}", ERROR)))
         node = cfg.node
         self.tolerance_ns = int(round(node.max_stamp_gap_s * 1e9))
-        self.jump_ns = int(round(node.stamp_jump_reset_s * 1e9))
         self.T_base_cam = pose_from_xyz_quat(torch.tensor(node.camera_mount, dtype=torch.float64)).numpy()
 
         self._lock = threading.RLock()  # shared state below (re-entrant: held messages are replayed under it)
@@ -231,10 +130,6 @@ class NavigationRuntime:
         self.tf = TransformBuffer(cache_s=POSE_HISTORY_S)
         self._tf_lookup = self.tf.lookup
         self._tf_external = False
-        self._clocks = {name: StreamClock(self.jump_ns) for name in STREAMS}
-        # messages behind a stamp jump not confirmed yet: (stamp, re-add callable) per stream
-        self._held: dict[str, list[tuple[int, Optional[Callable[[], None]]]]] = {name: [] for name in STREAMS}
-        self._last_accept_time: dict[str, float] = {}
         self._camera: Optional[PinholeCamera] = None
         self._image_size: Optional[tuple[int, int]] = None
         self._depth_size: Optional[tuple[int, int]] = None
@@ -245,14 +140,10 @@ class NavigationRuntime:
         self._generation = 0
 
         # owned by the step thread
-        self._memory: Optional[KeyframeMemory] = None
-        self._keyframes: dict[int, CameraFrame] = {}
-        self._voxel_size: Optional[float] = cfg.frame_sampling.voxel_size
-        self._recent: deque[CameraFrame] = deque(maxlen=cfg.video.total_frames)
+        self._keyframes = RuntimeKeyframes(cfg, self._warn)
         self._recorder: Optional[EpisodeRecorder] = None
         self._waiting_reason = "no image received yet"
         self._last_output_keyframes: list[int] = []
-        self._memory_source = ""  # "measured" (depth + pose) or "predicted" (backend.frame_geometry)
         self._first_image_s: Optional[float] = None  # node.backend auto: images wait for depth from here
         self._last_tf_s: Optional[float] = None  # arrival of the last dynamic /tf transform
         self._overlays = {"drawn": 0, "skipped": 0}  # step(overlay=False): nobody subscribed
@@ -268,6 +159,8 @@ class NavigationRuntime:
         self._log_throttle = LogThrottle(LOG_THROTTLE_S, clock=clock)
         self._counters = Counters()
         self._last_depth_invalid = (0, 0)
+        self._timelines = StreamTimelines(STREAMS, node.stamp_jump_reset_s, clock, self._counters, self._warn,
+                                          self._error, self._reset_stream_locked, self._reset_all_locked)
         if isinstance(self.backend, AutoBackend):
             # say at once (log, diagnostics WARN) when the learned path cannot work, not when
             # depth first stops: an RGB-D robot would otherwise learn it only in the field
@@ -400,106 +293,16 @@ class NavigationRuntime:
         with self._lock:
             return self._instruction
 
-    def _jump_confirmed_locked(self, stream: str, stamp_ns: int, verdict: str) -> bool:
-        """Is a jump of ``stream`` to ``stamp_ns`` real (see :data:`JUMP_CONFIRM_MESSAGES`)?"""
-        held = self._held[stream]
-        if held and 0 < stamp_ns - held[-1][0] <= self.jump_ns and len(held) + 1 >= JUMP_CONFIRM_MESSAGES:
-            return True
-        for other, clock in self._clocks.items():
-            if other == stream:
-                continue
-            if clock.last_ns is not None and abs(stamp_ns - clock.last_ns) <= self.jump_ns:
-                return True
-            if any(abs(stamp_ns - s) <= self.jump_ns for s, _ in self._held[other]):
-                return True
-        if verdict == "jump_forward":  # the stream really paused (no message for a while)
-            last = self._last_accept_time.get(stream)
-            return last is not None and self.clock() - last >= 0.5 * self.cfg.node.stamp_jump_reset_s
-        return False
-
-    def _drop_held_locked(self, stream: str) -> None:
-        if self._held[stream]:
-            self._counters.add("dropped_stamp_outlier", len(self._held[stream]))
-            self._held[stream] = []
-
-    def _stream_stamp(self, stream: str, stamp_ns: int, replay: Optional[Callable[[], None]] = None) -> bool:
-        """Classify ``stamp_ns`` on ``stream``, apply resets, accept it; InputError if out of order.
-
-        Returns False when the message is held behind an unconfirmed stamp jump (the caller
-        stores nothing; ``replay`` re-adds it if the jump is confirmed). Must be called with
-        ``self._lock`` held.
-        """
-        clock = self._clocks[stream]
-        verdict = clock.check(stamp_ns)
-        if verdict == "not_newer":
-            raise self._error(
-                f"{stream}_out_of_order",
-                f"{stream} stamp {_fmt_s(stamp_ns)} is not after the previous {_fmt_s(clock.last_ns)}; message dropped",
-            )
-        held = self._held[stream]
-        if verdict in ("jump_back", "jump_forward") and not self._jump_confirmed_locked(stream, stamp_ns, verdict):
-            if held and not 0 < stamp_ns - held[-1][0] <= self.jump_ns:
-                self._drop_held_locked(stream)  # another outlier, not the same new timeline
-            if not held:
-                self._warn(
-                    f"{stream}_stamp_outlier",
-                    f"{stream} stamp {_fmt_s(stamp_ns)} is {(stamp_ns - clock.last_ns) * 1e-9:+.3f} s from the previous "
-                    f"{_fmt_s(clock.last_ns)}: held as an outlier (dropped unless {JUMP_CONFIRM_MESSAGES} messages or "
-                    f"another stream confirm the jump); buffers and keyframes kept",
-                )
-            held.append((stamp_ns, replay))
-            return False
-        if verdict in ("first", "ok"):
-            self._drop_held_locked(stream)  # the stream went on where it was: those were outliers
-            clock.accept(stamp_ns)
-            self._last_accept_time[stream] = self.clock()
-            return True
-        if verdict == "jump_back":
-            self._warn(
-                "time_jump_back",
-                f"{stream} stamp jumped back {(clock.last_ns - stamp_ns) * 1e-9:.3f} s (bag loop or clock reset): "
-                f"all buffers, poses and keyframes reset",
-            )
-            self._reset_all_locked()
-        elif verdict == "jump_forward":
-            gap = (stamp_ns - clock.last_ns) * 1e-9
-            self._warn(f"{stream}_gap", f"{stream} stream paused for {gap:.3f} s (> {self.cfg.node.stamp_jump_reset_s} s): its buffered data reset")
-            if stream == "image":
-                self._reset_frames_locked()
-            elif stream == "depth":
-                self._depth_waiting.clear()
-            elif stream == "odometry":
-                self._odometry.clear()
-            else:
-                self._camera_poses.clear()
-        # the jump is real: re-add this stream's held messages (the new timeline's first ones),
-        # accept this one, then the other streams' held messages that are on the new timeline
-        own, self._held[stream] = self._held[stream], []
-        others = []
-        for other in STREAMS:
-            if other == stream:
-                continue
-            near = [(s, r) for s, r in self._held[other] if abs(s - stamp_ns) <= self.jump_ns]
-            if len(near) < len(self._held[other]):
-                self._counters.add("dropped_stamp_outlier", len(self._held[other]) - len(near))
-            others += near
-            self._held[other] = []
-        clock.reset()
-        for _, again in own:
-            self._replay_held(again)
-        clock.accept(stamp_ns)
-        self._last_accept_time[stream] = self.clock()
-        for _, again in sorted(others, key=lambda e: e[0]):
-            self._replay_held(again)
-        return True
-
-    def _replay_held(self, again: Optional[Callable[[], None]]) -> None:
-        if again is None:
-            return
-        try:
-            again()
-        except InputError:
-            pass  # recorded by the method itself
+    def _reset_stream_locked(self, stream: str) -> None:
+        """A confirmed jump forward of ``stream``: its buffered data go."""
+        if stream == "image":
+            self._reset_frames_locked()
+        elif stream == "depth":
+            self._depth_waiting.clear()
+        elif stream == "odometry":
+            self._odometry.clear()
+        else:
+            self._camera_poses.clear()
 
     def _reset_frames_locked(self) -> None:
         """Drop buffered images, waiting depth and (at the next step) the keyframe memory."""
@@ -518,8 +321,7 @@ class NavigationRuntime:
         self._odometry.clear()
         self._camera_poses.clear()
         self.tf.clear()  # dynamic transforms of the old timeline; static ones stay
-        for clock in self._clocks.values():
-            clock.reset()
+        self._timelines.reset_clocks()
 
     def reset(self) -> None:
         """Forget all buffered inputs, poses and keyframes (CameraInfo and instruction are kept)."""
@@ -534,9 +336,9 @@ class NavigationRuntime:
             T_odom_base: ``(4, 4)`` base_link-to-odom pose (REP 103).
             velocity: ``(vx m/s, wz rad/s)`` of the base, or None.
         """
-        stamp_ns = _stamp(stamp_ns, "odometry")
+        stamp_ns = checked_stamp(stamp_ns, "odometry")
         try:
-            T = _check_pose_matrix(T_odom_base, "odometry pose T_odom_base")
+            T = checked_pose_matrix(T_odom_base, "odometry pose T_odom_base")
             vel = None
             if velocity is not None:
                 vel = np.asarray(velocity, dtype=np.float64).reshape(-1)
@@ -545,7 +347,7 @@ class NavigationRuntime:
         except (InputError, TypeError, ValueError) as exc:
             raise self._error("odometry_invalid", str(exc)) from None
         with self._lock:
-            if not self._stream_stamp("odometry", stamp_ns, lambda: self.add_odometry(stamp_ns, T, vel)):
+            if not self._timelines.accept("odometry", stamp_ns, lambda: self.add_odometry(stamp_ns, T, vel)):
                 return
             self._odometry.append(stamp_ns, (T, vel))
         self._rates["odometry"].tick()
@@ -557,15 +359,15 @@ class NavigationRuntime:
             stamp_ns: integer nanoseconds.
             T_wc: ``(4, 4)`` camera-optical-to-world (``node.world_frame``) pose.
         """
-        stamp_ns = _stamp(stamp_ns, "camera pose")
+        stamp_ns = checked_stamp(stamp_ns, "camera pose")
         try:
-            T = _check_pose_matrix(T_wc, "camera pose T_wc")
+            T = checked_pose_matrix(T_wc, "camera pose T_wc")
         except InputError as exc:
             raise self._error("camera_pose_invalid", str(exc)) from None
         if self.cfg.node.pose_source != "tf" and self._events.count("camera_pose_ignored") == 0:
             self._warn("camera_pose_ignored", "set_camera_pose called but node.pose_source is 'odometry': camera poses are stored but not used")
         with self._lock:
-            if not self._stream_stamp("camera_pose", stamp_ns, lambda: self.set_camera_pose(stamp_ns, T)):
+            if not self._timelines.accept("camera_pose", stamp_ns, lambda: self.set_camera_pose(stamp_ns, T)):
                 return
             self._camera_poses.append(stamp_ns, T)
         self._rates["camera_pose"].tick()
@@ -616,7 +418,7 @@ class NavigationRuntime:
                 if not waited_enough:
                     return None, f"waiting for tf after the image stamp (to interpolate, not hold a stale pose): {exc}", True
                 T_wc, _ = self._tf_lookup(world, frame_id, stamp_ns, self.tolerance_ns)  # nearest within the tolerance
-            T_wc = _check_pose_matrix(T_wc, f"tf pose of {frame_id} in {world}")
+            T_wc = checked_pose_matrix(T_wc, f"tf pose of {frame_id} in {world}")
         except (TransformError, InputError) as exc:
             return None, f"tf camera pose {world} -> {frame_id}: {exc}", False
         self._rates["camera_pose"].tick()  # in tf mode: camera poses resolved from tf
@@ -630,7 +432,7 @@ class NavigationRuntime:
             frame_id: the camera frame name.
             rgb: ``(H, W, 3)`` uint8 RGB; the runtime keeps a reference (do not modify it later).
         """
-        stamp_ns = _stamp(stamp_ns, "image")
+        stamp_ns = checked_stamp(stamp_ns, "image")
         if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             shape = getattr(rgb, "shape", None)
             dtype = getattr(rgb, "dtype", type(rgb).__name__)
@@ -642,7 +444,7 @@ class NavigationRuntime:
         size = (int(rgb.shape[0]), int(rgb.shape[1]))
         now = self.clock()
         with self._lock:
-            if not self._stream_stamp("image", stamp_ns, lambda: self.add_image(stamp_ns, frame_id, rgb)):
+            if not self._timelines.accept("image", stamp_ns, lambda: self.add_image(stamp_ns, frame_id, rgb)):
                 return
             if self._image_size is not None and size != self._image_size:
                 old = self._image_size
@@ -672,7 +474,7 @@ class NavigationRuntime:
                 65535 = no measurement). NaN, inf and negative values become 0 (no measurement)
                 and are counted.
         """
-        stamp_ns = _stamp(stamp_ns, "depth")
+        stamp_ns = checked_stamp(stamp_ns, "depth")
         depth = self._convert_depth(depth_m)
         size = (int(depth.shape[0]), int(depth.shape[1]))
         with self._lock:
@@ -683,7 +485,7 @@ class NavigationRuntime:
                     f"depth is {size[1]}x{size[0]} but the colour images are {img[1]}x{img[0]}; publish depth "
                     f"registered to the colour camera (e.g. aligned_depth_to_color); message dropped",
                 )
-            if not self._stream_stamp("depth", stamp_ns, lambda: self.add_depth(stamp_ns, depth)):
+            if not self._timelines.accept("depth", stamp_ns, lambda: self.add_depth(stamp_ns, depth)):
                 return
             if self._depth_size is not None and size != self._depth_size:
                 self._warn("depth_size_changed", f"depth size changed from {self._depth_size} to {size}")
@@ -801,7 +603,7 @@ class NavigationRuntime:
             self._waiting_reason = reason
             return False
         if switched:
-            self._clear_memory()
+            self._keyframes.clear()
             self._warn("backend_switched", f"auto: {before} -> {reason}; keyframe memory cleared")
         return True
 
@@ -810,7 +612,7 @@ class NavigationRuntime:
         with self._lock:
             reset_memory, self._memory_reset_pending = self._memory_reset_pending, False
             candidates = [(e, e.depth_m, e.depth_stamp_ns) for e in self._ring.newest_first(self._last_processed_seq)]
-            newest_depth_ns = self._clocks["depth"].last_ns
+            newest_depth_ns = self._timelines.last_ns("depth")
             camera = self._camera
             odometry = self._odometry.snapshot()
             camera_poses = self._camera_poses.snapshot()
@@ -818,7 +620,7 @@ class NavigationRuntime:
             generation = self._generation
             any_image = self._next_seq > 0
         if reset_memory:
-            self._clear_memory()
+            self._keyframes.clear()
         if not candidates:
             self._waiting_reason = "no new image since the last output" if any_image else "no image received yet"
             return None
@@ -831,7 +633,7 @@ class NavigationRuntime:
             if frame is not None:
                 entry = candidate
                 break
-            reasons.append(f"image seq {candidate.seq} at {_fmt_s(candidate.stamp_ns)}: {why}")
+            reasons.append(f"image seq {candidate.seq} at {format_stamp(candidate.stamp_ns)}: {why}")
         if frame is None:
             self._waiting_reason = reasons[0] + (f" (and {len(reasons) - 1} older)" if len(reasons) > 1 else "")
             newest = candidates[0][0]
@@ -855,14 +657,14 @@ class NavigationRuntime:
             self._counters.add("dropped_superseded", superseded)
         t_pair = time.perf_counter()
 
-        keyframes = self._update_memory(frame)
+        keyframes = self._keyframes.update(frame, self.backend.frame_geometry)
         t_memory = time.perf_counter()
 
         result = self.backend.infer(frame, keyframes, instruction)
-        self._check_result(result, frame, len(keyframes))
+        check_backend_result(self.backend, result, frame, len(keyframes))
         t_backend = time.perf_counter()
 
-        overlay = self._compose_overlay(frame, keyframes, result) if draw_overlay else None
+        overlay = compose_overlay(frame, keyframes, result) if draw_overlay else None
         self._overlays["drawn" if draw_overlay else "skipped"] += 1
         t_overlay = time.perf_counter()
 
@@ -971,92 +773,6 @@ class NavigationRuntime:
         )
         return frame, ""
 
-    # ------------------------------------------------------------------ keyframe memory
-    def _clear_memory(self) -> None:
-        self._memory = None
-        self._memory_source = ""
-        self._keyframes = {}
-        self._recent.clear()
-        self._voxel_size = self.cfg.frame_sampling.voxel_size
-        # the recorder needs no reset: it starts a new episode by itself when the size, the
-        # intrinsics or the stamp order change
-
-    def _frame_voxel_keys(self, depth_m: np.ndarray, K: np.ndarray, T_wc: np.ndarray) -> np.ndarray:
-        """Voxel keys (int64) of the world points a frame's depth ``(H, W)`` (intrinsics ``K`` of
-        that grid, camera-to-world ``T_wc``) sees, at the memory's voxel size.
-
-        Pixels are taken on a regular stride chosen so about ``max_points_per_frame`` remain;
-        the first frame after a reset fixes the voxel size when ``frame_sampling.voxel_size`` is
-        null (:func:`estimate_voxel_size` of its points).
-        """
-        fs = self.cfg.frame_sampling
-        H, W = depth_m.shape[:2]
-        stride = max(1, int(math.ceil(math.sqrt(H * W / max(1, fs.max_points_per_frame)))))
-        with torch.no_grad():
-            points, valid = unproject_depth(
-                torch.from_numpy(np.asarray(depth_m, dtype=np.float32)), torch.from_numpy(np.asarray(K)),
-                torch.from_numpy(np.asarray(T_wc)), stride=stride,
-            )
-        points = points.reshape(1, -1, 3)
-        valid = valid.reshape(1, -1)
-        if not bool(valid.any()):
-            return np.zeros(0, dtype=np.int64)
-        if self._voxel_size is None:
-            self._voxel_size = estimate_voxel_size(points, valid, fs.voxel_divisions)
-        keys, _ = frame_voxel_keys(points, valid, voxel_size=self._voxel_size,
-                                   max_points_per_frame=fs.max_points_per_frame, seed=fs.seed)
-        return keys[0]
-
-    def _update_memory(self, frame: CameraFrame) -> list[CameraFrame]:
-        """Offer ``frame`` to the keyframe memory; return the keyframes, oldest first (never empty).
-
-        ``space_aware``: :class:`KeyframeMemory` over voxel keys of the measured depth and pose;
-        a frame without measured depth or pose uses the geometry the backend predicts for it
-        (:meth:`HeatmapBackend.frame_geometry`: learned backends; the prediction is not stored in
-        the frame, so recordings hold measurements only). The memory is cleared when frames
-        change from measured to predicted geometry or back (the two do not share a world frame
-        or scale). Without either this falls back to ``uniform`` with a warning.
-        ``uniform`` / ``random``: chosen from the last ``video.total_frames`` processed frames.
-        """
-        fs = self.cfg.frame_sampling
-        capacity = self.cfg.video.keyframes
-        if fs.method == "space_aware":
-            geometry, source = None, ""
-            if frame.depth_m is not None and frame.K is not None and frame.T_wc is not None:
-                geometry, source = (frame.depth_m, frame.K, frame.T_wc), "measured"
-            else:
-                predicted = self.backend.frame_geometry(frame)
-                if predicted is not None:
-                    geometry, source = predicted, "predicted"
-            if geometry is not None:
-                if self._memory_source and source != self._memory_source:
-                    self._warn("keyframe_geometry_changed", f"keyframe memory cleared: frames now have {source} "
-                               f"geometry, the memory held {self._memory_source} geometry")
-                    self._clear_memory()
-                self._memory_source = source
-                keys = self._frame_voxel_keys(*geometry)
-                if self._voxel_size is None:  # no valid point sampled yet to size the voxels
-                    return [frame]
-                if self._memory is None:
-                    self._memory = KeyframeMemory(capacity, self._voxel_size, fs.min_novel_fraction)
-                if self._memory.offer(frame.seq, keys):
-                    self._keyframes[frame.seq] = frame
-                ids = self._memory.frame_ids
-                self._keyframes = {i: self._keyframes[i] for i in ids}
-                if ids:
-                    return [self._keyframes[i] for i in ids]
-                return [frame]
-            if self._events.count("space_aware_unavailable") == 0:
-                self._warn("space_aware_unavailable", "space-aware sampling needs depth, CameraInfo and a pose (measured, "
-                           "or predicted by a learned backend); using uniform sampling")
-        self._recent.append(frame)  # only these methods need the recent frames kept
-        recent = list(self._recent)
-        if fs.method == "random":
-            picks = random_sample(len(recent), capacity, seed=fs.seed + frame.seq)
-        else:
-            picks = uniform_sample(len(recent), capacity)
-        return [recent[i] for i in picks]
-
     @property
     def keyframe_indices(self) -> list[int]:
         """Sequence numbers of the keyframes used by the last output."""
@@ -1065,41 +781,9 @@ class NavigationRuntime:
     @property
     def voxel_size(self) -> Optional[float]:
         """Voxel edge (metres) of the keyframe memory, None until fixed."""
-        return self._voxel_size
+        return self._keyframes.voxel_size
 
     # ------------------------------------------------------------------ outputs
-    def _check_result(self, result: BackendResult, frame: CameraFrame, num_keyframes: int) -> None:
-        if not isinstance(result, BackendResult):
-            raise TypeError(f"backend {self.backend.name!r} returned {type(result).__name__}, not BackendResult")
-        shape = tuple(result.heatmaps.heatmap.shape)
-        expected_size = tuple(self.backend.output_size(frame))
-        if len(shape) != 3 or shape[0] != num_keyframes or shape[1:] != expected_size:
-            raise ValueError(
-                f"backend {self.backend.name!r} returned heatmaps of shape {shape}, expected "
-                f"({num_keyframes}, {expected_size[0]}, {expected_size[1]})"
-            )
-        if result.waypoints is not None and tuple(np.shape(result.waypoints)) != (NUM_WAYPOINTS, 2):
-            raise ValueError(
-                f"backend {self.backend.name!r} returned waypoints of shape {np.shape(result.waypoints)}, "
-                f"expected ({NUM_WAYPOINTS}, 2)"
-            )
-
-    def _compose_overlay(self, frame: CameraFrame, keyframes: list[CameraFrame], result: BackendResult) -> np.ndarray:
-        from vln_core.viz import overlay_mosaic  # cv2 drawing; imported when overlays are on
-
-        def shrink(rgb: np.ndarray) -> np.ndarray:
-            h, w = rgb.shape[:2]
-            if w <= OVERLAY_MAX_WIDTH:
-                return rgb
-            return cv2.resize(rgb, (OVERLAY_MAX_WIDTH, max(1, round(h * OVERLAY_MAX_WIDTH / w))), interpolation=cv2.INTER_AREA)
-
-        labels = []
-        for kf in keyframes:
-            age = (frame.stamp_ns - kf.stamp_ns) * 1e-9
-            labels.append("current" if kf.seq == frame.seq else f"kf #{kf.seq} ({age:.1f} s ago)")
-        thumbs = [kf.rgb for kf in keyframes]
-        return overlay_mosaic(shrink(frame.rgb), result.heatmaps, labels, thumbs)
-
     def _record(self, frame: CameraFrame) -> None:
         if self._recorder is None:
             node = self.cfg.node
@@ -1243,13 +927,11 @@ class NavigationRuntime:
             "method": self.cfg.frame_sampling.method,
             "keyframes": f"{len(self._last_output_keyframes)}/{self.cfg.video.keyframes}",
             "keyframe_seqs": ",".join(map(str, self._last_output_keyframes)) or "-",
-            "voxel_size_m": "not fixed yet" if self._voxel_size is None else f"{self._voxel_size:.4f}",
+            "voxel_size_m": "not fixed yet" if self._keyframes.voxel_size is None else f"{self._keyframes.voxel_size:.4f}",
         }
-        memory = self._memory  # the step thread may replace it meanwhile
-        if memory is not None:
-            kf_values.update({f"memory_{k}": v for k, v in memory.stats().items()})
+        kf_values.update({f"memory_{k}": v for k, v in self._keyframes.stats().items()})
         kf_values.update(self.backend.describe())
-        kf_values["keyframe_geometry"] = self._memory_source or "-"
+        kf_values["keyframe_geometry"] = self._keyframes.source or "-"
         waypoint_note = "" if self.backend.predicts_waypoints else "; predicts no waypoints (published as none)"
         selection = f": {self.backend.reason}" if isinstance(self.backend, AutoBackend) else ""
         backend_level, unavailable = OK, ""

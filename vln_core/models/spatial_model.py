@@ -60,6 +60,7 @@ __all__ = [
     "ModelOutputs",
     "ModelArchitecture",
     "VLNSpatialModel",
+    "GeometryStageOutput",
     "resolve_device",
     "STAGES",
     "PAST_TRAJECTORY_LENGTH",
@@ -108,6 +109,16 @@ class ModelOutputs:
         """Copy with every tensor on ``device``."""
         return ModelOutputs(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
                                for f in fields(self)})
+
+
+@dataclass
+class GeometryStageOutput:
+    """What the geometry stage hands to the reprojection and the reasoning stage."""
+
+    geometry: Any  # GeometryOutput / VGGTGeometryOutput: depth (B, N, H, W) m, depth_conf, pose_enc, patch_tokens, grid
+    K: torch.Tensor  # (B, N, 3, 3) intrinsics at (H, W): given, else from the predicted field of view
+    T_cur_cam: torch.Tensor  # (B, N, 4, 4) camera-to-current: known poses where given, else predicted
+    keyframes: torch.Tensor  # (B, K) long into N: given, else the space-aware sampler's N_k
 
 
 @dataclass
@@ -187,6 +198,7 @@ class VLNSpatialModel(nn.Module):
         self.num_keyframes = cfg.video.keyframes
         self.frame_size = tuple(cfg.video.frame_size)
         self.sampling_cfg: FrameSamplingConfig = cfg.frame_sampling
+        self.heatmap_cfg = cfg.heatmap  # the one reprojection's settings (sigma, stride, occlusion margins)
         self.semantic_pretrained = semantic_pretrained
         mcfg = cfg.model
 
@@ -371,7 +383,7 @@ class VLNSpatialModel(nn.Module):
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise InputError(f"frames must have shape (B, N_m, 3, H, W), got {tuple(frames.shape)}")
         B, N = frames.shape[:2]
-        if N < self.num_keyframes:
+        if inputs.keyframe_indices is None and N < self.num_keyframes:
             raise InputError(f"frames hold N_m={N} frames but the model needs at least N_k={self.num_keyframes}")
         if not frames.is_floating_point():
             raise InputError(f"frames must be float in [0, 1], got dtype {frames.dtype}")
@@ -391,21 +403,20 @@ class VLNSpatialModel(nn.Module):
             raise InputError(f"intent must have shape (B={B},), got {tuple(inputs.intent.shape)}")
         if inputs.keyframe_indices is not None:
             kf = inputs.keyframe_indices
-            if kf.shape != (B, self.num_keyframes):
-                raise InputError(f"keyframe_indices must have shape (B={B}, N_k={self.num_keyframes}), got {tuple(kf.shape)}")
+            if kf.dim() != 2 or kf.shape[0] != B or not 1 <= kf.shape[1] <= self.num_keyframes:
+                raise InputError(f"keyframe_indices must have shape (B={B}, K) with 1 <= K <= N_k={self.num_keyframes}, "
+                                 f"got {tuple(kf.shape)}")
             if bool(((kf < 0) | (kf >= N)).any()):
                 raise InputError(f"keyframe_indices must lie in [0, N_m={N}), got {kf.tolist()}")
         if inputs.intrinsics is not None and inputs.intrinsics.shape != (B, 3, 3):
             raise InputError(f"intrinsics must have shape (B={B}, 3, 3), got {tuple(inputs.intrinsics.shape)}")
 
-    def forward(self, inputs: ModelInputs) -> ModelOutputs:
-        """Run every stage; see :class:`ModelInputs` / :class:`ModelOutputs` for shapes and frames."""
+    def geometry_stage(self, inputs: ModelInputs) -> GeometryStageOutput:
+        """Steps 1-2: depth and poses of every frame, and the keyframes (see :class:`GeometryStageOutput`)."""
         self._check_inputs(inputs)
-        out_device = inputs.frames.device
         gdev = self.geometry_device
         frames = inputs.frames.to(gdev).float()
         B, N, _, H, W = frames.shape
-        Nk = self.num_keyframes
 
         # 1. geometry over all frames
         geo = self.geometry(frames)
@@ -431,9 +442,16 @@ class VLNSpatialModel(nn.Module):
         else:
             keyframes = self.sample_keyframes(geo.depth.detach(), K.detach(), T_cur_cam.detach())
 
-        # 3. frame-indexed heatmaps: the one reprojection of the geometry stage's depth and poses
-        logits, oov_logit, oov_bearing = reprojected_heatmap_outputs(geo.depth.float(), K.float(), T_cur_cam.float(),
-                                                                     keyframes, self.cfg.heatmap)
+        return GeometryStageOutput(geo, K, T_cur_cam, keyframes)
+
+    def reasoning_stage(self, inputs: ModelInputs, stage: GeometryStageOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 4-7 on the geometry stage's output: ``(goal_logits (B, H, W), waypoints (B, 20, 2))``
+        on the geometry device."""
+        gdev = self.geometry_device
+        frames = inputs.frames.to(gdev).float()
+        B, N, _, H, W = frames.shape
+        geo, K, T_cur_cam, keyframes = stage.geometry, stage.K, stage.T_cur_cam, stage.keyframes
+        Nk = keyframes.shape[1]
 
         # 4. semantics of the chosen frames
         current = torch.full((B, 1), N - 1, dtype=torch.long, device=gdev)
@@ -454,7 +472,8 @@ class VLNSpatialModel(nn.Module):
                 T_cur_cam.detach()[batch_index, selected].reshape(B * Fr, 4, 4),
                 grid,
             )
-        slots = torch.arange(Fr, device=gdev)
+        # frame slots: keyframes 0..K-1, the current view always the last slot (N_k), also when K < N_k
+        slots = torch.cat([torch.arange(Nk, device=gdev), torch.full((1,), self.num_keyframes, device=gdev)])
         fused = self.fusion(geo.patch_tokens[batch_index, selected], grid, sem_tokens, sem_grid,
                             xyz.view(B, Fr, h, w, 3), xyz_valid.view(B, Fr, h, w), slots, grid)  # (B, F, h*w, D)
         D = fused.shape[-1]
@@ -478,6 +497,22 @@ class VLNSpatialModel(nn.Module):
         waypoints = self.waypoint_head(fused.mean(dim=(1, 2)), instruction_pooled,
                                        inputs.past_trajectory.to(gdev).float(), inputs.intent.to(gdev).long())
 
+        return goal_logits, waypoints
+
+    def keyframe_heatmaps(self, stage: GeometryStageOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step 3: ``(heatmap_logits (B, K, H, W), out_of_view_logit (B, K), out_of_view_bearing (B, K, 2))``
+        from the one reprojection of the geometry stage's depth and poses (``heatmap_cfg`` settings)."""
+        return reprojected_heatmap_outputs(stage.geometry.depth.float(), stage.K.float(), stage.T_cur_cam.float(),
+                                           stage.keyframes, self.heatmap_cfg)
+
+    def forward(self, inputs: ModelInputs) -> ModelOutputs:
+        """Run every stage; see :class:`ModelInputs` / :class:`ModelOutputs` for shapes and frames."""
+        out_device = inputs.frames.device
+        stage = self.geometry_stage(inputs)
+        geo, K, T_cur_cam, keyframes = stage.geometry, stage.K, stage.T_cur_cam, stage.keyframes
+        H, W = inputs.frames.shape[-2:]
+        logits, oov_logit, oov_bearing = self.keyframe_heatmaps(stage)
+        goal_logits, waypoints = self.reasoning_stage(inputs, stage)
         result = ModelOutputs(
             depth=geo.depth,
             depth_conf=geo.depth_conf,

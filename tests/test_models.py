@@ -415,7 +415,7 @@ def _turning_poses(batch: int) -> torch.Tensor:
     return torch.stack(poses)[None].expand(batch, N_M, 4, 4).clone()
 
 
-@pytest.mark.parametrize("name", ["small", "base"])
+@pytest.mark.parametrize("name", ["small", "base", "full"])
 def test_pipeline_heatmaps_are_the_one_reprojection_of_its_geometry_stage(name):
     """Every configuration's keyframe heatmaps come from the geometry core's reprojection of the
     geometry stage's depth and poses (known poses where given), as the ground truth's do."""
@@ -424,14 +424,22 @@ def test_pipeline_heatmaps_are_the_one_reprojection_of_its_geometry_stage(name):
     from vln_core.models.reprojected_heatmaps import HEATMAP_LOG_EPS
 
     torch.manual_seed(0)
-    model = (tiny_base() if name == "base" else build_model(tiny_cfg(name), arch_overrides=TINY_ARCH)).eval()
+    if name == "small":
+        model = build_model(tiny_cfg(name), arch_overrides=TINY_ARCH).eval()
+    elif name == "base":
+        model = tiny_base().eval()
+    else:  # VGGT geometry, DINOv3, the Qwen2.5-VL language model
+        model = build_model(tiny_cfg("full"), semantic_backbone=tiny_dinov3(), llm=tiny_qwen2(),
+                            geometry_backbone=tiny_vggt(), arch_overrides=TINY_ARCH).eval()
     inputs = make_inputs(model, keyframes=torch.tensor([[0, 2], [1, 2]]))
     inputs.camera_poses = _turning_poses(2)
     inputs.pose_known = torch.tensor([True, False])  # sample 1: the geometry stage's own poses
+    inputs.intrinsics = torch.tensor([[40.0, 0, 27.5], [0, 40.0, 27.5], [0, 0, 1]]).expand(2, 3, 3).clone()
     with torch.no_grad():
         out = model(inputs)
         geo = model.geometry(inputs.frames)
-    T_pred, K = pose_encoding_to_extrinsics_intrinsics(geo.pose_enc, (H, W))
+    T_pred, _ = pose_encoding_to_extrinsics_intrinsics(geo.pose_enc, (H, W))
+    K = inputs.intrinsics[:, None].expand(2, N_M, 3, 3)
     T_known = torch.linalg.inv(inputs.camera_poses[:, -1:]) @ inputs.camera_poses
     for b, T in ((0, T_known[0]), (1, T_pred[1])):
         kf = inputs.keyframe_indices[b]
@@ -440,9 +448,13 @@ def test_pipeline_heatmaps_are_the_one_reprojection_of_its_geometry_stage(name):
         assert torch.allclose(out.heatmap_logits[b], torch.log(ref.heatmap + HEATMAP_LOG_EPS), atol=1e-4)
     assert torch.allclose(out.depth, geo.depth)
     assert torch.allclose(out.pose_enc_predicted, geo.pose_enc)
+    # the reasoning stage read the instruction: goal heatmap and waypoints, finite
+    assert out.goal_logits.shape == (2, H, W) and out.waypoints.shape == (2, 20, 2)
+    assert torch.isfinite(out.goal_logits).all() and torch.isfinite(out.waypoints).all()
     # the turned keyframes land elsewhere than an unmoved camera would put them
     still = make_inputs(model, keyframes=inputs.keyframe_indices)
     still.camera_poses = torch.eye(4).expand(2, N_M, 4, 4).clone()
+    still.intrinsics = inputs.intrinsics
     with torch.no_grad():
         assert not torch.allclose(model(still).heatmap_logits[0], out.heatmap_logits[0], atol=1e-3)
 

@@ -1,0 +1,107 @@
+"""Closed-loop navigation (vln_core/sim/closed_loop.py, training/evaluate_nav.py).
+
+Real parts throughout: the procedural homes, the ray caster, the occupancy grid, the node's
+runtime with the shipped model. The oracle that follows the planner's path must reach the goal
+without a collision; a robot driven into a wall must stop there and count the collision; the
+metrics follow their definitions; the CLI writes nav.json, nav.md and a GIF, and exits 2 with one
+line on bad input.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vln_core.config import SimConfig
+from vln_core.sim import closed_loop as cl
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 900000
+CFG = SimConfig(image_size=(96, 96))
+
+
+@pytest.fixture(scope="module")
+def episode():
+    seed = SEED
+    while (ep := cl.make_nav_episode(seed, CFG)) is None:
+        seed += 1
+    return ep
+
+
+def test_episode_is_from_an_unseen_seed_with_a_named_goal_and_a_long_enough_path(episode):
+    assert episode.shortest_m >= 3.0
+    assert cl.path_length(episode.shortest_path) == pytest.approx(episode.shortest_m)
+    assert episode.goal.category in episode.instruction or episode.goal.category.split()[-1] in episode.instruction
+    assert cl.goal_distance(episode.goal, episode.start_xy) > cl.SUCCESS_M
+    assert cl.goal_distance(episode.goal, episode.goal.position[:2]) == 0.0  # inside the footprint
+
+
+def test_the_shortest_path_oracle_reaches_the_goal_without_collisions(episode):
+    max_turn = math.radians(CFG.max_turn_rate_dps)
+    result = cl.run_episode(cl.ShortestPathOracle(CFG.max_speed_mps, max_turn), episode, CFG, max_steps=80, dt=0.5)
+    assert result.success and result.stopped and result.collisions == 0, result
+    assert result.navigation_error_m <= cl.SUCCESS_M
+    # SPL: the oracle drives about the planner's length (pure pursuit cuts corners a little)
+    assert 0.7 <= result.spl <= 1.0 and result.path_m >= 0.8 * episode.shortest_m
+    assert result.render_ms > 0 and len(result.trajectory) == result.steps
+
+
+def test_driving_into_a_wall_stops_there_and_counts_collisions(episode):
+    sim = cl.NavSimulator(episode, CFG)
+    collisions = sum(sim.move(cl.Command(v=CFG.max_speed_mps), 0.5) for _ in range(200))
+    assert collisions > 0
+    assert float(episode.grid.clearance_at(sim.xy)) >= CFG.robot_radius_m  # never inside an obstacle
+    before = sim.xy.copy()
+    assert sim.move(cl.Command(v=CFG.max_speed_mps), 0.5)  # still against the wall
+    assert np.allclose(sim.xy, before)
+    assert not sim.move(cl.Command(w=1.0), 0.5)  # turning in place is free
+
+
+def test_summary_metrics_follow_their_definitions():
+    def result(success, spl, cat):
+        return cl.EpisodeResult(seed=0, policy="p", goal_category=cat, instruction="", success=success, spl=spl,
+                                navigation_error_m=0.5, oracle_success=True, stopped=success, collisions=1, steps=10,
+                                path_m=4.0, shortest_m=3.0, render_ms=5.0, policy_ms=7.0)
+
+    s = cl.summarize([result(True, 0.75, "chair"), result(False, 0.0, "chair"), result(True, 1.0, "bed")])
+    assert s["success"] == pytest.approx(2 / 3) and s["spl"] == pytest.approx(1.75 / 3)
+    assert s["per_category"] == {"bed": {"episodes": 1, "success": 1.0, "spl": 1.0},
+                                 "chair": {"episodes": 2, "success": 0.5, "spl": 0.375}}
+    assert s["collisions_per_episode"] == 1.0 and s["policy_ms_per_step"] == 7.0
+
+
+def test_cli_runs_the_model_and_the_baselines_and_writes_the_report(tmp_path):
+    out = tmp_path / "nav"
+    done = subprocess.run([sys.executable, str(REPO / "training" / "evaluate_nav.py"), "--episodes", "1", "--seed",
+                           str(SEED), "--out", str(out), "--max-steps", "4", "--gifs", "1", "--no-progress",
+                           "sim.image_size=[96, 96]"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "nav.json").read_text())
+    assert set(report["methods"]) == {"model", "goal_heatmap_greedy", "random_walk", "forward_explorer",
+                                      "shortest_path_oracle"}
+    for name, summary in report["methods"].items():
+        assert summary["episodes"] == 1 and 0.0 <= summary["success"] <= 1.0, name
+        assert report["episodes"][name][0]["steps"] <= 4
+    assert report["methods"]["model"]["policy_ms_per_step"] > 0  # the node's runtime ran
+    rows = [line for line in (out / "nav.md").read_text().splitlines() if line.startswith("| model |")]
+    assert len(rows) == 1 and "Success per goal category" in (out / "nav.md").read_text()
+    gif = out / f"episode_{report['episodes']['model'][0]['seed']}.gif"
+    assert report["gifs"] == [str(gif)] and gif.read_bytes()[:6] == b"GIF89a"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--methods", "model,teleport"], "unknown method"),
+    (["--episodes", "0"], "--episodes"),
+    (["--backend", "no_such_backend"], "no_such_backend"),
+])
+def test_cli_bad_input_is_exit_2_and_one_line(tmp_path, args, message):
+    done = subprocess.run([sys.executable, str(REPO / "training" / "evaluate_nav.py"), "--out", str(tmp_path / "x"),
+                           "--no-progress", *args], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

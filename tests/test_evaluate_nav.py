@@ -105,3 +105,47 @@ def test_cli_bad_input_is_exit_2_and_one_line(tmp_path, args, message):
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------ imitation of the planner
+def test_planner_waypoints_walk_the_path_in_the_base_frame():
+    from vln_core.sim.trajectory import base_poses
+    from vln_core.train.nav_imitation import WAYPOINT_SPACING_M, planner_waypoints
+
+    # the robot at (1, 2) facing +y (yaw 90 deg); the path goes 0.5 m along +y, then 0.3 m along -x
+    T = base_poses(np.array([[1.0, 2.0]]), np.array([math.pi / 2]))[0]
+    path = np.array([[1.0, 2.0], [1.0, 2.5], [0.7, 2.5]])
+    wp = planner_waypoints(path, T)
+    assert wp.shape == (20, 2)
+    assert np.allclose(wp[0], [WAYPOINT_SPACING_M, 0.0], atol=1e-6)  # straight ahead first
+    assert np.allclose(wp[9], [0.5, 0.0], atol=1e-6)  # the corner, 10 x 0.05 m along
+    assert np.allclose(wp[15], [0.5, 0.3], atol=1e-6)  # then to the left (-x world = +y base)
+    assert np.allclose(wp[16:], [0.5, 0.3], atol=1e-6)  # the end repeats: stop there
+
+
+def test_the_visual_waypoint_head_reads_the_view_not_the_past_and_loads_at_its_recorded_size(tmp_path):
+    import torch
+
+    from vln_core.config import config_to_dict, load_config
+    from vln_core.models import build_model
+    from vln_core.models.shipped import load_model_checkpoint
+    from vln_core.train.checkpoint import save_checkpoint
+
+    cfg = load_config(None, ["model.arch_overrides.waypoint_head=visual", "video.frame_size=[64, 64]"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    head = model.waypoint_head
+    torch.nn.init.normal_(head.mlp[-1].weight, std=0.1)
+    f32 = torch.randn(2, 128, 2, 2)
+    instr = torch.randn(2, 64)
+    intent = torch.ones(2, dtype=torch.long)
+    with torch.no_grad():
+        a = head(torch.zeros(2, 16, 4), intent, instr, f32)
+        b = head(torch.randn(2, 16, 4), intent, instr, f32)  # another past: the same waypoints
+        c = head(torch.zeros(2, 16, 4), intent, instr, f32.flip(-1))  # the view mirrored: other waypoints
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    save_checkpoint(tmp_path / "v.pt", {"model": model.state_dict(), "config": config_to_dict(cfg)})
+    plain = load_config(None, ["video.frame_size=[64, 64]"])  # a node config without the override
+    loaded, _ = load_model_checkpoint(tmp_path / "v.pt", plain)
+    assert loaded.waypoint_head.kind == "visual"
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())

@@ -21,8 +21,8 @@ within 1 m of the goal object), SPL, navigation error, oracle success, stop rate
 steps, time per step (render vs policy), per goal category (``vln_core/sim/closed_loop.py``).
 
 Writes ``--out/nav.json`` (settings, every metric per method, every episode) and ``--out/nav.md``
-(the table), and ``--out/episode_<seed>.gif`` for the first ``--gifs`` episodes of the ``model``
-method: the top-down map with the path and the goal beside the camera with the goal heatmap and
+(the table), and ``--out/episode_<seed>[_<method>].gif`` for the first ``--gifs`` episodes of the
+``--gif-methods`` (default ``model``): the top-down map with the path and the goal beside the camera with the goal heatmap and
 the waypoints. Bad input exits with status 2 and one line.
 """
 from __future__ import annotations
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--max-steps", type=int, default=60, help="decisions per episode (default 60)")
     parser.add_argument("--dt", type=float, default=0.5, help="seconds between decisions (default 0.5)")
-    parser.add_argument("--gifs", type=int, default=3, help="episodes of the model method drawn as GIFs (default 3)")
+    parser.add_argument("--gifs", type=int, default=3, help="first episodes drawn as GIFs (default 3)")
+    parser.add_argument("--gif-methods", default="model", help="methods whose episodes are drawn (default model)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
+    gif_methods = {m.strip() for m in args.gif_methods.split(",") if m.strip()}
+    unknown = sorted((set(methods) | gif_methods) - set(METHODS))
     if unknown or not methods:
         return fail(f"unknown method(s) {unknown or args.methods!r}; choose from {','.join(METHODS)}")
     if args.episodes < 1 or args.max_steps < 1 or not 0.05 <= args.dt <= 2.0 or args.gifs < 0 or args.seed < 0:
@@ -158,16 +160,17 @@ def main(argv: list[str] | None = None) -> int:
                 frames.append(nav_frame(episode, np.array(driven), sim_state.yaw, obs.rgb, obs.K, sim_state.T_base_cam,
                                         None if last is None else last.goal_heatmap,
                                         None if last is None else last.waypoints,
-                                        f"seed {episode.seed} t={obs.t:.1f}s: {episode.instruction}"))
+                                        f"{name}, seed {episode.seed}, t={obs.t:.1f}s: {episode.instruction}"))
 
-            record = name == "model" and done < args.gifs
+            record = name in gif_methods and done < args.gifs
             result = cl.run_episode(built[name], episode, sim, args.max_steps, args.dt, with_depth=args.depth,
                                     on_step=draw if record else None)
             results[name].append(result)
             if record and frames:
                 from vln_core.sim.nav_viz import write_gif
 
-                gifs.append(str(write_gif(frames, out / f"episode_{episode.seed}.gif")))
+                suffix = "" if name == "model" else f"_{name}"
+                gifs.append(str(write_gif(frames, out / f"episode_{episode.seed}{suffix}.gif")))
             bar.update(1)
             bar.set_postfix_str(f"{name} {'ok' if result.success else 'miss'}")
         done += 1

@@ -73,6 +73,11 @@ class ReprojectionArchitecture:
     instruction_dim: int = 64
     waypoint_hidden: int = 256
     vocab_size: int = 4096
+    # "cv_residual": a residual on constant-velocity extrapolation of the past trajectory (the
+    # shipped head, trained on driven trajectories); "visual": no past trajectory, the current
+    # view's 1/32 features pooled to a 2x4 grid + the instruction (imitation of the planner,
+    # vln_core/train/nav_imitation.py)
+    waypoint_head: str = "cv_residual"
 
 
 def default_intrinsics(size: tuple[int, int], hfov_deg: float, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -235,21 +240,42 @@ class GoalHead(nn.Module):
         return self.body(x)[:, 0]
 
 
-class WaypointHead(nn.Module):
-    """20 future base positions as a residual on constant-velocity extrapolation."""
+WAYPOINT_HEADS = ("cv_residual", "visual")
+#: The "visual" waypoint head pools the current view's 1/32 features to this (rows, cols) grid.
+VISUAL_POOL = (2, 4)
 
-    def __init__(self, c32: int, instruction_dim: int, hidden: int) -> None:
+
+class WaypointHead(nn.Module):
+    """20 future base positions (see :attr:`ReprojectionArchitecture.waypoint_head`).
+
+    ``cv_residual``: a residual on constant-velocity extrapolation of the past trajectory, from the
+    past, the intent, the instruction and the mean 1/32 feature. ``visual``: from the intent, the
+    instruction and the 1/32 features pooled to :data:`VISUAL_POOL` (where things are in the view
+    counts), ignoring the past trajectory.
+    """
+
+    def __init__(self, c32: int, instruction_dim: int, hidden: int, kind: str = "cv_residual") -> None:
         super().__init__()
+        if kind not in WAYPOINT_HEADS:
+            raise InputError(f"waypoint_head must be one of {WAYPOINT_HEADS}, got {kind!r}")
+        self.kind = kind
         self.intent_embed = nn.Embedding(NUM_INTENTS, 16)
+        visual = c32 * VISUAL_POOL[0] * VISUAL_POOL[1]
+        inputs = 16 + instruction_dim + (visual if kind == "visual" else PAST_TRAJECTORY_LENGTH * 4 + c32)
         self.mlp = nn.Sequential(
-            nn.Linear(PAST_TRAJECTORY_LENGTH * 4 + 16 + instruction_dim + c32, hidden), nn.ReLU(inplace=True),
+            nn.Linear(inputs, hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, NUM_WAYPOINTS * 2))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, past: torch.Tensor, intent: torch.Tensor, instruction: torch.Tensor, f32: torch.Tensor) -> torch.Tensor:
-        """``past (B, 16, 4)`` [x, y, v, w] current base frame, ``intent (B,)`` -> ``(B, 20, 2)`` metres."""
+        """``past (B, 16, 4)`` [x, y, v, w] current base frame, ``intent (B,)``, ``instruction (B, I)``,
+        ``f32 (B, C, h, w)`` -> ``(B, 20, 2)`` metres."""
         B = past.shape[0]
+        if self.kind == "visual":
+            pooled = F.adaptive_avg_pool2d(f32, VISUAL_POOL).flatten(1)
+            x = torch.cat([self.intent_embed(intent), instruction, pooled], dim=-1)
+            return self.mlp(x).view(B, NUM_WAYPOINTS, 2)
         step = past[:, -1, :2] - past[:, -2, :2]
         k = torch.arange(1, NUM_WAYPOINTS + 1, dtype=past.dtype, device=past.device)[None, :, None]
         constant_velocity = step[:, None, :] * k
@@ -319,7 +345,7 @@ class ReprojectionHeatmapModel(nn.Module):
         self.pose_head = RelativePoseHead(arch.pose_feature_dim, (H // 16) * (W // 16), arch.pose_hidden)
         self.instruction_embed = nn.Embedding(tokenizer.vocab_size, arch.instruction_dim)
         self.goal_head = GoalHead(arch.widths[1], arch.widths[3], arch.instruction_dim)
-        self.waypoint_head = WaypointHead(arch.widths[3], arch.instruction_dim, arch.waypoint_hidden)
+        self.waypoint_head = WaypointHead(arch.widths[3], arch.instruction_dim, arch.waypoint_hidden, arch.waypoint_head)
         self.multiview = MultiViewDepth(MultiViewArchitecture())
         #: False when the weights came from a checkpoint without the multi-view network (older
         #: checkpoints): the depth is then the monocular network's whatever ``model.depth_source`` says

@@ -1,0 +1,158 @@
+"""Waypoints worth following: the embedded model's waypoint head imitates the planner.
+
+The shipped waypoint head learned the driven trajectories of the collector as a residual on
+constant velocity; in closed loop it extrapolates the robot's own motion (from rest: rest), so a
+robot following it never leaves the start (``training/evaluate_nav.py``). Here a ``visual`` head
+(:class:`vln_core.models.reprojection_model.WaypointHead`: the view's features on a 2x4 grid and
+the instruction, no past trajectory) is trained to give, at a robot pose, the next 20 positions
+of the planner's shortest path from that pose to the goal (0.05 m apart: 0.1 s at 0.5 m/s; the
+path's end repeated when it is shorter: stop).
+
+States (:func:`collect_states`): the homes of training seeds, poses along the planner's path from
+the episode's start, each with a lateral offset and a heading error (so the head also learns to
+come back: the states a policy that drifts visits, a first DAgger step without rollouts), kept
+where the robot fits. The frozen encoder's 1/32 features of each rendered view and the
+instruction's embedding are computed once; only the head trains (:func:`train_head`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vln_core.config import SimConfig
+from vln_core.models.spatial_model import NUM_WAYPOINTS
+from vln_core.preprocess import preprocess_frames
+from vln_core.sim.closed_loop import NavSimulator, make_nav_episode, shortest_path_to_goal
+
+__all__ = ["ImitationStates", "planner_waypoints", "collect_states", "train_head", "WAYPOINT_SPACING_M"]
+
+#: The head's waypoints are 0.1 s apart at the robot's top speed of 0.5 m/s.
+WAYPOINT_SPACING_M = 0.05
+
+
+@dataclass
+class ImitationStates:
+    """Inputs and targets of the head for ``S`` states."""
+
+    f32: torch.Tensor  # (S, C, h, w) the frozen encoder's 1/32 features of the rendered view
+    instruction: torch.Tensor  # (S, I) the instruction's embedding
+    waypoints: torch.Tensor  # (S, 20, 2) the planner's next positions, base frame (x forward, y left)
+    seeds: np.ndarray  # (S,) the home of each state
+
+
+def planner_waypoints(path_xy: np.ndarray, T_odom_base: np.ndarray, n: int = NUM_WAYPOINTS,
+                      spacing: float = WAYPOINT_SPACING_M) -> np.ndarray:
+    """The first ``n`` points of a world path ``(P, 2)`` (starting at the robot) every ``spacing``
+    metres of arc length, in the base frame ``(n, 2)``; the end repeats where the path is shorter."""
+    path = np.asarray(path_xy, dtype=np.float64)
+    seg = np.linalg.norm(np.diff(path, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    want = np.minimum(spacing * np.arange(1, n + 1), arc[-1])
+    pts = np.stack([np.interp(want, arc, path[:, 0]), np.interp(want, arc, path[:, 1])], axis=1)
+    d = pts - T_odom_base[:2, 3]
+    return (d @ T_odom_base[:2, :2]).astype(np.float32)
+
+
+def collect_states(first_seed: int, homes_wanted: int, sim_cfg: SimConfig, model: torch.nn.Module,
+                   states_per_home: int = 20, rng: Optional[np.random.Generator] = None,
+                   progress: Optional[Callable[[int], None]] = None) -> ImitationStates:
+    """Render states in ``homes_wanted`` homes from seed ``first_seed`` on (see the module doc;
+    seeds without an episode are skipped, at most 3x as many tried) and encode them with
+    ``model`` (the embedded model, frozen)."""
+    rng = rng or np.random.default_rng(0)
+    clearance = sim_cfg.robot_radius_m + sim_cfg.clearance_margin_m
+    f32s, instructions, targets, homes = [], [], [], []
+    used = 0
+    for seed in range(first_seed, first_seed + 3 * homes_wanted):
+        if used >= homes_wanted:
+            break
+        try:
+            episode = make_nav_episode(seed, sim_cfg)
+        except RuntimeError:
+            episode = None
+        if episode is not None:
+            used += 1
+            sim = NavSimulator(episode, sim_cfg, seed=seed)
+            path = episode.shortest_path
+            ids, mask = model.tokenizer.encode([episode.instruction], model.cfg.model.max_instruction_length)
+            with torch.no_grad():
+                instruction = model.instruction_vector(ids, mask.bool())[0]
+            arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
+            for _ in range(states_per_home):
+                s = rng.uniform(0.0, arc[-1])
+                i = int(np.searchsorted(arc, s, side="right") - 1)
+                i = min(i, len(path) - 2)
+                heading = math.atan2(path[i + 1, 1] - path[i, 1], path[i + 1, 0] - path[i, 0])
+                base = path[i] + (s - arc[i]) * np.array([math.cos(heading), math.sin(heading)])
+                xy = base + rng.normal(0.0, 0.25) * np.array([-math.sin(heading), math.cos(heading)])
+                if float(episode.grid.clearance_at(xy)) < clearance:
+                    xy = base
+                yaw = heading + rng.normal(0.0, math.radians(35.0))
+                route = shortest_path_to_goal(episode.grid, xy, episode.goal, clearance)
+                if route is None:
+                    continue
+                sim.xy, sim.yaw = xy.copy(), float(yaw)
+                obs = sim.observe(0.0)
+                pre = preprocess_frames([obs.rgb], None, obs.K, model.frame_size)
+                with torch.no_grad():
+                    f32s.append(model.encode_frames(pre.frames).f32[0])
+                instructions.append(instruction)
+                targets.append(torch.from_numpy(planner_waypoints(route, obs.T_odom_base)))
+                homes.append(seed)
+            if progress is not None:
+                progress(1)
+    if not f32s:
+        raise RuntimeError("no imitation state could be made from the given seeds")
+    return ImitationStates(torch.stack(f32s), torch.stack(instructions), torch.stack(targets), np.asarray(homes))
+
+
+def train_head(head: torch.nn.Module, train: ImitationStates, val: ImitationStates, epochs: int = 60,
+               lr: float = 2e-3, batch: int = 64, seed: int = 0,
+               progress: Optional[Callable[[int, float, float], None]] = None) -> dict[str, float]:
+    """Fit ``head`` (a ``visual`` :class:`WaypointHead`) to the planner's waypoints (mean L1 per
+    point, metres); keeps the weights of the epoch with the lowest validation error. Returns
+    ``{"train_l1", "val_l1", "val_l1_before", "best_epoch"}``."""
+    gen = torch.Generator().manual_seed(seed)
+    past = torch.zeros(1, 16, 4)
+    intent = torch.ones(1, dtype=torch.long)
+
+    def error(states: ImitationStates) -> float:
+        head.eval()
+        with torch.no_grad():
+            n = len(states.f32)
+            pred = head(past.expand(n, 16, 4), intent.expand(n), states.instruction, states.f32)
+        head.train()
+        return float((pred - states.waypoints).abs().mean())
+
+    for p in head.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    before = error(val)
+    best, best_state, best_epoch, train_l1 = before, {k: v.clone() for k, v in head.state_dict().items()}, -1, float("nan")
+    n = len(train.f32)
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for start in range(0, n, batch):
+            idx = order[start:start + batch]
+            pred = head(past.expand(len(idx), 16, 4), intent.expand(len(idx)), train.instruction[idx], train.f32[idx])
+            loss = F.l1_loss(pred, train.waypoints[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        train_l1 = total / n
+        val_l1 = error(val)
+        if val_l1 < best:
+            best, best_epoch = val_l1, epoch
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+        if progress is not None:
+            progress(epoch, train_l1, val_l1)
+    head.load_state_dict(best_state)
+    head.eval()
+    return {"train_l1": train_l1, "val_l1": best, "val_l1_before": before, "best_epoch": best_epoch}

@@ -149,3 +149,26 @@ def test_the_visual_waypoint_head_reads_the_view_not_the_past_and_loads_at_its_r
     loaded, _ = load_model_checkpoint(tmp_path / "v.pt", plain)
     assert loaded.waypoint_head.kind == "visual"
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_imitate_nav_cli_trains_the_visual_head_and_keeps_everything_else(tmp_path):
+    import torch
+
+    from vln_core.models.shipped import SHIPPED_CHECKPOINT, load_model_checkpoint
+
+    out = tmp_path / "head"
+    done = subprocess.run([sys.executable, str(REPO / "training" / "imitate_nav.py"), "--out", str(out), "--homes", "2",
+                           "--val-homes", "1", "--states-per-home", "6", "--epochs", "3", "--threads", "1",
+                           "--no-progress"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stats = json.loads((out / "imitation.json").read_text())
+    assert stats["train_states"] >= 6 and stats["val_l1"] <= stats["val_l1_before"]
+    trained, _ = load_model_checkpoint(out / "checkpoint.pt")
+    shipped, _ = load_model_checkpoint(SHIPPED_CHECKPOINT)
+    assert trained.waypoint_head.kind == "visual" and shipped.waypoint_head.kind == "cv_residual"
+    for key, value in shipped.state_dict().items():  # heatmaps, depth, poses and goal: the shipped weights
+        if not key.startswith("waypoint_head."):
+            assert torch.equal(trained.state_dict()[key], value), key
+    bad = subprocess.run([sys.executable, str(REPO / "training" / "imitate_nav.py"), "--out", str(tmp_path / "x"),
+                          "--init", str(tmp_path / "missing.pt")], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert bad.returncode == 2 and "missing.pt" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -36,6 +36,26 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _process_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would race other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _final_mode(path: Path) -> int:
+    """The permissions the file should get: an existing file's own, else what ``open()`` would
+    give a new file (0o666 minus the umask); mkstemp's 0o600 would hide outputs from others."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_process_umask()
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file that becomes ``path`` only if the ``with`` block succeeds.
@@ -53,6 +73,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
+            os.fchmod(fh.fileno(), _final_mode(path))
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

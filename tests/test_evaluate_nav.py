@@ -159,10 +159,12 @@ def test_imitate_nav_cli_trains_the_visual_head_and_keeps_everything_else(tmp_pa
     out = tmp_path / "head"
     done = subprocess.run([sys.executable, str(REPO / "training" / "imitate_nav.py"), "--out", str(out), "--homes", "2",
                            "--val-homes", "1", "--states-per-home", "6", "--epochs", "3", "--threads", "1",
-                           "--no-progress"], capture_output=True, text=True, timeout=600, cwd=REPO)
+                           "--dagger-homes", "1", "--dagger-steps", "3", "--no-progress"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     stats = json.loads((out / "imitation.json").read_text())
     assert stats["train_states"] >= 6 and stats["val_l1"] <= stats["val_l1_before"]
+    assert stats["dagger_homes"] == 1 and 1 <= stats["dagger_states"] <= 3  # the states its own rollout visited
     trained, _ = load_model_checkpoint(out / "checkpoint.pt")
     shipped, _ = load_model_checkpoint(SHIPPED_CHECKPOINT)
     assert trained.waypoint_head.kind == "visual" and shipped.waypoint_head.kind == "cv_residual"

@@ -36,11 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-homes", type=int, default=20, help="validation homes (seeds 2000 on; default 20)")
     parser.add_argument("--states-per-home", type=int, default=20, help="robot poses per home (default 20)")
     parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--dagger-homes", type=int, default=0,
+                        help="then drive the trained head in this many more training homes (seeds 3000 on), label the "
+                             "states it visits with the planner's waypoints and train again on everything (default 0)")
+    parser.add_argument("--dagger-steps", type=int, default=30, help="decisions per DAgger rollout (default 30)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.homes < 1 or args.val_homes < 1 or args.states_per_home < 1 or args.epochs < 1 or args.threads < 1:
-        print("imitate_nav: --homes, --val-homes, --states-per-home, --epochs and --threads must be >= 1", file=sys.stderr)
+    if (args.homes < 1 or args.val_homes < 1 or args.states_per_home < 1 or args.epochs < 1 or args.threads < 1
+            or args.dagger_homes < 0 or args.dagger_steps < 1):
+        print("imitate_nav: --homes, --val-homes, --states-per-home, --epochs, --threads and --dagger-steps must be >= 1, "
+              "--dagger-homes >= 0", file=sys.stderr)
         return 2
 
     import copy
@@ -53,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from vln_core.models.registry import build_model
     from vln_core.models.shipped import SHIPPED_CHECKPOINT, load_model_checkpoint
     from vln_core.train.checkpoint import save_checkpoint
-    from vln_core.train.nav_imitation import collect_states, train_head
+    from vln_core.train.nav_imitation import collect_rollout_states, collect_states, merge_states, subset, train_head
 
     torch.set_num_threads(args.threads)
     try:
@@ -69,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg.model.arch_overrides = {**cfg.model.arch_overrides, "waypoint_head": "visual"}
     model = build_model(cfg)
     own = model.state_dict()
-    kept = {k: v for k, v in init.state_dict().items() if not k.startswith("waypoint_head.")}
+    continuing = init.waypoint_head.kind == "visual"  # --init is an earlier run of this script: keep its head
+    kept = {k: v for k, v in init.state_dict().items() if continuing or not k.startswith("waypoint_head.")}
     missing = [k for k in own if k not in kept and not k.startswith("waypoint_head.")]
     if missing:
         print(f"imitate_nav: {args.init} lacks {missing[:3]}", file=sys.stderr)
@@ -94,6 +101,25 @@ def main(argv: list[str] | None = None) -> int:
     model.waypoint_head.train()
     stats = train_head(model.waypoint_head, train, val, epochs=args.epochs, progress=report)
     epochs.close()
+    dagger_states = 0
+    if args.dagger_homes:
+        bar = tqdm(total=args.dagger_homes, unit="home", desc="dagger rollouts", disable=args.no_progress)
+        rollouts = collect_rollout_states(3000, args.dagger_homes, sim_cfg, model, args.dagger_steps, progress=bar.update)
+        bar.close()
+        dagger_states = len(rollouts.f32)
+        # the homes of the last sixth of the rollouts validate (states like the ones the policy visits)
+        cut = np.unique(rollouts.seeds)[-max(1, len(np.unique(rollouts.seeds)) // 6):]
+        held = np.isin(rollouts.seeds, cut)
+        if held.all():  # a single rollout home: it trains, and validation stays the planner states
+            held[:] = False
+        roll_train, roll_val = subset(rollouts, ~held), subset(rollouts, held)
+        val = merge_states(val, roll_val) if len(roll_val.f32) else val
+        first = stats
+        epochs = tqdm(total=args.epochs, unit="epoch", desc="head (dagger)", disable=args.no_progress)
+        stats = train_head(model.waypoint_head, merge_states(train, roll_train), val, epochs=args.epochs,
+                           progress=report)
+        epochs.close()
+        stats = {**stats, "val_l1_before": first["val_l1_before"], "val_l1_before_dagger": first["val_l1"]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "checkpoint.pt", {"model": model.state_dict(), "config": config_to_dict(cfg),
@@ -101,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      "trained": "waypoint_head (visual) by planner imitation"}})
     summary = {"init": str(args.init or SHIPPED_CHECKPOINT), "train_states": len(train.f32), "val_states": len(val.f32),
                "train_homes": int(len(set(train.seeds.tolist()))), "val_homes": int(len(set(val.seeds.tolist()))),
-               "epochs": args.epochs, **{k: round(float(v), 4) for k, v in stats.items()},
+               "epochs": args.epochs, "dagger_homes": args.dagger_homes, "dagger_states": dagger_states,
+               **{k: round(float(v), 4) for k, v in stats.items()},
                "seconds_states": round(t_states, 1), "seconds_total": round(time.monotonic() - t0, 1)}
     atomic_write_text(out / "imitation.json", json.dumps(summary, indent=1))
     print(f"waypoint L1 on validation states: {stats['val_l1_before']:.3f} m (head untrained) -> {stats['val_l1']:.3f} m; "

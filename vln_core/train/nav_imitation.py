@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from vln_core.config import SimConfig
 from vln_core.models.spatial_model import NUM_WAYPOINTS
 from vln_core.preprocess import preprocess_frames
-from vln_core.sim.closed_loop import NavSimulator, make_nav_episode, shortest_path_to_goal
+from vln_core.sim.closed_loop import LOOKAHEAD_M, NavSimulator, make_nav_episode, pursue, shortest_path_to_goal
 
-__all__ = ["ImitationStates", "planner_waypoints", "collect_states", "train_head", "WAYPOINT_SPACING_M"]
+__all__ = ["ImitationStates", "planner_waypoints", "collect_states", "collect_rollout_states", "merge_states", "subset",
+           "train_head", "WAYPOINT_SPACING_M"]
 
 #: The head's waypoints are 0.1 s apart at the robot's top speed of 0.5 m/s.
 WAYPOINT_SPACING_M = 0.05
@@ -108,6 +109,70 @@ def collect_states(first_seed: int, homes_wanted: int, sim_cfg: SimConfig, model
                 progress(1)
     if not f32s:
         raise RuntimeError("no imitation state could be made from the given seeds")
+    return ImitationStates(torch.stack(f32s), torch.stack(instructions), torch.stack(targets), np.asarray(homes))
+
+
+def subset(states: ImitationStates, keep: np.ndarray) -> ImitationStates:
+    """The states where ``keep`` (bool ``(S,)``) is True."""
+    idx = torch.from_numpy(np.flatnonzero(keep))
+    return ImitationStates(states.f32[idx], states.instruction[idx], states.waypoints[idx], states.seeds[keep])
+
+
+def merge_states(a: ImitationStates, b: ImitationStates) -> ImitationStates:
+    """Both sets of states in one."""
+    return ImitationStates(torch.cat([a.f32, b.f32]), torch.cat([a.instruction, b.instruction]),
+                           torch.cat([a.waypoints, b.waypoints]), np.concatenate([a.seeds, b.seeds]))
+
+
+def collect_rollout_states(first_seed: int, homes_wanted: int, sim_cfg: SimConfig, model: torch.nn.Module,
+                           steps: int = 30, dt: float = 0.5,
+                           progress: Optional[Callable[[int], None]] = None) -> ImitationStates:
+    """DAgger: drive ``model``'s own waypoint head (pure pursuit, as ``training/evaluate_nav.py``
+    does) in ``homes_wanted`` homes from ``first_seed`` on, and label every state it visits with
+    the planner's waypoints from there: the states a drifting, wall-scraping policy gets into are
+    the ones it must learn to leave."""
+    # the planner keeps robot radius + margin; a robot scraping a wall has less, yet still fits:
+    # its route out is planned with the radius alone (those are the states that need a label most)
+    clearance = sim_cfg.robot_radius_m + sim_cfg.clearance_margin_m
+    tight = sim_cfg.robot_radius_m - 0.05
+    max_speed, max_turn = sim_cfg.max_speed_mps, math.radians(sim_cfg.max_turn_rate_dps)
+    past, intent = torch.zeros(1, 16, 4), torch.ones(1, dtype=torch.long)
+    f32s, instructions, targets, homes = [], [], [], []
+    used = 0
+    for seed in range(first_seed, first_seed + 3 * homes_wanted):
+        if used >= homes_wanted:
+            break
+        try:
+            episode = make_nav_episode(seed, sim_cfg)
+        except RuntimeError:
+            episode = None
+        if episode is None:
+            continue
+        used += 1
+        sim = NavSimulator(episode, sim_cfg, seed=seed)
+        ids, mask = model.tokenizer.encode([episode.instruction], model.cfg.model.max_instruction_length)
+        with torch.no_grad():
+            instruction = model.instruction_vector(ids, mask.bool())
+        for step in range(steps):
+            obs = sim.observe(step * dt)
+            pre = preprocess_frames([obs.rgb], None, obs.K, model.frame_size)
+            with torch.no_grad():
+                f32 = model.encode_frames(pre.frames).f32
+                wp = model.waypoint_head(past, intent, instruction, f32)[0].numpy()
+            route = shortest_path_to_goal(episode.grid, sim.xy, episode.goal, clearance)
+            if route is None:
+                route = shortest_path_to_goal(episode.grid, sim.xy, episode.goal, tight)
+            if route is not None:
+                f32s.append(f32[0])
+                instructions.append(instruction[0])
+                targets.append(torch.from_numpy(planner_waypoints(route, obs.T_odom_base)))
+                homes.append(seed)
+            far = np.flatnonzero(np.linalg.norm(wp, axis=1) >= LOOKAHEAD_M)
+            sim.move(pursue(wp[far[0]] if len(far) else wp[-1], max_speed, max_turn), dt)
+        if progress is not None:
+            progress(1)
+    if not f32s:
+        raise RuntimeError("no rollout state could be labelled")
     return ImitationStates(torch.stack(f32s), torch.stack(instructions), torch.stack(targets), np.asarray(homes))
 
 

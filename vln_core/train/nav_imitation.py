@@ -59,6 +59,22 @@ def planner_waypoints(path_xy: np.ndarray, T_odom_base: np.ndarray, n: int = NUM
     return (d @ T_odom_base[:2, :2]).astype(np.float32)
 
 
+def _training_homes(first_seed: int, homes_wanted: int, sim_cfg: SimConfig):
+    """``(seed, episode)`` for ``homes_wanted`` homes from ``first_seed`` on; seeds without an
+    episode are skipped, at most 3x as many tried."""
+    used = 0
+    for seed in range(first_seed, first_seed + 3 * homes_wanted):
+        if used >= homes_wanted:
+            return
+        try:
+            episode = make_nav_episode(seed, sim_cfg)
+        except RuntimeError:  # no feasible goal in this home
+            continue
+        if episode is not None:
+            used += 1
+            yield seed, episode
+
+
 def collect_states(first_seed: int, homes_wanted: int, sim_cfg: SimConfig, model: torch.nn.Module,
                    states_per_home: int = 20, rng: Optional[np.random.Generator] = None,
                    progress: Optional[Callable[[int], None]] = None) -> ImitationStates:
@@ -68,45 +84,36 @@ def collect_states(first_seed: int, homes_wanted: int, sim_cfg: SimConfig, model
     rng = rng or np.random.default_rng(0)
     clearance = sim_cfg.robot_radius_m + sim_cfg.clearance_margin_m
     f32s, instructions, targets, homes = [], [], [], []
-    used = 0
-    for seed in range(first_seed, first_seed + 3 * homes_wanted):
-        if used >= homes_wanted:
-            break
-        try:
-            episode = make_nav_episode(seed, sim_cfg)
-        except RuntimeError:
-            episode = None
-        if episode is not None:
-            used += 1
-            sim = NavSimulator(episode, sim_cfg, seed=seed)
-            path = episode.shortest_path
-            ids, mask = model.tokenizer.encode([episode.instruction], model.cfg.model.max_instruction_length)
+    for seed, episode in _training_homes(first_seed, homes_wanted, sim_cfg):
+        sim = NavSimulator(episode, sim_cfg, seed=seed)
+        path = episode.shortest_path
+        ids, mask = model.tokenizer.encode([episode.instruction], model.cfg.model.max_instruction_length)
+        with torch.no_grad():
+            instruction = model.instruction_vector(ids, mask.bool())[0]
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
+        for _ in range(states_per_home):
+            s = rng.uniform(0.0, arc[-1])
+            i = int(np.searchsorted(arc, s, side="right") - 1)
+            i = min(i, len(path) - 2)
+            heading = math.atan2(path[i + 1, 1] - path[i, 1], path[i + 1, 0] - path[i, 0])
+            base = path[i] + (s - arc[i]) * np.array([math.cos(heading), math.sin(heading)])
+            xy = base + rng.normal(0.0, 0.25) * np.array([-math.sin(heading), math.cos(heading)])
+            if float(episode.grid.clearance_at(xy)) < clearance:
+                xy = base
+            yaw = heading + rng.normal(0.0, math.radians(35.0))
+            route = shortest_path_to_goal(episode.grid, xy, episode.goal, clearance)
+            if route is None:
+                continue
+            sim.xy, sim.yaw = xy.copy(), float(yaw)
+            obs = sim.observe(0.0)
+            pre = preprocess_frames([obs.rgb], None, obs.K, model.frame_size)
             with torch.no_grad():
-                instruction = model.instruction_vector(ids, mask.bool())[0]
-            arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
-            for _ in range(states_per_home):
-                s = rng.uniform(0.0, arc[-1])
-                i = int(np.searchsorted(arc, s, side="right") - 1)
-                i = min(i, len(path) - 2)
-                heading = math.atan2(path[i + 1, 1] - path[i, 1], path[i + 1, 0] - path[i, 0])
-                base = path[i] + (s - arc[i]) * np.array([math.cos(heading), math.sin(heading)])
-                xy = base + rng.normal(0.0, 0.25) * np.array([-math.sin(heading), math.cos(heading)])
-                if float(episode.grid.clearance_at(xy)) < clearance:
-                    xy = base
-                yaw = heading + rng.normal(0.0, math.radians(35.0))
-                route = shortest_path_to_goal(episode.grid, xy, episode.goal, clearance)
-                if route is None:
-                    continue
-                sim.xy, sim.yaw = xy.copy(), float(yaw)
-                obs = sim.observe(0.0)
-                pre = preprocess_frames([obs.rgb], None, obs.K, model.frame_size)
-                with torch.no_grad():
-                    f32s.append(model.encode_frames(pre.frames).f32[0])
-                instructions.append(instruction)
-                targets.append(torch.from_numpy(planner_waypoints(route, obs.T_odom_base)))
-                homes.append(seed)
-            if progress is not None:
-                progress(1)
+                f32s.append(model.encode_frames(pre.frames).f32[0])
+            instructions.append(instruction)
+            targets.append(torch.from_numpy(planner_waypoints(route, obs.T_odom_base)))
+            homes.append(seed)
+        if progress is not None:
+            progress(1)
     if not f32s:
         raise RuntimeError("no imitation state could be made from the given seeds")
     return ImitationStates(torch.stack(f32s), torch.stack(instructions), torch.stack(targets), np.asarray(homes))
@@ -138,17 +145,7 @@ def collect_rollout_states(first_seed: int, homes_wanted: int, sim_cfg: SimConfi
     max_speed, max_turn = sim_cfg.max_speed_mps, math.radians(sim_cfg.max_turn_rate_dps)
     past, intent = torch.zeros(1, 16, 4), torch.ones(1, dtype=torch.long)
     f32s, instructions, targets, homes = [], [], [], []
-    used = 0
-    for seed in range(first_seed, first_seed + 3 * homes_wanted):
-        if used >= homes_wanted:
-            break
-        try:
-            episode = make_nav_episode(seed, sim_cfg)
-        except RuntimeError:
-            episode = None
-        if episode is None:
-            continue
-        used += 1
+    for seed, episode in _training_homes(first_seed, homes_wanted, sim_cfg):
         sim = NavSimulator(episode, sim_cfg, seed=seed)
         ids, mask = model.tokenizer.encode([episode.instruction], model.cfg.model.max_instruction_length)
         with torch.no_grad():

@@ -82,12 +82,14 @@ def test_cli_runs_the_model_and_the_baselines_and_writes_the_report(tmp_path):
                            "sim.image_size=[96, 96]"], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "nav.json").read_text())
-    assert set(report["methods"]) == {"model", "goal_heatmap_greedy", "random_walk", "forward_explorer",
+    assert set(report["methods"]) == {"model", "memory", "goal_heatmap_greedy", "random_walk", "forward_explorer",
                                       "shortest_path_oracle"}
     for name, summary in report["methods"].items():
         assert summary["episodes"] == 1 and 0.0 <= summary["success"] <= 1.0, name
         assert report["episodes"][name][0]["steps"] <= 4
     assert report["methods"]["model"]["policy_ms_per_step"] > 0  # the node's runtime ran
+    # the shipped goal head gives no per-pixel probabilities: the memory navigator turns to look, then explores
+    assert report["episodes"]["memory"][0]["steps"] == 4 and not report["episodes"]["memory"][0]["stopped"]
     rows = [line for line in (out / "nav.md").read_text().splitlines() if line.startswith("| model |")]
     assert len(rows) == 1 and "Success per goal category" in (out / "nav.md").read_text()
     gif = out / f"episode_{report['episodes']['model'][0]['seed']}.gif"

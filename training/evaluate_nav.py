@@ -12,6 +12,11 @@ least 3 m of planner path from the goal. Every ``--dt`` seconds the simulator re
 
 * ``model``: the node's runtime and backend (``--backend``, the node's settings) give waypoints;
   the robot follows them and stops when they end at the robot;
+* ``memory``: the same runtime's goal heatmap and the view's depth (measured with ``--depth``,
+  else the backend's) build a map of what the robot has seen and where the goal was seen
+  (``vln_core/nav``); the robot looks around once, explores the map's frontier until the goal
+  shows, plans to it on the map and stops near it. Needs a goal head that gives per-pixel
+  probabilities (``model.arch_overrides.goal_head: mask``, ``training/train_goal.py``);
 * ``goal_heatmap_greedy``: the same runtime's goal heatmap: turn toward its peak, go forward;
 * ``random_walk``, ``forward_explorer`` (straight until blocked, then turn): baselines;
 * ``shortest_path_oracle``: the planner's path on the true map.
@@ -41,7 +46,7 @@ from vln_core.config import ConfigError, add_config_arguments, config_from_args 
 from vln_core.errors import InputError  # noqa: E402
 
 NODE_PARAMS = REPO / "ros2_ws" / "src" / "vln_heatmap" / "config" / "vln_heatmap.yaml"
-METHODS = ("model", "goal_heatmap_greedy", "random_walk", "forward_explorer", "shortest_path_oracle")
+METHODS = ("model", "memory", "goal_heatmap_greedy", "random_walk", "forward_explorer", "shortest_path_oracle")
 #: Seeds from here on are not used by any training, validation or evaluation set of collect.py.
 DEFAULT_SEED = 900000
 
@@ -101,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ConfigError) as exc:
         return fail(str(exc).splitlines()[0])
 
+    import copy
     import math
 
     import numpy as np
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     sim = cfg.sim
     max_speed, max_turn = sim.max_speed_mps, math.radians(sim.max_turn_rate_dps)
     backend = None
-    if {"model", "goal_heatmap_greedy"} & set(methods):
+    if {"model", "memory", "goal_heatmap_greedy"} & set(methods):
         try:
             backend = create_backend(cfg.node.backend, cfg)
         except (BackendUnavailableError, InputError, ConfigError) as exc:
@@ -122,8 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     def runtime():
         return NavigationRuntime(cfg, backend=backend)
 
+    memory_cfg = copy.deepcopy(cfg)
+    memory_cfg.node.waypoint_source = "memory"
+    memory_cfg.node.robot_radius_m = sim.robot_radius_m
+
+    def memory_runtime():
+        return NavigationRuntime(memory_cfg, backend=backend)
+
     policies = {
         "model": lambda: cl.WaypointPolicy(runtime, max_speed, max_turn),
+        "memory": lambda: cl.WaypointPolicy(memory_runtime, max_speed, max_turn, name="memory"),
         "goal_heatmap_greedy": lambda: cl.GoalHeatmapGreedy(runtime, max_speed, max_turn),
         "random_walk": lambda: cl.RandomWalk(max_speed, max_turn, seed=args.seed),
         "forward_explorer": lambda: cl.ForwardExplorer(max_speed, max_turn, sim.robot_radius_m + 0.02, seed=args.seed),

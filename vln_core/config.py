@@ -140,6 +140,12 @@ class NodeConfig:
     # backend auto on the geometry path (depth + poses): still run the learned model's goal and
     # waypoint heads on the current frame, so an RGB-D robot gets the whole output
     auto_learned_heads: bool = True
+    # where the waypoints come from: "head" (the model's waypoint head) or "memory" (the map of
+    # what the robot has seen and where it saw the goal, planned on: vln_core/nav; needs a goal
+    # head that gives per-pixel probabilities, model.arch_overrides.goal_head: mask, and depth,
+    # measured or the learned backend's)
+    waypoint_source: Literal["head", "memory"] = "head"
+    robot_radius_m: float = 0.25  # the memory planner keeps this (+5 cm) from mapped obstacles
     onnx_providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")  # those present are used
     tensorrt_precision: Literal["fp32", "fp16"] = "fp32"  # which engines the "tensorrt" backend loads
     inference_rate_hz: float = 5.0
@@ -170,6 +176,8 @@ class NodeConfig:
     def validate(self, key: str) -> None:
         if self.inference_rate_hz <= 0:
             raise ConfigError(f"{key}.inference_rate_hz must be > 0, got {self.inference_rate_hz}")
+        if not 0.05 <= self.robot_radius_m <= 2.0:
+            raise ConfigError(f"{key}.robot_radius_m must be in [0.05, 2] metres, got {self.robot_radius_m}")
         if self.max_stamp_gap_s <= 0:
             raise ConfigError(f"{key}.max_stamp_gap_s must be > 0, got {self.max_stamp_gap_s}")
         if self.stamp_jump_reset_s <= self.max_stamp_gap_s:

@@ -202,6 +202,10 @@ class AutoBackend(HeatmapBackend):
                 and self.cfg.node.auto_learned_heads)
 
     @property
+    def goal_activation(self) -> str:  # type: ignore[override]
+        return getattr(self._learned, "goal_activation", "softmax") if self._learned is not None else "softmax"
+
+    @property
     def decided(self) -> bool:
         return self.active is not None
 

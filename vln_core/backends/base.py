@@ -100,12 +100,18 @@ class BackendResult:
             backend's output grid (:meth:`HeatmapBackend.output_size`).
         waypoints: ``(NUM_WAYPOINTS, 2)`` float32 ``(x forward, y left)`` metres in the base
             frame at the current stamp, or None when the backend predicts none.
-        goal_heatmap: ``(H, W)`` float32 over the current image, or None.
+        goal_heatmap: ``(H, W)`` float32 over the current image, or None; read it as the
+            backend's :attr:`HeatmapBackend.goal_activation` says.
+        depth: ``(h, w)`` float32 metres, the current view's depth as the backend predicted it
+            (learned backends), or None.
+        depth_K: ``(3, 3)`` intrinsics of ``depth``'s pixels, with ``depth``.
     """
 
     heatmaps: InterFrameHeatmaps
     waypoints: Optional[np.ndarray] = None
     goal_heatmap: Optional[np.ndarray] = None
+    depth: Optional[np.ndarray] = None
+    depth_K: Optional[np.ndarray] = None
 
 
 class HeatmapBackend(abc.ABC):
@@ -121,6 +127,9 @@ class HeatmapBackend(abc.ABC):
     needs_intrinsics: bool = True
     needs_pose: bool = True
     predicts_waypoints: bool = False
+    #: how to read the goal heatmap: ``softmax`` (a distribution over the view: where the goal
+    #: would be) or ``sigmoid`` (per pixel, the probability that it shows the goal)
+    goal_activation: str = "softmax"
 
     @abc.abstractmethod
     def infer(self, current: CameraFrame, keyframes: list[CameraFrame], instruction: str) -> BackendResult:
@@ -153,6 +162,7 @@ class HeatmapBackend(abc.ABC):
             "needs_intrinsics": str(self.needs_intrinsics),
             "needs_pose": str(self.needs_pose),
             "predicts_waypoints": str(self.predicts_waypoints),
+            "goal_heatmap": "probability per pixel" if self.goal_activation == "sigmoid" else "distribution over the view",
         }
 
     def close(self) -> None:

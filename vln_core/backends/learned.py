@@ -44,6 +44,7 @@ from vln_core.geometry.refinement import odometry_step, refine_learned_geometry
 from vln_core.heatmaps import heatmaps_from_config, predicted_depth_config
 from vln_core.geometry.plane_sweep import select_source_views
 from vln_core.models.multiview import window_depth
+from vln_core.models.goal_grounding import goal_heatmap_from_logits
 from vln_core.models.reprojection_model import FrameEncoding, default_intrinsics
 from vln_core.models.spatial_model import PAST_TRAJECTORY_LENGTH
 from vln_core.preprocess import preprocess_frames
@@ -181,6 +182,7 @@ class LearnedBackend(HeatmapBackend):
     def __init__(self, cfg: VLNConfig, engine: FrameEngine) -> None:
         self.cfg = cfg
         self.engine = engine
+        self.goal_activation = str(getattr(engine, "goal_activation", "softmax"))
         self.mode = cfg.node.learned_mode
         self.needs_pose = self.mode == "rgb_pose"
         self.frame_size = tuple(int(s) for s in engine.frame_size)
@@ -432,7 +434,8 @@ class LearnedBackend(HeatmapBackend):
             heatmaps = heatmaps_from_config(key_depth, K, T_cur_key, K, torch.eye(4), self.frame_size, cur_depth,
                                             cfg=predicted_depth_config(self.heatmap_cfg))
         goal, waypoints = self._goal_and_waypoints(current, encs[-1][0], T_wc_cur, instruction)
-        return BackendResult(heatmaps=heatmaps, waypoints=waypoints, goal_heatmap=goal)
+        return BackendResult(heatmaps=heatmaps, waypoints=waypoints, goal_heatmap=goal,
+                             depth=cur_depth.float().numpy().astype(np.float32), depth_K=K.double().numpy())
 
     def goal_and_waypoints(self, current: CameraFrame, instruction: str) -> tuple[np.ndarray, np.ndarray]:
         """Only the goal and waypoint heads on ``current`` (``auto`` on the geometry path: the
@@ -453,7 +456,7 @@ class LearnedBackend(HeatmapBackend):
         ids, mask = self.engine.tokenizer.encode([instruction or ""], self.cfg.model.max_instruction_length)
         goal_logits, waypoints = self.engine.goal_and_waypoints(cur.f8, cur.f32, ids, mask, past,
                                                                 torch.ones(1, dtype=torch.long))
-        goal = torch.softmax(goal_logits[0].float().flatten(), 0).reshape(goal_logits.shape[-2:])
+        goal = goal_heatmap_from_logits(goal_logits[0], getattr(self.engine, "goal_activation", "softmax"))
         return goal.numpy().astype(np.float32), waypoints[0].numpy().astype(np.float32)
 
     def close(self) -> None:

@@ -39,6 +39,7 @@ class TorchEngine:
         self.frame_size = self.model.frame_size
         self.tokenizer = self.model.tokenizer
         self.has_multiview = bool(self.model.has_multiview)
+        self.goal_activation = str(getattr(self.model, "goal_activation", "softmax"))
 
     @torch.no_grad()
     def multiview_features(self, frames: torch.Tensor) -> torch.Tensor:

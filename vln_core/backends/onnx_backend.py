@@ -119,6 +119,8 @@ class OnnxEngine:
         self.providers = choose_providers(providers, ort.get_available_providers())
         self.frame_size = tuple(int(s) for s in self.meta["frame_size"])
         self.tokenizer = tokenizer_from_meta(self.meta)
+        #: how the goal logits become the heatmap (exports before the ``mask`` goal head: softmax)
+        self.goal_activation = str(self.meta.get("goal_activation", "softmax"))
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)

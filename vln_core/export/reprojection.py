@@ -194,7 +194,8 @@ def _shapes(model: nn.Module) -> dict[str, Any]:
     H, W = model.frame_size
     arch = model.arch
     return {"frame_size": [H, W], "pose_features": [arch.pose_feature_dim, H // 16, W // 16],
-            "f8": [arch.widths[1], H // 8, W // 8], "f32": [arch.widths[3], H // 32, W // 32]}
+            "f8": [arch.widths[1], H // 8, W // 8], "f32": [arch.widths[3], H // 32, W // 32],
+            "goal_activation": str(getattr(model, "goal_activation", "softmax"))}
 
 
 def graph_inputs(model: nn.Module, batch: int = 1, seed: int = 0, instruction: str | None = None

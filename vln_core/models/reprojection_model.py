@@ -37,6 +37,7 @@ from vln_core.heatmaps import InterFrameHeatmaps, heatmaps_from_config
 from vln_core.models.geometry_encoder import extrinsics_intrinsics_to_pose_encoding, normalize_images
 from vln_core.geometry.plane_sweep import select_source_views
 from vln_core.models.multiview import MultiViewArchitecture, MultiViewDepth, window_depth
+from vln_core.models.goal_grounding import GOAL_ACTIVATION, GOAL_HEADS, GoalMaskHead, GoalPhraseEncoder
 from vln_core.models.reprojected_heatmaps import HEATMAP_LOG_EPS, reprojected_heatmap_outputs
 from vln_core.models.spatial_model import (
     NUM_INTENTS,
@@ -78,6 +79,9 @@ class ReprojectionArchitecture:
     # view's 1/32 features pooled to a 2x4 grid + the instruction (imitation of the planner,
     # vln_core/train/nav_imitation.py)
     waypoint_head: str = "cv_residual"
+    # "film": the shipped goal head (bag-of-words instruction, softmax map); "mask": the goal
+    # phrase encoder + per-pixel goal probability (vln_core/models/goal_grounding.py)
+    goal_head: str = "film"
 
 
 def default_intrinsics(size: tuple[int, int], hfov_deg: float, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -344,7 +348,17 @@ class ReprojectionHeatmapModel(nn.Module):
         self.pose_proj = ConvBNAct(arch.widths[2], arch.pose_feature_dim, k=1)
         self.pose_head = RelativePoseHead(arch.pose_feature_dim, (H // 16) * (W // 16), arch.pose_hidden)
         self.instruction_embed = nn.Embedding(tokenizer.vocab_size, arch.instruction_dim)
-        self.goal_head = GoalHead(arch.widths[1], arch.widths[3], arch.instruction_dim)
+        if arch.goal_head not in GOAL_HEADS:
+            raise InputError(f"goal_head must be one of {GOAL_HEADS}, got {arch.goal_head!r}")
+        #: how the goal logits become the goal heatmap (softmax over the view, or per-pixel sigmoid)
+        self.goal_activation = GOAL_ACTIVATION[arch.goal_head]
+        if arch.goal_head == "mask":
+            self.goal_phrase: Optional[GoalPhraseEncoder] = GoalPhraseEncoder(tokenizer.vocab_size, arch.instruction_dim,
+                                                                              arch.instruction_dim)
+            self.goal_head = GoalMaskHead(arch.widths[1], arch.widths[3], arch.instruction_dim)
+        else:
+            self.goal_phrase = None
+            self.goal_head = GoalHead(arch.widths[1], arch.widths[3], arch.instruction_dim)
         self.waypoint_head = WaypointHead(arch.widths[3], arch.instruction_dim, arch.waypoint_hidden, arch.waypoint_head)
         self.multiview = MultiViewDepth(MultiViewArchitecture())
         #: False when the weights came from a checkpoint without the multi-view network (older
@@ -374,21 +388,23 @@ class ReprojectionHeatmapModel(nn.Module):
         return {
             "geometry": list(self.encoder.parameters()) + list(self.depth_decoder.parameters()),
             "pose": list(self.pose_proj.parameters()) + list(self.pose_head.parameters()),
-            "goal": list(self.instruction_embed.parameters()) + list(self.goal_head.parameters()),
+            "goal": (list(self.instruction_embed.parameters()) + list(self.goal_head.parameters())
+                     + (list(self.goal_phrase.parameters()) if self.goal_phrase is not None else [])),
             "waypoint_head": list(self.waypoint_head.parameters()),
             "multiview": list(self.multiview.parameters()),
         }
 
     def stage_groups(self, stage: str) -> list[str]:
-        """``geometry``: depth and pose networks; ``heatmap`` adds the goal head; ``finetune``
-        trains everything (waypoints too) but the multi-view depth; ``multiview`` trains only the
+        """``geometry``: depth and pose networks; ``heatmap`` adds the goal head (not the ``mask``
+        one, which ``training/train_goal.py`` trains); ``finetune`` trains everything (waypoints
+        too) but the multi-view depth; ``multiview`` trains only the
         multi-view depth network (the monocular prior it fuses stays frozen)."""
         if stage == "multiview":
             return ["multiview"]
         if stage not in STAGES:
             raise InputError(f"stage must be one of {list(STAGES) + ['multiview']}, got {stage!r}")
         names = ["geometry", "pose"]
-        if stage in ("heatmap", "finetune"):
+        if stage in ("heatmap", "finetune") and self.goal_phrase is None:  # the mask head: train_goal.py
             names.append("goal")
         if stage == "finetune":
             names.append("waypoint_head")
@@ -484,10 +500,20 @@ class ReprojectionHeatmapModel(nn.Module):
         (metres, current base frame, x forward, y left) from the current frame's encoding
         (``B`` rows), the instruction ``(B, L)``, ``past_trajectory (B, 16, 4)`` and ``intent (B,)``."""
         instruction = self.instruction_vector(instruction_ids, instruction_mask)
-        goal = self.goal_head(current.f8, current.f32, instruction)
+        goal = self.goal_logits(current, instruction_ids, instruction_mask, instruction)
         goal = F.interpolate(goal[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
         waypoints = self.waypoint_head(past_trajectory, intent, instruction, current.f32)
         return goal, waypoints
+
+    def goal_logits(self, current: FrameEncoding, instruction_ids: torch.Tensor, instruction_mask: torch.Tensor,
+                    instruction: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Goal logits ``(B, H/8, W/8)`` of the current view (:attr:`goal_activation` turns them
+        into the heatmap); ``instruction`` is :meth:`instruction_vector`'s, when already computed."""
+        if self.goal_phrase is not None:
+            return self.goal_head(current.f8, current.f32, self.goal_phrase(instruction_ids, instruction_mask))
+        if instruction is None:
+            instruction = self.instruction_vector(instruction_ids, instruction_mask)
+        return self.goal_head(current.f8, current.f32, instruction)
 
     def instruction_vector(self, instruction_ids: torch.Tensor, instruction_mask: torch.Tensor) -> torch.Tensor:
         """``(B, L)`` ids and mask -> ``(B, I)`` mean word embedding (padding excluded)."""
@@ -574,6 +600,10 @@ class ReprojectionHeatmapModel(nn.Module):
                                                   inputs.instruction_mask.to(device).bool(),
                                                   inputs.past_trajectory.to(device).float(), inputs.intent.to(device).long(),
                                                   (H, W))
+        if self.goal_phrase is not None:
+            # the mask goal head learns the goal's pixels (training/train_goal.py), not the
+            # finetuning's Gaussian at the goal's projection: that loss reaches neither it nor the encoder
+            goal = goal.detach()
         # reported poses (detached: the matrix -> quaternion conversion has NaN gradients at the identity)
         pose_enc = extrinsics_intrinsics_to_pose_encoding(T_cur_cam.detach(), K[:, None].expand(B, N, 3, 3), (H, W))
         outputs = ModelOutputs(

@@ -40,6 +40,10 @@ class RuntimeOutput:
         T_odom_base: ``(4, 4)`` the base pose (odometry) at the image stamp, or None (tf poses,
             no pose): with it the waypoints go into ``node.world_frame``.
         backend: name of the backend that produced this output (``auto`` says which it chose).
+        depth: ``(h, w)`` float32 metres, the current view's depth as a learned backend predicted
+            it, or None (measured depth is the input's); ``depth_K`` ``(3, 3)`` its intrinsics.
+        navigation_mode: with ``node.waypoint_source=memory``, what the waypoints do: ``scan``
+            (turn in place), ``explore``, ``goal`` (to where the goal was seen) or ``stop``; "" else.
     """
 
     stamp_ns: int
@@ -56,6 +60,9 @@ class RuntimeOutput:
     T_wc: Optional[np.ndarray] = None
     T_odom_base: Optional[np.ndarray] = None
     backend: str = ""
+    depth: Optional[np.ndarray] = None
+    depth_K: Optional[np.ndarray] = None
+    navigation_mode: str = ""
 
 
 def check_backend_result(backend: HeatmapBackend, result: BackendResult, frame: CameraFrame, num_keyframes: int) -> None:

@@ -37,6 +37,7 @@ counted, never queued.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -46,12 +47,13 @@ import numpy as np
 import torch
 
 from vln_core.backends.auto_backend import AutoBackend
-from vln_core.backends.base import CameraFrame, HeatmapBackend, create_backend
+from vln_core.backends.base import BackendResult, CameraFrame, HeatmapBackend, create_backend
 from vln_core.config import VLNConfig
 from vln_core.errors import InputError
 from vln_core.geometry.camera import PinholeCamera
 from vln_core.geometry.tf_buffer import ExtrapolationError, TransformBuffer, TransformError
 from vln_core.geometry.transforms import camera_pose_from_base, pose_from_xyz_quat
+from vln_core.nav.navigator import MemoryNavigator
 from vln_core.runtime.buffer import BufferedImage, FrameRing, StampedHistory, pose_at
 from vln_core.runtime.diagnostics import (
     ERROR,
@@ -137,6 +139,13 @@ class NavigationRuntime:
         self._next_seq = 0
         self._last_processed_seq = -1
         self._memory_reset_pending = False
+        #: node.waypoint_source=memory: the map of what was seen and the planner on it (vln_core/nav)
+        self.navigator: Optional[MemoryNavigator] = (
+            MemoryNavigator(robot_radius_m=cfg.node.robot_radius_m) if cfg.node.waypoint_source == "memory" else None)
+        #: forward speed (m/s) commanded since the last update, when the caller knows it (bumps)
+        self.commanded_speed = 0.0
+        self._navigation_mode = ""
+        self._navigator_reset_pending = False
         self._generation = 0
 
         # owned by the step thread
@@ -263,6 +272,8 @@ class NavigationRuntime:
                            f"instruction has {total} tokens; the model uses the first {used} "
                            f"(model.max_instruction_length), the rest is ignored")
         with self._lock:
+            if text != self._instruction:
+                self._navigator_reset_pending = True  # a new goal: forget where the old one was seen
             self._instruction = text
             self._instruction_notes = notes
 
@@ -611,6 +622,7 @@ class NavigationRuntime:
         t0 = time.perf_counter()
         with self._lock:
             reset_memory, self._memory_reset_pending = self._memory_reset_pending, False
+            reset_navigator, self._navigator_reset_pending = reset_memory or self._navigator_reset_pending, False
             candidates = [(e, e.depth_m, e.depth_stamp_ns) for e in self._ring.newest_first(self._last_processed_seq)]
             newest_depth_ns = self._timelines.last_ns("depth")
             camera = self._camera
@@ -662,6 +674,10 @@ class NavigationRuntime:
 
         result = self.backend.infer(frame, keyframes, instruction)
         check_backend_result(self.backend, result, frame, len(keyframes))
+        if self.navigator is not None:
+            if reset_navigator:
+                self.navigator.reset()
+            result = self._navigate(frame, result)
         t_backend = time.perf_counter()
 
         overlay = compose_overlay(frame, keyframes, result) if draw_overlay else None
@@ -701,7 +717,28 @@ class NavigationRuntime:
             T_wc=frame.T_wc,
             T_odom_base=frame.T_odom_base,
             backend=self.backend.name,
+            depth=result.depth,
+            depth_K=result.depth_K,
+            navigation_mode=self._navigation_mode,
         )
+
+    def _navigate(self, frame: CameraFrame, result: BackendResult) -> BackendResult:
+        """``node.waypoint_source=memory``: the view updates the navigator's map (measured depth,
+        else the backend's) and its plan replaces the head's waypoints; without a pose or depth
+        the head's waypoints stay and diagnostics say why."""
+        depth, K = (frame.depth_m, frame.K) if frame.depth_m is not None and frame.K is not None else (
+            result.depth, result.depth_K)
+        if frame.T_odom_base is None or frame.T_wc is None or depth is None or K is None:
+            self._navigation_mode = "head (memory needs odometry and depth)"
+            return result
+        goal = result.goal_heatmap if self.backend.goal_activation == "sigmoid" else None
+        if goal is None:
+            self._warn("memory_without_goal", "node.waypoint_source=memory: the goal heatmap is not a per-pixel "
+                       "probability (model.arch_overrides.goal_head is not mask): the robot only explores")
+        decision = self.navigator.step(frame.stamp_ns * 1e-9, frame.T_odom_base, depth, K, frame.T_wc, goal,
+                                       self.commanded_speed)
+        self._navigation_mode = decision.mode
+        return dataclasses.replace(result, waypoints=decision.waypoints)
 
     def _assemble(
         self,
@@ -932,6 +969,8 @@ class NavigationRuntime:
         kf_values.update({f"memory_{k}": v for k, v in self._keyframes.stats().items()})
         kf_values.update(self.backend.describe())
         kf_values["keyframe_geometry"] = self._keyframes.source or "-"
+        kf_values["waypoint_source"] = (self.cfg.node.waypoint_source if self.navigator is None else
+                                        f"memory ({self._navigation_mode or 'no view yet'})")
         waypoint_note = "" if self.backend.predicts_waypoints else "; predicts no waypoints (published as none)"
         selection = f": {self.backend.reason}" if isinstance(self.backend, AutoBackend) else ""
         backend_level, unavailable = OK, ""

@@ -157,6 +157,7 @@ class Observation:
     K: np.ndarray  # (3, 3)
     T_odom_base: np.ndarray  # (4, 4) base_link -> odom
     T_wc: np.ndarray  # (4, 4) camera optical -> odom
+    object_id: Optional[np.ndarray] = None  # (H, W) int32 scene object per pixel (-1: structure), training only
 
 
 @dataclass
@@ -189,14 +190,15 @@ class NavSimulator:
         self.xy = episode.start_xy.astype(np.float64).copy()
         self.yaw = float(episode.start_yaw)
 
-    def observe(self, t: float) -> Observation:
-        """Render the camera at the robot's pose."""
+    def observe(self, t: float, with_objects: bool = False) -> Observation:
+        """Render the camera at the robot's pose (``with_objects``: the object id of every pixel
+        too, a training label no policy gets)."""
         T_odom_base = base_poses(self.xy[None], np.array([self.yaw]))[0]
         T_wc = camera_poses(T_odom_base[None], self.T_base_cam)[0]
         res = self.caster.render(T_wc)
         rgb = apply_sensor(res.radiance, self.episode.scene.sensor, self._rng, self._sensor)
         return Observation(t=t, rgb=rgb, depth=res.depth if self.with_depth else None, K=self.camera.K.copy(),
-                           T_odom_base=T_odom_base, T_wc=T_wc)
+                           T_odom_base=T_odom_base, T_wc=T_wc, object_id=res.object_id if with_objects else None)
 
     def move(self, command: Command, dt: float) -> bool:
         """Drive ``command`` (clipped to the robot's limits) for ``dt`` seconds; True if it collided
@@ -281,17 +283,37 @@ class _RuntimePolicy:
 
 class WaypointPolicy(_RuntimePolicy):
     """Follow the node's waypoints (pure pursuit on the first one ``LOOKAHEAD_M`` ahead); stop when
-    the predicted path ends within ``STOP_RADIUS_M`` of the robot."""
+    the predicted path ends within ``STOP_RADIUS_M`` of the robot. With
+    ``node.waypoint_source=memory`` the runtime also says what its waypoints do
+    (:attr:`~vln_core.runtime.RuntimeOutput.navigation_mode`): ``scan`` turns in place, ``stop``
+    stops. The forward speed it commanded goes back to the runtime (a bump is motion commanded
+    but not made)."""
 
-    name = "model"
+    def __init__(self, make_runtime: Callable[[], Any], max_speed: float, max_turn: float, name: str = "model") -> None:
+        super().__init__(make_runtime, max_speed, max_turn)
+        self.name = name
+        self.commanded = 0.0
+
+    def reset(self, episode: NavEpisode, sim: NavSimulator) -> None:
+        super().reset(episode, sim)
+        self.commanded = 0.0
 
     def act(self, obs: Observation) -> Command:
-        out = self._step(obs)
+        self.runtime.commanded_speed = self.commanded
+        command = self._follow(self._step(obs))
+        self.commanded = command.v
+        return command
+
+    def _follow(self, out: Any) -> Command:
         if out is None or out.waypoints is None:
             return Command()
-        wp = np.asarray(out.waypoints, dtype=np.float64)
-        if np.linalg.norm(wp[-1]) < STOP_RADIUS_M:
+        if out.navigation_mode == "stop":
             return Command(stop=True)
+        if out.navigation_mode == "scan":
+            return Command(w=self.max_turn)
+        wp = np.asarray(out.waypoints, dtype=np.float64)
+        if not out.navigation_mode and np.linalg.norm(wp[-1]) < STOP_RADIUS_M:
+            return Command(stop=True)  # the head's path ends at the robot (the memory planner says "stop")
         far = np.flatnonzero(np.linalg.norm(wp, axis=1) >= LOOKAHEAD_M)
         target = wp[far[0]] if len(far) else wp[-1]
         return pursue(target, self.max_speed, self.max_turn)

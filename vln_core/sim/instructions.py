@@ -15,7 +15,8 @@ import numpy as np
 from vln_core.sim.scene import Scene, SceneObject
 from vln_core.sim.trajectory import BaseTrajectory, wrap_angle
 
-__all__ = ["GOAL_CATEGORIES", "LANDMARK_CATEGORIES", "describe_object", "frame_intents", "make_instruction"]
+__all__ = ["GOAL_CATEGORIES", "LANDMARK_CATEGORIES", "describe_object", "frame_intents", "make_instruction",
+           "sample_goal_instruction", "goal_instruction"]
 
 GOAL_CATEGORIES = ("chair", "sofa", "table", "desk", "coffee table", "bed", "lamp", "plant", "cabinet", "tv", "bookshelf",
                    "fridge", "counter", "armchair", "door")
@@ -180,21 +181,67 @@ def make_instruction(
     clauses = [c for _, c in events]
     if intent in _TURN and rng.random() < 0.5:
         clauses.insert(0, pick(_TURN[intent]))
-    stop = pick(_STOP, goal=goal_name)
     turn_only = len(clauses) == 1 and intent in _TURN and clauses[0] in _TURN[intent]
-    if clauses and not turn_only and rng.random() < 0.2:
-        text = pick(_GOAL_FIRST, goal=goal_name) + " " + _join(clauses, rng) + "."
-    elif clauses:
-        text = _join(clauses + [stop], rng) + "."
-    else:
-        text = stop + "."
-    text = ". ".join(part[:1].upper() + part[1:] for part in text.split(". "))
+    text = _compose(clauses, goal_name, not turn_only, rng)
     details = {
         "rooms": [scene.room_name(r) for r in rooms_seq],
         "landmarks": [{"object": describe_object(scene, lm.obj), "index": lm.obj.index, "frame": lm.frame} for lm in named],
         "goal_name": goal_name,
     }
     return text, details
+
+
+def _compose(clauses: list[str], goal_name: str, goal_first_allowed: bool, rng: np.random.Generator) -> str:
+    """The route ``clauses`` and the stop at ``goal_name`` as one instruction (sometimes the goal
+    first: "Find the red chair. Leave the office and ..."), sentences capitalised."""
+    stop = _STOP[int(rng.integers(len(_STOP)))].format(goal=goal_name)
+    if clauses and goal_first_allowed and rng.random() < 0.2:
+        text = _GOAL_FIRST[int(rng.integers(len(_GOAL_FIRST)))].format(goal=goal_name) + " " + _join(clauses, rng) + "."
+    elif clauses:
+        text = _join(clauses + [stop], rng) + "."
+    else:
+        text = stop + "."
+    return ". ".join(part[:1].upper() + part[1:] for part in text.split(". "))
+
+
+def sample_goal_instruction(scene: Scene, goal: SceneObject, rng: np.random.Generator,
+                            prefer: tuple[int, ...] = ()) -> str:
+    """See :func:`goal_instruction` (the text alone)."""
+    return goal_instruction(scene, goal, rng, prefer)[0]
+
+
+def goal_instruction(scene: Scene, goal: SceneObject, rng: np.random.Generator,
+                     prefer: tuple[int, ...] = ()) -> tuple[str, str]:
+    """An instruction naming ``goal`` in :func:`make_instruction`'s grammar, without a drive: the
+    route clauses (leave / enter a room, go down the hallway, pass 0-2 other objects of the home)
+    are drawn at random, the passed objects from ``prefer`` (object indices, e.g. those in view:
+    the landmarks a goal head must not light up) when it has any. Used to teach the goal head
+    which phrase names the goal (:mod:`vln_core.train.goal_grounding`). Returns ``(instruction,
+    the goal's name in it)``."""
+    goal_name = describe_object(scene, goal, rng)
+    clauses: list[str] = []
+    others = [o for o in scene.objects if o.index != goal.index and o.category in LANDMARK_CATEGORIES
+              and describe_object(scene, o) != goal_name]
+    preferred = [o for o in others if o.index in prefer]
+    if preferred and rng.random() < 0.7:
+        others = preferred
+    elsewhere = [r for r in scene.rooms if r.index != goal.room_index]
+    if rng.random() < 0.5 and elsewhere:
+        start = elsewhere[int(rng.integers(len(elsewhere)))]
+        if start.kind == "hallway":
+            clauses.append(_THROUGH[int(rng.integers(len(_THROUGH)))])
+        else:
+            clauses.append(_LEAVE[int(rng.integers(len(_LEAVE)))].format(room=scene.room_name(start.index)))
+    if others:
+        for k in sorted(rng.choice(len(others), size=min(len(others), int(rng.integers(0, 3))), replace=False).tolist()):
+            clauses.append(_PASS[int(rng.integers(len(_PASS)))].format(lm=describe_object(scene, others[k])))
+    if rng.random() < 0.4 and scene.rooms[goal.room_index].kind != "hallway":
+        clauses.insert(int(rng.integers(len(clauses) + 1)),
+                       _ENTER[int(rng.integers(len(_ENTER)))].format(room=scene.room_name(goal.room_index)))
+    if rng.random() < 0.2:
+        turn = _TURN["left" if rng.random() < 0.5 else "right"]
+        clauses.insert(0, turn[int(rng.integers(len(turn)))])
+    return _compose(clauses, goal_name, True, rng), goal_name
 
 
 def _join(clauses: list[str], rng: np.random.Generator) -> str:

@@ -25,16 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from vln_core.config import SimConfig
-from vln_core.models.spatial_model import NUM_WAYPOINTS
 from vln_core.preprocess import preprocess_frames
+from vln_core.nav.navigator import WAYPOINT_SPACING_M
+from vln_core.nav.navigator import path_waypoints as planner_waypoints
 from vln_core.sim.closed_loop import LOOKAHEAD_M, NavSimulator, make_nav_episode, pursue, shortest_path_to_goal
 
-__all__ = ["ImitationStates", "planner_waypoints", "collect_states", "collect_rollout_states", "merge_states", "subset",
+__all__ = ["ImitationStates", "training_homes", "planner_waypoints", "collect_states", "collect_rollout_states", "merge_states", "subset",
            "train_head", "WAYPOINT_SPACING_M"]
-
-#: The head's waypoints are 0.1 s apart at the robot's top speed of 0.5 m/s.
-WAYPOINT_SPACING_M = 0.05
-
 
 @dataclass
 class ImitationStates:
@@ -46,20 +43,7 @@ class ImitationStates:
     seeds: np.ndarray  # (S,) the home of each state
 
 
-def planner_waypoints(path_xy: np.ndarray, T_odom_base: np.ndarray, n: int = NUM_WAYPOINTS,
-                      spacing: float = WAYPOINT_SPACING_M) -> np.ndarray:
-    """The first ``n`` points of a world path ``(P, 2)`` (starting at the robot) every ``spacing``
-    metres of arc length, in the base frame ``(n, 2)``; the end repeats where the path is shorter."""
-    path = np.asarray(path_xy, dtype=np.float64)
-    seg = np.linalg.norm(np.diff(path, axis=0), axis=1)
-    arc = np.concatenate([[0.0], np.cumsum(seg)])
-    want = np.minimum(spacing * np.arange(1, n + 1), arc[-1])
-    pts = np.stack([np.interp(want, arc, path[:, 0]), np.interp(want, arc, path[:, 1])], axis=1)
-    d = pts - T_odom_base[:2, 3]
-    return (d @ T_odom_base[:2, :2]).astype(np.float32)
-
-
-def _training_homes(first_seed: int, homes_wanted: int, sim_cfg: SimConfig):
+def training_homes(first_seed: int, homes_wanted: int, sim_cfg: SimConfig):
     """``(seed, episode)`` for ``homes_wanted`` homes from ``first_seed`` on; seeds without an
     episode are skipped, at most 3x as many tried."""
     used = 0
@@ -84,7 +68,7 @@ def collect_states(first_seed: int, homes_wanted: int, sim_cfg: SimConfig, model
     rng = rng or np.random.default_rng(0)
     clearance = sim_cfg.robot_radius_m + sim_cfg.clearance_margin_m
     f32s, instructions, targets, homes = [], [], [], []
-    for seed, episode in _training_homes(first_seed, homes_wanted, sim_cfg):
+    for seed, episode in training_homes(first_seed, homes_wanted, sim_cfg):
         sim = NavSimulator(episode, sim_cfg, seed=seed)
         path = episode.shortest_path
         ids, mask = model.tokenizer.encode([episode.instruction], model.cfg.model.max_instruction_length)
@@ -145,7 +129,7 @@ def collect_rollout_states(first_seed: int, homes_wanted: int, sim_cfg: SimConfi
     max_speed, max_turn = sim_cfg.max_speed_mps, math.radians(sim_cfg.max_turn_rate_dps)
     past, intent = torch.zeros(1, 16, 4), torch.ones(1, dtype=torch.long)
     f32s, instructions, targets, homes = [], [], [], []
-    for seed, episode in _training_homes(first_seed, homes_wanted, sim_cfg):
+    for seed, episode in training_homes(first_seed, homes_wanted, sim_cfg):
         sim = NavSimulator(episode, sim_cfg, seed=seed)
         ids, mask = model.tokenizer.encode([episode.instruction], model.cfg.model.max_instruction_length)
         with torch.no_grad():

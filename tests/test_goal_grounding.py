@@ -1,0 +1,124 @@
+"""The ``mask`` goal head (vln_core/models/goal_grounding.py, vln_core/train/goal_grounding.py,
+training/train_goal.py).
+
+Real parts: procedural homes and the ray caster's object ids, the instruction grammar, the
+embedded model's encoder and the learned backend. The sampled instructions name the goal as the
+collector does and pass other objects; the phrase encoder reads word order (the same words with
+goal and landmark swapped give another goal vector); the CLI trains a head that beats the shipped
+one on held-out views, writes the checkpoint and the scores, and the learned backend then
+publishes per-pixel probabilities; bad arguments exit 2 with one line.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vln_core.config import SimConfig
+from vln_core.models.goal_grounding import GoalPhraseEncoder, goal_heatmap_from_logits
+from vln_core.sim.collect import build_episode
+from vln_core.sim.instructions import describe_object, sample_goal_instruction
+from vln_core.train.goal_grounding import _cell_share, held_out
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_sampled_instructions_name_the_goal_last_or_first_and_pass_the_preferred_objects():
+    plan = build_episode(1000, SimConfig())
+    scene = plan.scene
+    goal = next(o for o in scene.objects if o.category == "counter" or o.category == "fridge") if any(
+        o.category in ("counter", "fridge") for o in scene.objects) else scene.objects[0]
+    prefer = tuple(o.index for o in scene.objects if o.index != goal.index)[:2]
+    rng = np.random.default_rng(0)
+    texts = [sample_goal_instruction(scene, goal, rng, prefer=prefer) for _ in range(40)]
+    for text in texts:
+        assert goal.category.replace("tv", "TV") in text
+    passed = [describe_object(scene, scene.objects[k]) for k in prefer]
+    assert sum(any(name in t for name in passed) for t in texts) >= 10  # the preferred landmarks come up
+
+
+def test_the_phrase_encoder_reads_word_order():
+    torch.manual_seed(0)
+    from vln_core.models.tokenizer import HashedWordTokenizer
+
+    tok = HashedWordTokenizer()
+    enc = GoalPhraseEncoder(tok.vocab_size).eval()
+    a = "pass the red chair and stop at the blue sofa"
+    b = "pass the blue sofa and stop at the red chair"
+    ids, mask = tok.encode([a, b], 64)
+    with torch.no_grad():
+        va, vb = enc(ids, mask)
+    assert not torch.allclose(va, vb, atol=1e-4)
+    # padding does not change a goal vector
+    ids1, mask1 = tok.encode([a], 64)
+    with torch.no_grad():
+        alone = enc(ids1, mask1)[0]
+    assert torch.allclose(alone, va, atol=1e-5)
+
+
+def test_goal_heatmap_activation_and_cell_shares():
+    logits = torch.tensor([[0.0, 2.0], [-2.0, 0.0]])
+    soft = goal_heatmap_from_logits(logits, "softmax")
+    assert float(soft.sum()) == pytest.approx(1.0)
+    prob = goal_heatmap_from_logits(logits, "sigmoid")
+    assert float(prob[0, 1]) == pytest.approx(1 / (1 + np.exp(-2.0)), abs=1e-6) and float(prob.sum()) != pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        goal_heatmap_from_logits(logits, "relu")
+    ids = -np.ones((16, 16), np.int32)
+    ids[:8, :4] = 3
+    share = _cell_share(ids, (2, 2))
+    assert set(share) == {3} and share[3][0, 0] == pytest.approx(0.5) and share[3][1].sum() == 0
+    combos = [(c, k, r) for c in ("red", "blue", "green") for k in ("chair", "sofa") for r in ("kitchen", "office")]
+    assert [held_out(c) for c in combos] == [held_out(c) for c in combos]  # fixed, not random
+    assert 0 < sum(held_out((c, k, r)) for c in ("red", "blue", "green", "white", "black", "grey", "brown", "yellow")
+                   for k in ("chair", "sofa", "table", "lamp") for r in ("kitchen", "office", "bedroom")) < 40
+
+
+def test_train_goal_cli_beats_the_shipped_head_and_the_backend_gives_probabilities(tmp_path):
+    out = tmp_path / "goal"
+    proc = subprocess.run([sys.executable, "training/train_goal.py", "--out", str(out), "--homes", "6",
+                           "--val-homes", "3", "--views-per-home", "8", "--steps", "200", "--text-steps", "200",
+                           "--no-progress"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "goal.json").read_text())
+    val = summary["val"]
+    assert val["goals_in_view"] > 10 and val["goals_out_of_view"] > 0
+    assert val["peak_hit"] > val["chance"] + 0.1, val  # it finds the goal, not just any object
+    assert "per_category" in val and "held_out_combinations" in val
+
+    from vln_core.backends.learned import LearnedBackend
+    from vln_core.backends.model_backend import TorchEngine
+    from vln_core.config import load_config
+    from vln_core.models.shipped import load_model_checkpoint
+
+    model, _ = load_model_checkpoint(str(out / "checkpoint.pt"))
+    shipped, _ = load_model_checkpoint(None)
+    assert model.arch.goal_head == "mask" and model.goal_activation == "sigmoid"
+    for name, value in shipped.state_dict().items():  # everything but the goal head is the shipped model's
+        if not name.startswith(("goal_head.", "goal_phrase.")):
+            assert torch.equal(model.state_dict()[name], value), name
+    cfg = load_config(None, [f"node.model_path={out / 'checkpoint.pt'}", "node.learned_mode=rgb_only"])
+    backend = LearnedBackend(cfg, TorchEngine(cfg, str(out / "checkpoint.pt")))
+    assert backend.goal_activation == "sigmoid" and backend.describe()["goal_heatmap"] == "probability per pixel"
+    from vln_core.backends.base import CameraFrame
+
+    rgb = (np.random.default_rng(0).random((224, 224, 3)) * 255).astype(np.uint8)
+    K = np.array([[150.0, 0, 111.5], [0, 150.0, 111.5], [0, 0, 1]])
+    goal, waypoints = backend.goal_and_waypoints(CameraFrame(0, "cam", rgb, K=K, seq=0), "go to the red chair")
+    assert goal.shape == (224, 224) and 0.0 <= goal.min() and goal.max() <= 1.0
+    assert abs(float(goal.sum()) - 1.0) > 1e-3  # not a distribution over the view
+
+
+@pytest.mark.parametrize("args", [["--homes", "0"], ["--steps", "-1"], ["--init", "/nonexistent/ckpt.pt"]])
+def test_train_goal_bad_input_is_exit_2_and_one_line(tmp_path, args):
+    proc = subprocess.run([sys.executable, "training/train_goal.py", "--out", str(tmp_path / "x"), *args,
+                           "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x" / "checkpoint.pt").exists()

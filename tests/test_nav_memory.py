@@ -1,0 +1,178 @@
+"""Navigation from memory (vln_core/nav): the map of what the robot saw and the planner on it.
+
+Real parts: views rendered by the simulator's ray caster in procedural homes (true depth, the
+true goal pixels standing in for a perfect goal head), the occupancy planner, and the node's
+runtime with the geometry backend. A wall seen at 3 m is mapped there with free floor before it
+and nothing known behind; a goal seen from two poses is where it was seen even when the robot
+has turned away; the navigator looks around first, then drives to the goal in an unseen home and
+stops near it; a bump marks the cell ahead; the runtime with ``node.waypoint_source=memory``
+publishes the plan's waypoints and says what they do.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from vln_core.config import SimConfig
+from vln_core.nav.memory_map import NavigationMap
+from vln_core.nav.navigator import MemoryNavigator, path_waypoints
+from vln_core.sim import closed_loop as cl
+
+CFG = SimConfig(image_size=(96, 96))
+
+
+def _camera_looking_along_x(x: float = 0.0, y: float = 0.0, yaw: float = 0.0, height: float = 1.0) -> np.ndarray:
+    """Camera-to-world pose, OpenCV optical axes: optical z along world (cos yaw, sin yaw, 0)."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    R = np.array([[s, 0.0, c], [-c, 0.0, s], [0.0, -1.0, 0.0]])  # columns: optical x, y, z in world
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, [x, y, height]
+    return T
+
+
+def _wall_view(distance: float = 3.0, size: int = 224, f: float = 146.0) -> tuple[np.ndarray, np.ndarray]:
+    """Depth of a wall ``distance`` ahead over a floor 1 m below the camera, and its intrinsics
+    (the simulator's camera: 224 px, 75 degrees)."""
+    K = np.array([[f, 0, (size - 1) / 2], [0, f, (size - 1) / 2], [0, 0, 1.0]])
+    v = np.arange(size, dtype=np.float64)[:, None] - K[1, 2]
+    floor = np.where(v > 0, f * 1.0 / np.maximum(v, 1e-9), np.inf)
+    depth = np.minimum(floor, distance) * np.ones((1, size))
+    return depth.astype(np.float32), K
+
+
+def test_a_wall_is_mapped_where_it_is_with_free_floor_before_it_and_nothing_known_behind():
+    depth, K = _wall_view(3.05)  # mid-cell: the map's cells are 0.1 m
+    m = NavigationMap(np.zeros(2), size_m=12.0)
+    for _ in range(2):
+        m.update(depth, K, _camera_looking_along_x())
+    occupied = lambda x, y: m.occupancy[tuple(np.array(m.cells(np.array([[x, y]]))[:2])[:, 0])] > 0  # noqa: E731
+    seen = lambda x, y: m.seen[tuple(np.array(m.cells(np.array([[x, y]]))[:2])[:, 0])]  # noqa: E731
+    assert occupied(3.05, 0.0) and occupied(3.05, 0.8)
+    assert all(seen(x, 0.0) and not occupied(x, 0.0) for x in (1.0, 1.5, 2.0, 2.5))
+    assert not seen(4.0, 0.0) and not seen(-1.0, 0.0)  # behind the wall, behind the camera
+    frontier = m.frontier()
+    # the cone's sides are frontier, the wall's middle is not (nothing unknown is reachable there)
+    assert len(frontier) and not np.any((np.abs(frontier[:, 0] - 3.0) < 0.2) & (np.abs(frontier[:, 1]) < 1.5))
+    grid = m.planning_grid(unknown_free=False)
+    r, c, _ = m.cells(np.array([[3.05, 0.0], [1.5, 0.0]]))
+    assert grid.occupied[r[0], c[0]] and not grid.occupied[r[1], c[1]]
+
+
+def test_the_goal_is_remembered_where_it_was_seen_after_the_robot_turns_away():
+    depth, K = _wall_view(3.05)
+    goal = np.full(depth.shape, 0.02, np.float32)
+    goal[70:140, 140:196] = 0.97  # right of the image centre: world y < 0
+    m = NavigationMap(np.zeros(2), size_m=12.0)
+    assert m.goal_cells() is None
+    m.update(depth, K, _camera_looking_along_x(), goal)
+    m.update(depth, K, _camera_looking_along_x(y=0.3), goal)
+    cells = m.goal_cells()
+    assert cells is not None
+    assert np.all(np.abs(cells[:, 0] - 3.05) < 0.25) and np.all(cells[:, 1] < 0.4)
+    # turned around, looking at an empty floor the other way: the goal stays where it was seen
+    back, _ = _wall_view(5.0)
+    m.update(back, K, _camera_looking_along_x(yaw=math.pi), np.full(back.shape, 0.02, np.float32))
+    again = m.goal_cells()
+    assert again is not None and np.allclose(again[0], cells[0], atol=0.11)
+    # near views of the same place without the goal vote it down (each less than one sighting adds)
+    for _ in range(12):
+        m.update(depth, K, _camera_looking_along_x(), np.full(depth.shape, 0.02, np.float32))
+    assert m.goal_cells() is None
+
+
+def test_path_waypoints_walk_the_path_in_the_base_frame():
+    T = np.eye(4)
+    T[:2, :2] = [[0.0, -1.0], [1.0, 0.0]]  # facing +y
+    T[:2, 3] = [1.0, 2.0]
+    wp = path_waypoints(np.array([[1.0, 2.0], [1.0, 2.5]]), T)
+    assert wp.shape == (20, 2)
+    assert np.allclose(wp[0], [0.05, 0.0], atol=1e-6) and np.allclose(wp[-1], [0.5, 0.0], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def episode():
+    seed = 900000
+    while (ep := cl.make_nav_episode(seed, CFG)) is None:
+        seed += 1
+    return ep
+
+
+def test_the_navigator_looks_around_then_drives_to_the_goal_and_stops_near_it(episode):
+    """True depth and the true goal pixels (a perfect goal head): the navigator alone must find
+    the goal in an unseen home, drive there without collisions and stop within the success radius."""
+    goal_index = episode.scene.objects.index(episode.goal)
+    max_turn = math.radians(CFG.max_turn_rate_dps)
+
+    class TruthPolicy:
+        name = "memory_truth"
+
+        def reset(self, ep, sim):
+            self.sim, self.nav, self.v, self.modes = sim, MemoryNavigator(max_turn_dps=CFG.max_turn_rate_dps), 0.0, []
+
+        def act(self, obs):
+            view = self.sim.caster.render(obs.T_wc)
+            goal = np.where(view.object_id == goal_index, 0.97, 0.02).astype(np.float32)
+            d = self.nav.step(obs.t, obs.T_odom_base, view.depth, obs.K, obs.T_wc, goal, self.v)
+            self.modes.append(d.mode)
+            assert d.waypoints.shape == (20, 2)
+            if d.mode == "stop":
+                return cl.Command(stop=True)
+            if d.mode == "scan":
+                self.v = 0.0
+                return cl.Command(w=max_turn)
+            far = np.flatnonzero(np.linalg.norm(d.waypoints, axis=1) >= cl.LOOKAHEAD_M)
+            c = cl.pursue(d.waypoints[far[0]] if len(far) else d.waypoints[-1], CFG.max_speed_mps, max_turn)
+            self.v = c.v
+            return c
+
+    policy = TruthPolicy()
+    result = cl.run_episode(policy, episode, CFG, max_steps=60, dt=0.5)
+    assert result.success and result.stopped and result.collisions == 0, (result, policy.modes)
+    assert policy.modes[-1] == "stop" and "goal" in policy.modes
+    assert result.spl > 0.6
+
+
+def test_the_navigator_scans_first_and_a_bump_marks_the_cell_ahead():
+    depth, K = _wall_view(3.0)
+    nav = MemoryNavigator()
+    base = np.eye(4)
+    d = nav.step(0.0, base, depth, K, _camera_looking_along_x(), None)
+    assert d.mode == "scan" and d.goal_xy is None
+    ahead = nav.map.cells(np.array([[0.3, 0.0]]))
+    before = float(nav.map.occupancy[ahead[0][0], ahead[1][0]])
+    nav.step(0.5, base, depth, K, _camera_looking_along_x(), None, commanded_speed=0.5)  # commanded, not moved
+    assert float(nav.map.occupancy[ahead[0][0], ahead[1][0]]) > max(before, 0.0)
+
+
+def test_the_runtime_publishes_the_memory_plan_and_says_what_it_does(episode):
+    """node.waypoint_source=memory on the geometry backend (an RGB-D robot): the waypoints are
+    the navigator's; its goal heatmap is no probability, so the runtime warns that it only explores."""
+    from vln_core.config import load_config
+    from vln_core.runtime import NavigationRuntime
+
+    cfg = load_config(None, ["node.backend=geometry", "node.waypoint_source=memory", "node.publish_overlay=false"])
+    runtime = NavigationRuntime(cfg)
+    sim = cl.NavSimulator(episode, CFG, with_depth=True)
+    runtime.set_camera_info(sim.camera.K, sim.camera.width, sim.camera.height)
+    runtime.set_instruction(episode.instruction)
+    outputs = []
+    try:
+        for step in range(3):
+            obs = sim.observe(step * 0.5)
+            stamp = 1_000_000_000 + step * 500_000_000
+            runtime.add_odometry(stamp, obs.T_odom_base)
+            runtime.add_image(stamp, "camera", obs.rgb)
+            runtime.add_depth(stamp, obs.depth)
+            out = runtime.step(overlay=False)
+            if out is not None:
+                outputs.append(out)
+            sim.move(cl.Command(w=math.radians(CFG.max_turn_rate_dps)), 0.5)
+        assert outputs and all(o.navigation_mode == "scan" for o in outputs)
+        assert all(o.waypoints is not None and o.waypoints.shape == (20, 2) for o in outputs)
+        report = runtime.diagnostics()
+        text = repr(report)
+        assert "memory (scan)" in text and "memory_without_goal" in text
+    finally:
+        runtime.close()

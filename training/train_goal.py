@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Train the ``mask`` goal head: which pixels of the view show the object the instruction names.
+
+    python training/train_goal.py --out runs/goal_mask [--init models/embedded/checkpoint.pt] \\
+        [--homes 200] [--val-homes 30] [--views-per-home 16] [--steps 3000]
+
+Training homes come from seeds 1000 on, validation homes from 2000 on (the closed-loop
+evaluation uses 900000 on). Everything but the goal head is the ``--init`` checkpoint's,
+unchanged; the head becomes ``model.arch_overrides.goal_head: mask`` (recorded in the
+checkpoint; :mod:`vln_core.models.goal_grounding`, :mod:`vln_core.train.goal_grounding`). The
+shipped ``film`` head is scored on the same validation views first, for comparison (its peak
+only; its softmax map has no absolute probability).
+
+Writes ``--out/checkpoint.pt`` and ``--out/goal.json`` (data, steps, validation scores of both
+heads: peak hit rate, detection, false alarms, per goal category and on held-out colour +
+category + room combinations). Bad input exits 2 with one line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from vln_core.atomic import atomic_open, atomic_write_text  # noqa: E402
+from vln_core.config import ConfigError  # noqa: E402
+from vln_core.errors import InputError  # noqa: E402
+
+
+def _film_peak_hit(model, views) -> float:
+    """The shipped head's peak hit rate on the views' in-view goals (same rows and wording as
+    :func:`grounding_scores`, through :meth:`goal_logits`)."""
+    import numpy as np
+    import torch
+
+    from vln_core.models.reprojection_model import FrameEncoding
+    from vln_core.sim.instructions import GOAL_CATEGORIES, sample_goal_instruction
+    from vln_core.train.goal_grounding import GOAL_VISIBLE_SHARE
+
+    rng = np.random.default_rng(1)
+    hits = []
+    for i in range(len(views)):
+        scene, cov = views.scenes[views.home[i]], views.coverage[i]
+        for k, share in cov.items():
+            if share.mean() < GOAL_VISIBLE_SHARE or scene.objects[k].category not in GOAL_CATEGORIES:
+                continue
+            ids, mask = model.tokenizer.encode([sample_goal_instruction(scene, scene.objects[k], rng)],
+                                               model.cfg.model.max_instruction_length)
+            enc = FrameEncoding(None, None, None, views.f8[i:i + 1].float(), views.f32[i:i + 1].float())
+            with torch.no_grad():
+                logits = model.goal_logits(enc, ids, mask.bool())[0].numpy()
+            hits.append(float(share.flat[int(np.argmax(logits))] > 0))
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder for checkpoint.pt and goal.json")
+    parser.add_argument("--init", default=None, help="starting checkpoint (default: the shipped model)")
+    parser.add_argument("--homes", type=int, default=200, help="training homes (seeds 1000 on; default 200)")
+    parser.add_argument("--val-homes", type=int, default=30, help="validation homes (seeds 2000 on; default 30)")
+    parser.add_argument("--views-per-home", type=int, default=16, help="rendered views per home (default 16)")
+    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
+    parser.add_argument("--text-steps", type=int, default=1500,
+                        help="steps on instructions alone before the pixels (the goal-name probe; default 1500)")
+    parser.add_argument("--views-cache", default=None,
+                        help="folder that keeps the rendered, encoded views (train.pt, val.pt): a later run with the "
+                             "same --init, --homes, --val-homes and --views-per-home reuses them")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if min(args.homes, args.val_homes, args.views_per_home, args.steps, args.threads) < 1 or args.text_steps < 0:
+        print("train_goal: --homes, --val-homes, --views-per-home, --steps and --threads must be >= 1, --text-steps >= 0",
+              file=sys.stderr)
+        return 2
+
+    import copy
+    import hashlib
+
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from vln_core.config import config_to_dict
+    from vln_core.models.registry import build_model
+    from vln_core.models.shipped import SHIPPED_CHECKPOINT, load_model_checkpoint
+    from vln_core.train.checkpoint import save_checkpoint
+    from vln_core.train.goal_grounding import collect_views, grounding_scores, train_goal_head
+
+    torch.set_num_threads(args.threads)
+    try:
+        init, _ = load_model_checkpoint(args.init)
+    except (InputError, ConfigError) as exc:
+        print(f"train_goal: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if getattr(init, "kind", "") != "reprojection":
+        print(f"train_goal: {args.init} is not an embedded checkpoint", file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    init.eval()
+    cfg = copy.deepcopy(init.cfg)
+    cfg.model.arch_overrides = {**cfg.model.arch_overrides, "goal_head": "mask"}
+    model = build_model(cfg)
+    own = model.state_dict()
+    continuing = init.arch.goal_head == "mask"  # --init is an earlier run of this script: keep its head
+    kept = {k: v for k, v in init.state_dict().items()
+            if continuing or not (k.startswith("goal_head.") or k.startswith("goal_phrase."))}
+    missing = [k for k in own if k not in kept and not (k.startswith("goal_head.") or k.startswith("goal_phrase."))]
+    if missing:
+        print(f"train_goal: {args.init} lacks {missing[:3]}", file=sys.stderr)
+        return 2
+    model.load_state_dict({**own, **kept})
+    model.eval()
+
+    # the views depend on the frozen encoder's weights (not on the goal head an --init may carry)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.encoder.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+    key = {"encoder": digest.hexdigest()[:16], "homes": args.homes, "val_homes": args.val_homes,
+           "views_per_home": args.views_per_home}
+    cache = Path(args.views_cache) if args.views_cache else None
+    cached = None
+    if cache is not None and (cache / "views.pt").is_file():
+        cached = torch.load(cache / "views.pt", weights_only=False)
+        if cached.get("key") != key:
+            print(f"train_goal: {cache / 'views.pt'} holds views of other settings ({cached.get('key')}); "
+                  "not reused", file=sys.stderr)
+            cached = None
+    if cached is not None:
+        train, val = cached["train"], cached["val"]
+    else:
+        bar = tqdm(total=args.homes + args.val_homes, unit="home", desc="views", disable=args.no_progress)
+        train = collect_views(1000, args.homes, cfg.sim, model, args.views_per_home, np.random.default_rng(1),
+                              progress=bar.update)
+        val = collect_views(2000, args.val_homes, cfg.sim, model, args.views_per_home, np.random.default_rng(2),
+                            progress=bar.update)
+        bar.close()
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            with atomic_open(cache / "views.pt", "wb") as fh:
+                torch.save({"key": key, "train": train, "val": val}, fh)
+    t_views = time.monotonic() - t0
+    film_peak = _film_peak_hit(init, val) if init.arch.goal_head == "film" else None
+    steps = tqdm(total=args.steps, unit="step", desc="goal head", disable=args.no_progress)
+    last = [0]
+
+    def report(step: int, loss: float, peak: float) -> None:
+        steps.update(step - last[0])
+        last[0] = step
+        steps.set_postfix_str(f"loss {loss:.3f}, val peak hit {peak:.2f}")
+
+    stats = train_goal_head(model, train, val, steps=args.steps, text_steps=args.text_steps, progress=report)
+    steps.close()
+    val_scores = grounding_scores(model, val, seen=stats["seen_combinations"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "checkpoint.pt", {"model": model.state_dict(), "config": config_to_dict(cfg),
+                                            "meta": {"init": str(args.init or SHIPPED_CHECKPOINT),
+                                                     "trained": "goal head (mask) on rendered views"}})
+    summary = {"init": str(args.init or SHIPPED_CHECKPOINT), "train_views": len(train), "val_views": len(val),
+               "train_homes": len(train.scenes), "val_homes": len(val.scenes), "steps": args.steps,
+               "text_steps": args.text_steps,
+               "train_loss": round(stats["train_loss"], 4), "film_head_val_peak_hit": film_peak,
+               "val": val_scores, "seconds_views": round(t_views, 1),
+               "seconds_total": round(time.monotonic() - t0, 1)}
+    atomic_write_text(out / "goal.json", json.dumps(summary, indent=1))
+    held = val_scores.get("held_out_combinations", {})
+    print(f"goal peak on the goal, validation views: {val_scores['peak_hit']:.2f} (shipped film head "
+          f"{film_peak if film_peak is None else round(film_peak, 2)}, chance {val_scores['chance']:.2f}); detected "
+          f"{val_scores['detected']:.2f}, false alarms {val_scores['false_alarm']:.2f}; held-out combinations "
+          f"{held.get('peak_hit')} ({held.get('goals')}); wrote {out / 'checkpoint.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

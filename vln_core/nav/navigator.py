@@ -1,0 +1,199 @@
+"""Waypoints from memory: plan on the map of what the robot has seen to where it saw the goal.
+
+:class:`MemoryNavigator` turns each processed view (depth, camera pose, goal heatmap) into the
+node's waypoints:
+
+1. the view updates the :class:`~vln_core.nav.memory_map.NavigationMap` (occupancy and goal
+   evidence in the world frame);
+2. once the goal evidence is strong enough, the target is the free place nearest the robot
+   within ``approach_m`` of the goal's cells; until then the robot first turns in place once around
+   (the goal may be behind it) and then explores: the frontier (known free next to unknown)
+   that is near and ahead;
+3. A* on the map (unknown cells count as free, so paths may lead into what is not seen yet;
+   the next views correct them) gives the path, and its first metre becomes the ``(20, 2)``
+   waypoints in the base frame (x forward, y left), 0.05 m apart;
+4. within ``stop_m`` of the goal's cells the waypoints are all zero: stop.
+
+A commanded forward motion that did not happen (a bump) marks the cell ahead as an obstacle.
+Everything is in the odom frame (z up, floor z = 0); base poses are base-to-odom (REP 103).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from vln_core.models.spatial_model import NUM_WAYPOINTS
+from vln_core.nav.memory_map import NavigationMap
+from vln_core.sim.planner import OccupancyGrid, grid_search, path_from_field, shortcut_path
+
+__all__ = ["MemoryNavigator", "NavigatorDecision", "path_waypoints", "WAYPOINT_SPACING_M"]
+
+#: The planner's lattice takes every second map cell (0.2 m at the map's 0.1 m).
+_STEP = 2
+#: The node's waypoints are 0.1 s apart at the robot's top speed of 0.5 m/s.
+WAYPOINT_SPACING_M = 0.05
+
+
+def path_waypoints(path_xy: np.ndarray, T_odom_base: np.ndarray, n: int = NUM_WAYPOINTS,
+                   spacing: float = WAYPOINT_SPACING_M) -> np.ndarray:
+    """The first ``n`` points of a world path ``(P, 2)`` (starting at the robot) every ``spacing``
+    metres of arc length, in the base frame ``(n, 2)`` float32; the end repeats where the path
+    is shorter."""
+    path = np.asarray(path_xy, dtype=np.float64)
+    seg = np.linalg.norm(np.diff(path, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    want = np.minimum(spacing * np.arange(1, n + 1), arc[-1])
+    pts = np.stack([np.interp(want, arc, path[:, 0]), np.interp(want, arc, path[:, 1])], axis=1)
+    d = pts - T_odom_base[:2, 3]
+    return (d @ T_odom_base[:2, :2]).astype(np.float32)
+
+
+@dataclass
+class NavigatorDecision:
+    """What the navigator decided for one view."""
+
+    waypoints: np.ndarray  # (20, 2) float32 base frame (x forward, y left), metres; all zero: stop
+    mode: str  # "stop", "goal", "scan" or "explore"
+    goal_xy: Optional[np.ndarray]  # (2,) world xy of the goal estimate, or None
+    path_xy: Optional[np.ndarray]  # (P, 2) the planned world path, or None
+
+
+class MemoryNavigator:
+    """See the module doc.
+
+    Args:
+        robot_radius_m: the robot's disc; paths keep ``margin_m`` more.
+        max_turn_dps: turn rate of the scan (degrees per second).
+        stop_m: stop this close to the goal's cells (metres; they are the surfaces of the object
+            the views saw, so this is how near the robot gets to the object).
+        approach_m: the target is a free place within this distance of the goal's cells.
+        goal_threshold: goal log-odds a place needs to count as the goal.
+    """
+
+    def __init__(self, robot_radius_m: float = 0.25, margin_m: float = 0.05, max_turn_dps: float = 60.0,
+                 stop_m: float = 0.85, approach_m: float = 0.7, goal_threshold: float = 2.0,
+                 map_size_m: float = 20.0) -> None:
+        self.radius, self.clearance = robot_radius_m, robot_radius_m + margin_m
+        self.max_turn = math.radians(max_turn_dps)
+        self.stop_m, self.approach_m, self.goal_threshold = stop_m, approach_m, goal_threshold
+        self.map_size_m = map_size_m
+        self.map: Optional[NavigationMap] = None
+        self.turned = 0.0
+        self._last: Optional[tuple[float, np.ndarray, float]] = None  # (time, xy, yaw)
+        self._last_mode = ""
+
+    def reset(self) -> None:
+        self.map, self.turned, self._last, self._last_mode = None, 0.0, None, ""
+
+    def step(self, t: float, T_odom_base: np.ndarray, depth: np.ndarray, K: np.ndarray, T_wc: np.ndarray,
+             goal_probability: Optional[np.ndarray], commanded_speed: float = 0.0) -> NavigatorDecision:
+        """One view at time ``t`` (seconds): ``depth (H, W)`` metres with intrinsics ``K``, the camera
+        pose ``T_wc`` and base pose ``T_odom_base`` (both to odom), the goal heatmap as per-pixel
+        probabilities ``(h, w)``; ``commanded_speed`` is the forward speed driven since the last
+        view (m/s), to notice bumps."""
+        xy = T_odom_base[:2, 3].astype(np.float64)
+        yaw = math.atan2(T_odom_base[1, 0], T_odom_base[0, 0])
+        if self.map is None:
+            self.map = NavigationMap(xy, size_m=self.map_size_m)
+        if self._last is not None:
+            t0, xy0, yaw0 = self._last
+            dt = max(t - t0, 1e-3)
+            turn = (yaw - yaw0 + math.pi) % (2 * math.pi) - math.pi
+            if self._last_mode == "scan":
+                self.turned += abs(turn)
+            if commanded_speed > 0.05 and np.linalg.norm(xy - xy0) < 0.3 * commanded_speed * dt:
+                heading = np.array([math.cos(yaw), math.sin(yaw)])
+                for ahead in (0.3, 0.4):
+                    self.map.mark_blocked(xy + (self.radius + ahead - 0.25) * heading)
+        self._last = (t, xy, yaw)
+        self.map.update(depth, K, T_wc, goal_probability)
+        cells = self.map.goal_cells(self.goal_threshold)
+        goal = None if cells is None else cells[0]
+        zero = np.zeros((NUM_WAYPOINTS, 2), np.float32)
+        if cells is not None and np.linalg.norm(cells - xy, axis=1).min() <= self.stop_m:
+            return self._decide(NavigatorDecision(zero, "stop", goal, None))
+        grid = self.map.planning_grid(unknown_free=True, robot_xy=xy, robot_radius=self.clearance)
+        field = self._reachable(grid, xy)
+        if cells is not None:
+            path = self._path_to(grid, field, xy, self._near(field, grid, cells, self.approach_m))
+            if path is not None:
+                return self._decide(NavigatorDecision(path_waypoints(path, T_odom_base), "goal", goal, path))
+        path = None
+        if self.turned >= 2 * math.pi - 0.2 or cells is not None:
+            path = self._explore(grid, field, xy, yaw)
+        if path is None:  # turn in place: the first look around, or nowhere to go yet
+            angle = np.linspace(0.1, 1.0, NUM_WAYPOINTS) * math.pi / 2
+            arc = np.stack([0.05 * np.cos(angle), 0.05 * np.sin(angle)], axis=1).astype(np.float32)
+            return self._decide(NavigatorDecision(arc, "scan", goal, None))
+        return self._decide(NavigatorDecision(path_waypoints(path, T_odom_base), "explore", goal, path))
+
+    def _decide(self, decision: NavigatorDecision) -> NavigatorDecision:
+        self._last_mode = decision.mode
+        return decision
+
+    def _reachable(self, grid: OccupancyGrid, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int], float]:
+        """Path cost from the robot to every place (Dijkstra on the planner's lattice) and the
+        clearance it was searched with: the planner's, or the bare radius when the robot is
+        closer than that to a mapped wall."""
+        for clearance in (self.clearance, self.radius - 0.03):
+            cost, parent, shape = grid_search(grid, xy, clearance, step=_STEP)
+            if np.isfinite(cost).sum() > 1:
+                break
+        return cost, parent, shape, clearance
+
+    @staticmethod
+    def _lattice_xy(grid: OccupancyGrid, shape: tuple[int, int]) -> np.ndarray:
+        rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
+        return grid.center_of(np.stack([rows * _STEP + _STEP // 2, cols * _STEP + _STEP // 2], axis=-1))
+
+    def _near(self, field, grid: OccupancyGrid, targets: np.ndarray, within: float) -> Optional[tuple[int, int]]:
+        """The cheapest reachable lattice place within ``within`` of any of ``targets (T, 2)``."""
+        cost, _, shape, _ = field
+        ok = np.isfinite(cost)
+        if not ok.any():
+            return None
+        rows, cols = np.nonzero(ok)
+        centres = self._lattice_xy(grid, shape)[rows, cols]
+        d = np.full(len(rows), np.inf)
+        for chunk in range(0, len(targets[:256]), 64):
+            t = targets[chunk:chunk + 64]
+            d = np.minimum(d, np.linalg.norm(centres[:, None, :] - t[None, :, :], axis=-1).min(axis=1))
+        near = np.flatnonzero(d <= within)
+        if not len(near):
+            return None
+        k = near[int(np.argmin(cost[rows[near], cols[near]]))]
+        return int(rows[k]), int(cols[k])
+
+    def _path_to(self, grid: OccupancyGrid, field, xy: np.ndarray, place: Optional[tuple[int, int]]
+                 ) -> Optional[np.ndarray]:
+        """World path ``(P, 2)`` from the robot to a lattice ``place`` along the cost field."""
+        if place is None:
+            return None
+        cost, parent, shape, clearance = field
+        end = self._lattice_xy(grid, shape)[place]
+        back = path_from_field(grid, parent, shape, end, step=_STEP)
+        path = np.concatenate([xy[None], back[::-1][1:]]) if len(back) > 1 else np.stack([xy, end])
+        return shortcut_path(grid, path, clearance)
+
+    def _explore(self, grid: OccupancyGrid, field, xy: np.ndarray, yaw: float) -> Optional[np.ndarray]:
+        """Path to the frontier that is cheap to reach and ahead (1 m of path per 40 degrees of
+        turn; frontiers closer than 1 m are what the next views will reveal anyway)."""
+        frontier = self.map.frontier()
+        cost, _, shape, _ = field
+        if not len(frontier) or not np.isfinite(cost).any():
+            return None
+        rc = grid.cell_of(frontier) // _STEP
+        rc = np.minimum(rc, np.array(shape) - 1)
+        c = cost[rc[:, 0], rc[:, 1]]
+        ok = np.isfinite(c)
+        if not ok.any():
+            return None
+        frontier, rc, c = frontier[ok], rc[ok], c[ok]
+        d = frontier - xy
+        bearing = np.abs((np.arctan2(d[:, 1], d[:, 0]) - yaw + math.pi) % (2 * math.pi) - math.pi)
+        score = c + 1.5 * bearing + np.where(c < 1.0, 3.0, 0.0)
+        k = int(np.argmin(score))
+        return self._path_to(grid, field, xy, (int(rc[k, 0]), int(rc[k, 1])))

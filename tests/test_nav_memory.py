@@ -109,7 +109,7 @@ def test_the_navigator_looks_around_then_drives_to_the_goal_and_stops_near_it(ep
         name = "memory_truth"
 
         def reset(self, ep, sim):
-            self.sim, self.nav, self.v, self.modes = sim, MemoryNavigator(max_turn_dps=CFG.max_turn_rate_dps), 0.0, []
+            self.sim, self.nav, self.v, self.modes = sim, MemoryNavigator(), 0.0, []
 
         def act(self, obs):
             view = self.sim.caster.render(obs.T_wc)

@@ -49,40 +49,23 @@ def main(argv: list[str] | None = None) -> int:
               "--dagger-homes >= 0", file=sys.stderr)
         return 2
 
-    import copy
-
     import numpy as np
     import torch
     from tqdm import tqdm
 
     from vln_core.config import config_to_dict
-    from vln_core.models.registry import build_model
-    from vln_core.models.shipped import SHIPPED_CHECKPOINT, load_model_checkpoint
+    from vln_core.models.shipped import SHIPPED_CHECKPOINT, embedded_with_new_head
     from vln_core.train.checkpoint import save_checkpoint
     from vln_core.train.nav_imitation import collect_rollout_states, collect_states, merge_states, subset, train_head
 
     torch.set_num_threads(args.threads)
     try:
-        init, _ = load_model_checkpoint(args.init)
+        model, _ = embedded_with_new_head(args.init, "waypoint_head", "visual", ("waypoint_head.",))
     except (InputError, ConfigError) as exc:
         print(f"imitate_nav: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    if getattr(init, "kind", "") != "reprojection":
-        print(f"imitate_nav: {args.init} is not an embedded checkpoint", file=sys.stderr)
-        return 2
     t0 = time.monotonic()
-    cfg = copy.deepcopy(init.cfg)
-    cfg.model.arch_overrides = {**cfg.model.arch_overrides, "waypoint_head": "visual"}
-    model = build_model(cfg)
-    own = model.state_dict()
-    continuing = init.waypoint_head.kind == "visual"  # --init is an earlier run of this script: keep its head
-    kept = {k: v for k, v in init.state_dict().items() if continuing or not k.startswith("waypoint_head.")}
-    missing = [k for k in own if k not in kept and not k.startswith("waypoint_head.")]
-    if missing:
-        print(f"imitate_nav: {args.init} lacks {missing[:3]}", file=sys.stderr)
-        return 2
-    model.load_state_dict({**own, **kept})
-    model.eval()
+    cfg = model.cfg
 
     sim_cfg = cfg.sim
     bar = tqdm(total=args.homes + args.val_homes, unit="home", desc="states", disable=args.no_progress)

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps on instructions alone before the pixels (the goal-name probe; default 1500)")
     parser.add_argument("--views-cache", default=None,
                         help="folder that keeps the rendered, encoded views (train.pt, val.pt): a later run with the "
-                             "same --init, --homes, --val-homes and --views-per-home reuses them")
+                             "same encoder weights, --homes, --val-homes and --views-per-home reuses them")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -78,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
-    import copy
     import hashlib
 
     import numpy as np
@@ -86,35 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from vln_core.config import config_to_dict
-    from vln_core.models.registry import build_model
-    from vln_core.models.shipped import SHIPPED_CHECKPOINT, load_model_checkpoint
+    from vln_core.models.shipped import SHIPPED_CHECKPOINT, embedded_with_new_head
     from vln_core.train.checkpoint import save_checkpoint
     from vln_core.train.goal_grounding import collect_views, grounding_scores, train_goal_head
 
     torch.set_num_threads(args.threads)
     try:
-        init, _ = load_model_checkpoint(args.init)
+        model, init = embedded_with_new_head(args.init, "goal_head", "mask", ("goal_head.", "goal_phrase."))
     except (InputError, ConfigError) as exc:
         print(f"train_goal: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    if getattr(init, "kind", "") != "reprojection":
-        print(f"train_goal: {args.init} is not an embedded checkpoint", file=sys.stderr)
-        return 2
     t0 = time.monotonic()
-    init.eval()
-    cfg = copy.deepcopy(init.cfg)
-    cfg.model.arch_overrides = {**cfg.model.arch_overrides, "goal_head": "mask"}
-    model = build_model(cfg)
-    own = model.state_dict()
-    continuing = init.arch.goal_head == "mask"  # --init is an earlier run of this script: keep its head
-    kept = {k: v for k, v in init.state_dict().items()
-            if continuing or not (k.startswith("goal_head.") or k.startswith("goal_phrase."))}
-    missing = [k for k in own if k not in kept and not (k.startswith("goal_head.") or k.startswith("goal_phrase."))]
-    if missing:
-        print(f"train_goal: {args.init} lacks {missing[:3]}", file=sys.stderr)
-        return 2
-    model.load_state_dict({**own, **kept})
-    model.eval()
+    cfg = model.cfg
 
     # the views depend on the frozen encoder's weights (not on the goal head an --init may carry)
     digest = hashlib.sha256()

@@ -19,7 +19,7 @@ from vln_core.config import VLNConfig
 from vln_core.errors import InputError
 from vln_core.train.checkpoint import load_checkpoint
 
-__all__ = ["SHIPPED_CHECKPOINT", "load_model_checkpoint", "write_shipped_checkpoint"]
+__all__ = ["SHIPPED_CHECKPOINT", "load_model_checkpoint", "write_shipped_checkpoint", "embedded_with_new_head"]
 
 #: The embedded model trained by ``configs/train_embedded.yaml`` (see its model card).
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "embedded" / "checkpoint.pt"
@@ -86,3 +86,33 @@ def write_shipped_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, met
         torch.save({"model": weights, "config": config, "meta": dict(meta)}, fh)
     return dst
 
+
+
+def embedded_with_new_head(init_path: str | os.PathLike | None, field: str, kind: str,
+                           prefixes: tuple[str, ...]) -> tuple[Any, Any]:
+    """The embedded checkpoint ``init_path`` (None: the shipped one) rebuilt with the head
+    ``arch_overrides[field] = kind`` (e.g. ``goal_head: mask``): every weight but those under
+    ``prefixes`` is the checkpoint's, the new head starts fresh, unless the checkpoint already
+    has that kind (an earlier run of the same trainer: its head is kept and trained on).
+
+    Returns ``(model, init)`` in eval mode; InputError / ConfigError with one line when the file
+    is no embedded checkpoint or lacks weights.
+    """
+    from vln_core.models.registry import build_model
+
+    init, _ = load_model_checkpoint(init_path)
+    if getattr(init, "kind", "") != "reprojection":
+        raise InputError(f"{init_path} is not an embedded checkpoint")
+    init.eval()
+    cfg = copy.deepcopy(init.cfg)
+    cfg.model.arch_overrides = {**cfg.model.arch_overrides, field: kind}
+    model = build_model(cfg)
+    own = model.state_dict()
+    continuing = getattr(init.arch, field) == kind
+    kept = {k: v for k, v in init.state_dict().items() if continuing or not k.startswith(prefixes)}
+    missing = [k for k in own if k not in kept and not k.startswith(prefixes)]
+    if missing:
+        raise InputError(f"{init_path} lacks {missing[:3]}")
+    model.load_state_dict({**own, **kept})
+    model.eval()
+    return model, init

@@ -9,9 +9,10 @@ node's waypoints:
    within ``approach_m`` of the goal's cells; until then the robot first turns in place once around
    (the goal may be behind it) and then explores: the frontier (known free next to unknown)
    that is near and ahead;
-3. A* on the map (unknown cells count as free, so paths may lead into what is not seen yet;
-   the next views correct them) gives the path, and its first metre becomes the ``(20, 2)``
-   waypoints in the base frame (x forward, y left), 0.05 m apart;
+3. one Dijkstra search from the robot over the map (unknown cells count as free, so paths may
+   lead into what is not seen yet; the next views correct them) gives the cheapest reachable
+   target and the path to it, whose first metre becomes the ``(20, 2)`` waypoints in the base
+   frame (x forward, y left), 0.05 m apart;
 4. within ``stop_m`` of the goal's cells the waypoints are all zero: stop.
 
 A commanded forward motion that did not happen (a bump) marks the cell ahead as an obstacle.
@@ -66,18 +67,15 @@ class MemoryNavigator:
 
     Args:
         robot_radius_m: the robot's disc; paths keep ``margin_m`` more.
-        max_turn_dps: turn rate of the scan (degrees per second).
         stop_m: stop this close to the goal's cells (metres; they are the surfaces of the object
             the views saw, so this is how near the robot gets to the object).
         approach_m: the target is a free place within this distance of the goal's cells.
         goal_threshold: goal log-odds a place needs to count as the goal.
     """
 
-    def __init__(self, robot_radius_m: float = 0.25, margin_m: float = 0.05, max_turn_dps: float = 60.0,
-                 stop_m: float = 0.85, approach_m: float = 0.7, goal_threshold: float = 2.0,
-                 map_size_m: float = 20.0) -> None:
+    def __init__(self, robot_radius_m: float = 0.25, margin_m: float = 0.05, stop_m: float = 0.85,
+                 approach_m: float = 0.7, goal_threshold: float = 2.0, map_size_m: float = 20.0) -> None:
         self.radius, self.clearance = robot_radius_m, robot_radius_m + margin_m
-        self.max_turn = math.radians(max_turn_dps)
         self.stop_m, self.approach_m, self.goal_threshold = stop_m, approach_m, goal_threshold
         self.map_size_m = map_size_m
         self.map: Optional[NavigationMap] = None
@@ -106,8 +104,8 @@ class MemoryNavigator:
                 self.turned += abs(turn)
             if commanded_speed > 0.05 and np.linalg.norm(xy - xy0) < 0.3 * commanded_speed * dt:
                 heading = np.array([math.cos(yaw), math.sin(yaw)])
-                for ahead in (0.3, 0.4):
-                    self.map.mark_blocked(xy + (self.radius + ahead - 0.25) * heading)
+                for ahead in (0.05, 0.15):  # just beyond the robot's disc
+                    self.map.mark_blocked(xy + (self.radius + ahead) * heading)
         self._last = (t, xy, yaw)
         self.map.update(depth, K, T_wc, goal_probability)
         cells = self.map.goal_cells(self.goal_threshold)

@@ -32,8 +32,8 @@ __all__ = ["NavigationMap"]
 _HIT, _MISS, _LIMIT = 0.9, -0.35, 4.0
 _GOAL_LIMIT = 6.0
 #: Per view, a cell's goal log-odds change by the logit of the highest goal probability that
-#: landed in it, clipped to [-GOAL_MISS, GOAL_HIT]; cells seen only beyond GOAL_MISS_RANGE_M
-#: get no negative votes.
+#: landed in it, clipped to [-GOAL_MISS, GOAL_HIT]; a cell that any point of the view beyond
+#: GOAL_MISS_RANGE_M landed in gets no negative vote from that view.
 GOAL_HIT, GOAL_MISS, GOAL_MISS_RANGE_M = 2.5, 0.5, 3.5
 
 
@@ -130,7 +130,7 @@ class NavigationMap:
             np.maximum.at(best, (r[keep], c[keep]), p[keep])
             touched[r[keep], c[keep]] = True
             logit = np.clip(np.log(best[touched] / (1 - best[touched])), -GOAL_MISS, GOAL_HIT)
-            # a goal too far to be recognised is no evidence against it: no votes against far cells
+            # a goal too far to be recognised is no evidence against it: no votes against cells seen far
             far = np.zeros_like(self.seen)
             far[r[keep & (z > GOAL_MISS_RANGE_M)], c[keep & (z > GOAL_MISS_RANGE_M)]] = True
             logit = np.where((logit < 0) & far[touched], 0.0, logit)

@@ -153,6 +153,7 @@ def test_the_runtime_publishes_the_memory_plan_and_says_what_it_does(episode):
     from vln_core.runtime import NavigationRuntime
 
     cfg = load_config(None, ["node.backend=geometry", "node.waypoint_source=memory", "node.publish_overlay=false"])
+    cfg.node.camera_mount = tuple(cl.node_camera_mount(CFG))
     runtime = NavigationRuntime(cfg)
     sim = cl.NavSimulator(episode, CFG, with_depth=True)
     runtime.set_camera_info(sim.camera.K, sim.camera.width, sim.camera.height)
@@ -176,3 +177,27 @@ def test_the_runtime_publishes_the_memory_plan_and_says_what_it_does(episode):
         assert "memory (scan)" in text and "memory_without_goal" in text
     finally:
         runtime.close()
+
+
+def test_the_closed_loop_runtime_sees_the_camera_where_the_simulator_renders_it(episode):
+    """The runtime derives every camera pose from odometry and ``node.camera_mount``: a mount that
+    is not the simulated camera's (it once put the camera 0.1 m too far ahead, which doubled the
+    baseline of a robot turning on the spot and the multi-view depth with it) is refused, and
+    :func:`~vln_core.sim.closed_loop.node_camera_mount` gives the one that matches."""
+    from vln_core.config import load_config
+    from vln_core.runtime import NavigationRuntime
+
+    cfg = load_config(None, ["node.backend=geometry", "node.publish_overlay=false",
+                             "node.camera_mount=[0.2,0.0,1.0,-0.5,0.5,-0.5,0.5]"])
+    sim = cl.NavSimulator(episode, CFG)
+    assert not np.allclose(sim.T_base_cam[:3, 3], [0.2, 0.0, 1.0])  # the simulated camera sits elsewhere
+    policy = cl.WaypointPolicy(lambda: NavigationRuntime(cfg), 0.5, 1.0)
+    try:
+        with pytest.raises(ValueError, match="camera_mount"):
+            policy.reset(episode, sim)
+        cfg.node.camera_mount = tuple(cl.node_camera_mount(CFG))
+        policy.reset(episode, sim)
+        obs = sim.observe(0.0)
+        assert np.allclose(obs.T_odom_base @ policy.runtime.T_base_cam, obs.T_wc, atol=1e-9)
+    finally:
+        policy.close()

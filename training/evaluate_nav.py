@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from vln_core.sim import closed_loop as cl
 
     sim = cfg.sim
+    cfg.node.camera_mount = tuple(cl.node_camera_mount(sim))  # the runtime sees the simulated robot's camera
     max_speed, max_turn = sim.max_speed_mps, math.radians(sim.max_turn_rate_dps)
     backend = None
     if {"model", "memory", "goal_heatmap_greedy"} & set(methods):

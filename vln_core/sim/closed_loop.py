@@ -44,7 +44,7 @@ from vln_core.sim.trajectory import base_poses, camera_mount, camera_poses
 
 __all__ = [
     "SUCCESS_M", "NavEpisode", "make_nav_episode", "goal_distance", "goal_distances", "shortest_path_to_goal", "path_length", "Observation", "Command",
-    "NavSimulator", "Policy", "WaypointPolicy", "GoalHeatmapGreedy", "RandomWalk", "ForwardExplorer",
+    "NavSimulator", "node_camera_mount", "Policy", "WaypointPolicy", "GoalHeatmapGreedy", "RandomWalk", "ForwardExplorer",
     "ShortestPathOracle", "EpisodeResult", "run_episode", "summarize", "pursue",
 ]
 
@@ -169,6 +169,17 @@ class Command:
     stop: bool = False
 
 
+def node_camera_mount(cfg: SimConfig) -> list[float]:
+    """The simulated robot's camera mount as ``node.camera_mount`` ``[x, y, z, qx, qy, qz, qw]``
+    (camera optical frame in base_link): a runtime driving the simulator must use it, or every
+    pose it derives from odometry is off by the difference (a camera placed 0.1 m too far ahead
+    doubles the baseline of a robot turning on the spot, and multi-view depth with it)."""
+    from vln_core.geometry.transforms import pose_to_xyz_quat
+
+    T = camera_mount(cfg.camera_height_m, cfg.camera_forward_m, cfg.camera_pitch_deg)
+    return [float(v) for v in pose_to_xyz_quat(T)]
+
+
 class NavSimulator:
     """Renders the robot's camera and moves its base with collisions (see the module doc).
 
@@ -258,6 +269,10 @@ class _RuntimePolicy:
         if self.runtime is not None:
             self.runtime.close()
         self.runtime = self.make_runtime()
+        mount = getattr(self.runtime, "T_base_cam", None)
+        if mount is not None and not np.allclose(mount, sim.T_base_cam, atol=1e-6):
+            raise ValueError(f"node.camera_mount {np.round(mount[:3, 3], 3).tolist()} is not the simulated camera's "
+                             f"{np.round(sim.T_base_cam[:3, 3], 3).tolist()}: set it with closed_loop.node_camera_mount")
         self.runtime.set_camera_info(sim.camera.K, sim.camera.width, sim.camera.height)
         self.runtime.set_instruction(episode.instruction)
         self.last_output, self.waiting_steps = None, 0

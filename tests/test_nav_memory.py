@@ -60,6 +60,24 @@ def test_a_wall_is_mapped_where_it_is_with_free_floor_before_it_and_nothing_know
     assert grid.occupied[r[0], c[0]] and not grid.occupied[r[1], c[1]]
 
 
+def test_a_models_depth_too_short_maps_the_floor_as_floor_when_its_error_is_given():
+    """A predicted depth 15 % short lifts far floor points 0.15 m above the floor: read as
+    measured depth they wall the robot in; with ``depth_rel_error`` they are floor, the wall stays."""
+    depth, K = _wall_view(3.05)
+    short = depth * np.float32(0.85)
+    for rel_error, floor_free in ((0.0, False), (0.2, True)):
+        m = NavigationMap(np.zeros(2), size_m=12.0)
+        m.update(short, K, _camera_looking_along_x(), depth_rel_error=rel_error)
+        occupied = lambda x, y: m.occupancy[tuple(np.array(m.cells(np.array([[x, y]]))[:2])[:, 0])] > 0  # noqa: E731
+        assert occupied(3.05 * 0.85, 0.0)  # the wall, where the short depth puts it
+        assert all(not occupied(x, 0.0) for x in (1.0, 1.5, 2.0)) == floor_free
+    m = NavigationMap(np.zeros(2), size_m=12.0)
+    m.update(depth, K, _camera_looking_along_x(), max_range_m=2.0)  # the wall at 3 m is beyond the range
+    seen = lambda x, y: m.seen[tuple(np.array(m.cells(np.array([[x, y]]))[:2])[:, 0])]  # noqa: E731
+    assert not seen(3.05, 0.0) and seen(1.5, 0.0)  # free up to the range, unknown beyond
+    assert not (m.occupancy > 0).any()
+
+
 def test_the_goal_is_remembered_where_it_was_seen_after_the_robot_turns_away():
     depth, K = _wall_view(3.05)
     goal = np.full(depth.shape, 0.02, np.float32)
@@ -144,6 +162,25 @@ def test_the_navigator_scans_first_and_a_bump_marks_the_cell_ahead():
     before = float(nav.map.occupancy[ahead[0][0], ahead[1][0]])
     nav.step(0.5, base, depth, K, _camera_looking_along_x(), None, commanded_speed=0.5)  # commanded, not moved
     assert float(nav.map.occupancy[ahead[0][0], ahead[1][0]]) > max(before, 0.0)
+
+
+def test_a_robot_walled_in_by_single_hits_still_explores_through_them():
+    """A ring of cells each hit by one view (a model's depth error) around a looked-around robot,
+    free floor seen beyond it, then unknown: it drives out through the ring rather than turning on the spot forever; a
+    ring hit by many views (a real wall) keeps it turning."""
+    for hits, expected in ((1, "explore"), (6, "scan")):
+        nav = MemoryNavigator()
+        nav.map = NavigationMap(np.zeros(2), size_m=12.0)
+        rows, cols = np.mgrid[0:120, 0:120]
+        r = np.hypot(*(nav.map.center_of(rows, cols).transpose(2, 0, 1)))
+        nav.map.seen[:] = r < 1.8  # free inside, the ring, free floor seen beyond it, then unknown
+        nav.map.occupancy[r < 1.8] = -2.0
+        nav.map.occupancy[(r >= 1.05) & (r < 1.25)] = hits * 0.9
+        nav.turned, nav._last_mode = 2 * math.pi, "scan"
+        no_returns = np.zeros((96, 96), np.float32)
+        d = nav.step(0.0, np.eye(4), no_returns, np.array([[60.0, 0, 47.5], [0, 60.0, 47.5], [0, 0, 1]]),
+                     _camera_looking_along_x(), None)
+        assert d.mode == expected, (hits, d.mode)
 
 
 def test_the_runtime_publishes_the_memory_plan_and_says_what_it_does(episode):

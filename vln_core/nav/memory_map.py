@@ -76,8 +76,8 @@ class NavigationMap:
                          self.origin[1] + (np.asarray(rows) + 0.5) * self.resolution], axis=-1)
 
     # ---------------------------------------------------------------- update
-    def update(self, depth: np.ndarray, K: np.ndarray, T_wc: np.ndarray, goal_probability: Optional[np.ndarray] = None
-               ) -> None:
+    def update(self, depth: np.ndarray, K: np.ndarray, T_wc: np.ndarray, goal_probability: Optional[np.ndarray] = None,
+               depth_rel_error: float = 0.0, max_range_m: Optional[float] = None) -> None:
         """Add one view.
 
         Args:
@@ -86,17 +86,27 @@ class NavigationMap:
             T_wc: ``(4, 4)`` camera-to-world pose (OpenCV optical axes; world z up, floor z = 0).
             goal_probability: ``(h, w)`` per-pixel probability that the pixel shows the goal (any
                 resolution of the same view), or None.
+            depth_rel_error: the depth's typical relative error (0: measured; a model's depth is
+                off by 10-20 %). A floor point whose depth is a factor ``1 - e`` short lands ``e``
+                times the camera's height above the floor, so points up to ``floor_m + e * height``
+                count as floor: without it the far floor of a predicted depth maps as a wall.
+            max_range_m: depth up to this range is used (default the map's ``max_range_m``); a
+                point beyond it only frees its line of sight up to the range.
         """
         H, W = depth.shape
         s = self.pixel_stride
         v, u = np.mgrid[s // 2:H:s, s // 2:W:s]
         z = depth[v, u].astype(np.float64)
-        ok = np.isfinite(z) & (z > 0.05) & (z <= self.max_range_m)
+        ok = np.isfinite(z) & (z > 0.05)
         u, v, z = u[ok], v[ok], z[ok]
+        # a point beyond the range says only that its line of sight is free up to the range
+        beyond = z > min(self.max_range_m, max_range_m or self.max_range_m)
+        z = np.where(beyond, min(self.max_range_m, max_range_m or self.max_range_m), z)
         rays = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=-1)
         pts = rays @ T_wc[:3, :3].T + T_wc[:3, 3]
         height = pts[:, 2]
-        obstacle = (height > self.floor_m) & (height < self.body_height_m)
+        floor_m = self.floor_m + max(float(depth_rel_error), 0.0) * max(float(T_wc[2, 3]), 0.0)
+        obstacle = (height > floor_m) & (height < self.body_height_m) & ~beyond
         cam = T_wc[:2, 3]
         # free space: the cells each line of sight crosses before its end (0.1 m steps)
         d = pts[:, :2] - cam
@@ -112,7 +122,8 @@ class NavigationMap:
         hit = np.zeros_like(self.seen)
         hit[r[inside & obstacle], c[inside & obstacle]] = True
         floor = np.zeros_like(self.seen)
-        floor[r[inside & (height <= self.floor_m)], c[inside & (height <= self.floor_m)]] = True
+        on_floor = inside & (height <= floor_m) & ~beyond
+        floor[r[on_floor], c[on_floor]] = True
         free |= floor
         free &= ~hit
         self.occupancy[free] += _MISS
@@ -126,7 +137,7 @@ class NavigationMap:
             p = np.clip(gp[gv, gu], 1e-3, 1 - 1e-3)
             best = np.zeros(self.goal.shape, np.float64)
             touched = np.zeros_like(self.seen)
-            keep = inside & (height > self.floor_m)  # the goal is an object: not the floor
+            keep = inside & (height > floor_m) & ~beyond  # the goal is an object: not the floor
             np.maximum.at(best, (r[keep], c[keep]), p[keep])
             touched[r[keep], c[keep]] = True
             logit = np.clip(np.log(best[touched] / (1 - best[touched])), -GOAL_MISS, GOAL_HIT)
@@ -162,12 +173,13 @@ class NavigationMap:
         return self.center_of(rows[near], cols[near])[order]
 
     def planning_grid(self, unknown_free: bool = False, robot_xy: Optional[np.ndarray] = None,
-                      robot_radius: float = 0.0) -> OccupancyGrid:
-        """The map as an :class:`OccupancyGrid` for the planner: occupied cells, and unknown ones
-        unless ``unknown_free``, are obstacles; clearance by distance transform. The disc of
-        ``robot_radius`` around ``robot_xy`` is free (the robot stands there: an obstacle mapped
-        inside it is a depth error, and would leave the robot no way out)."""
-        occ = self.occupancy > 0.0
+                      robot_radius: float = 0.0, occupied_above: float = 0.0) -> OccupancyGrid:
+        """The map as an :class:`OccupancyGrid` for the planner: cells with occupancy log-odds above
+        ``occupied_above`` (0: more hits than misses), and unknown ones unless ``unknown_free``,
+        are obstacles; clearance by distance transform. The disc of ``robot_radius`` around
+        ``robot_xy`` is free (the robot stands there: an obstacle mapped inside it is a depth
+        error, and would leave the robot no way out)."""
+        occ = self.occupancy > occupied_above
         if not unknown_free:
             occ |= ~self.seen
         if robot_xy is not None and robot_radius > 0:

@@ -30,12 +30,19 @@ from vln_core.models.spatial_model import NUM_WAYPOINTS
 from vln_core.nav.memory_map import NavigationMap
 from vln_core.sim.planner import OccupancyGrid, grid_search, path_from_field, shortcut_path
 
-__all__ = ["MemoryNavigator", "NavigatorDecision", "path_waypoints", "WAYPOINT_SPACING_M"]
+__all__ = ["MemoryNavigator", "NavigatorDecision", "path_waypoints", "WAYPOINT_SPACING_M", "PREDICTED_DEPTH_REL_ERROR",
+           "PREDICTED_DEPTH_RANGE_M"]
 
 #: The planner's lattice takes every second map cell (0.2 m at the map's 0.1 m).
 _STEP = 2
 #: The node's waypoints are 0.1 s apart at the robot's top speed of 0.5 m/s.
 WAYPOINT_SPACING_M = 0.05
+#: A model's depth (a colour-only robot) is mapped as off by this share (the floor test widens
+#: with it) and only up to this range: beyond it the learned depth says little.
+PREDICTED_DEPTH_REL_ERROR, PREDICTED_DEPTH_RANGE_M = 0.2, 3.0
+#: With no frontier reachable, cells count as walls only above this occupancy log-odds (about
+#: three views' hits more than misses).
+WALLED_IN_OCCUPANCY = 2.0
 
 
 def path_waypoints(path_xy: np.ndarray, T_odom_base: np.ndarray, n: int = NUM_WAYPOINTS,
@@ -87,11 +94,13 @@ class MemoryNavigator:
         self.map, self.turned, self._last, self._last_mode = None, 0.0, None, ""
 
     def step(self, t: float, T_odom_base: np.ndarray, depth: np.ndarray, K: np.ndarray, T_wc: np.ndarray,
-             goal_probability: Optional[np.ndarray], commanded_speed: float = 0.0) -> NavigatorDecision:
+             goal_probability: Optional[np.ndarray], commanded_speed: float = 0.0,
+             depth_measured: bool = True) -> NavigatorDecision:
         """One view at time ``t`` (seconds): ``depth (H, W)`` metres with intrinsics ``K``, the camera
         pose ``T_wc`` and base pose ``T_odom_base`` (both to odom), the goal heatmap as per-pixel
         probabilities ``(h, w)``; ``commanded_speed`` is the forward speed driven since the last
-        view (m/s), to notice bumps."""
+        view (m/s), to notice bumps; ``depth_measured`` False for a model's depth (mapped with
+        :data:`PREDICTED_DEPTH_REL_ERROR` and up to :data:`PREDICTED_DEPTH_RANGE_M`)."""
         xy = T_odom_base[:2, 3].astype(np.float64)
         yaw = math.atan2(T_odom_base[1, 0], T_odom_base[0, 0])
         if self.map is None:
@@ -107,7 +116,11 @@ class MemoryNavigator:
                 for ahead in (0.05, 0.15):  # just beyond the robot's disc
                     self.map.mark_blocked(xy + (self.radius + ahead) * heading)
         self._last = (t, xy, yaw)
-        self.map.update(depth, K, T_wc, goal_probability)
+        if depth_measured:
+            self.map.update(depth, K, T_wc, goal_probability)
+        else:
+            self.map.update(depth, K, T_wc, goal_probability, depth_rel_error=PREDICTED_DEPTH_REL_ERROR,
+                            max_range_m=PREDICTED_DEPTH_RANGE_M)
         cells = self.map.goal_cells(self.goal_threshold)
         goal = None if cells is None else cells[0]
         zero = np.zeros((NUM_WAYPOINTS, 2), np.float32)
@@ -122,6 +135,10 @@ class MemoryNavigator:
         path = None
         if self.turned >= 2 * math.pi - 0.2 or cells is not None:
             path = self._explore(grid, field, xy, yaw)
+            if path is None:  # walled in: a depth error seen once is no wall (cells hit by several views are)
+                grid = self.map.planning_grid(unknown_free=True, robot_xy=xy, robot_radius=self.clearance,
+                                              occupied_above=WALLED_IN_OCCUPANCY)
+                path = self._explore(grid, self._reachable(grid, xy), xy, yaw)
         if path is None:  # turn in place: the first look around, or nowhere to go yet
             angle = np.linspace(0.1, 1.0, NUM_WAYPOINTS) * math.pi / 2
             arc = np.stack([0.05 * np.cos(angle), 0.05 * np.sin(angle)], axis=1).astype(np.float32)

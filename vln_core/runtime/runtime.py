@@ -736,7 +736,7 @@ class NavigationRuntime:
             self._warn("memory_without_goal", "node.waypoint_source=memory: the goal heatmap is not a per-pixel "
                        "probability (model.arch_overrides.goal_head is not mask): the robot only explores")
         decision = self.navigator.step(frame.stamp_ns * 1e-9, frame.T_odom_base, depth, K, frame.T_wc, goal,
-                                       self.commanded_speed)
+                                       self.commanded_speed, depth_measured=frame.depth_m is not None)
         self._navigation_mode = decision.mode
         return dataclasses.replace(result, waypoints=decision.waypoints)
 

@@ -167,8 +167,9 @@ def test_imitate_nav_cli_trains_the_visual_head_and_keeps_everything_else(tmp_pa
     stats = json.loads((out / "imitation.json").read_text())
     assert stats["train_states"] >= 6 and stats["val_l1"] <= stats["val_l1_before"]
     assert stats["dagger_homes"] == 1 and 1 <= stats["dagger_states"] <= 3  # the states its own rollout visited
-    trained, _ = load_model_checkpoint(out / "checkpoint.pt")
-    shipped, _ = load_model_checkpoint(SHIPPED_CHECKPOINT)
+    trained, meta = load_model_checkpoint(out / "checkpoint.pt")
+    shipped, shipped_meta = load_model_checkpoint(SHIPPED_CHECKPOINT)
+    assert meta["train_median_depth_m"] == shipped_meta["train_median_depth_m"] > 0
     assert trained.waypoint_head.kind == "visual" and shipped.waypoint_head.kind == "cv_residual"
     for key, value in shipped.state_dict().items():  # heatmaps, depth, poses and goal: the shipped weights
         if not key.startswith("waypoint_head."):

@@ -97,9 +97,11 @@ def test_train_goal_cli_beats_the_shipped_head_and_the_backend_gives_probabiliti
     from vln_core.config import load_config
     from vln_core.models.shipped import load_model_checkpoint
 
-    model, _ = load_model_checkpoint(str(out / "checkpoint.pt"))
-    shipped, _ = load_model_checkpoint(None)
+    model, meta = load_model_checkpoint(str(out / "checkpoint.pt"))
+    shipped, shipped_meta = load_model_checkpoint(None)
     assert model.arch.goal_head == "mask" and model.goal_activation == "sigmoid"
+    # evaluate.py's constant-depth baseline needs the training median depth: carried over
+    assert meta["train_median_depth_m"] == shipped_meta["train_median_depth_m"] > 0
     for name, value in shipped.state_dict().items():  # everything but the goal head is the shipped model's
         if not name.startswith(("goal_head.", "goal_phrase.")):
             assert torch.equal(model.state_dict()[name], value), name

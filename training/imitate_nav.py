@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        model, _ = embedded_with_new_head(args.init, "waypoint_head", "visual", ("waypoint_head.",))
+        model, _, inherited = embedded_with_new_head(args.init, "waypoint_head", "visual", ("waypoint_head.",))
     except (InputError, ConfigError) as exc:
         print(f"imitate_nav: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "checkpoint.pt", {"model": model.state_dict(), "config": config_to_dict(cfg),
-                                            "meta": {"init": str(args.init or SHIPPED_CHECKPOINT),
+                                            "meta": {**inherited, "init": str(args.init or SHIPPED_CHECKPOINT),
                                                      "trained": "waypoint_head (visual) by planner imitation"}})
     summary = {"init": str(args.init or SHIPPED_CHECKPOINT), "train_states": len(train.f32), "val_states": len(val.f32),
                "train_homes": int(len(set(train.seeds.tolist()))), "val_homes": int(len(set(val.seeds.tolist()))),

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        model, init = embedded_with_new_head(args.init, "goal_head", "mask", ("goal_head.", "goal_phrase."))
+        model, init, inherited = embedded_with_new_head(args.init, "goal_head", "mask", ("goal_head.", "goal_phrase."))
     except (InputError, ConfigError) as exc:
         print(f"train_goal: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "checkpoint.pt", {"model": model.state_dict(), "config": config_to_dict(cfg),
-                                            "meta": {"init": str(args.init or SHIPPED_CHECKPOINT),
+                                            "meta": {**inherited, "init": str(args.init or SHIPPED_CHECKPOINT),
                                                      "trained": "goal head (mask) on rendered views"}})
     summary = {"init": str(args.init or SHIPPED_CHECKPOINT), "train_views": len(train), "val_views": len(val),
                "train_homes": len(train.scenes), "val_homes": len(val.scenes), "steps": args.steps,

@@ -89,18 +89,20 @@ def write_shipped_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, met
 
 
 def embedded_with_new_head(init_path: str | os.PathLike | None, field: str, kind: str,
-                           prefixes: tuple[str, ...]) -> tuple[Any, Any]:
+                           prefixes: tuple[str, ...]) -> tuple[Any, Any, dict[str, Any]]:
     """The embedded checkpoint ``init_path`` (None: the shipped one) rebuilt with the head
     ``arch_overrides[field] = kind`` (e.g. ``goal_head: mask``): every weight but those under
     ``prefixes`` is the checkpoint's, the new head starts fresh, unless the checkpoint already
     has that kind (an earlier run of the same trainer: its head is kept and trained on).
 
-    Returns ``(model, init)`` in eval mode; InputError / ConfigError with one line when the file
-    is no embedded checkpoint or lacks weights.
+    Returns ``(model, init, meta)``: both models in eval mode, and the meta a checkpoint of the
+    new model carries over from ``init_path`` (``train_median_depth_m``, the constant-depth
+    baseline's value, which evaluation needs, and the init's own meta as ``base``);
+    InputError / ConfigError with one line when the file is no embedded checkpoint or lacks weights.
     """
     from vln_core.models.registry import build_model
 
-    init, _ = load_model_checkpoint(init_path)
+    init, init_meta = load_model_checkpoint(init_path)
     if getattr(init, "kind", "") != "reprojection":
         raise InputError(f"{init_path} is not an embedded checkpoint")
     init.eval()
@@ -115,4 +117,7 @@ def embedded_with_new_head(init_path: str | os.PathLike | None, field: str, kind
         raise InputError(f"{init_path} lacks {missing[:3]}")
     model.load_state_dict({**own, **kept})
     model.eval()
-    return model, init
+    meta = {"base": init_meta}
+    if init_meta.get("train_median_depth_m"):
+        meta["train_median_depth_m"] = init_meta["train_median_depth_m"]
+    return model, init, meta

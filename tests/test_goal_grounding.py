@@ -23,7 +23,7 @@ from vln_core.config import SimConfig
 from vln_core.models.goal_grounding import GoalPhraseEncoder, goal_heatmap_from_logits
 from vln_core.sim.collect import build_episode
 from vln_core.sim.instructions import describe_object, sample_goal_instruction
-from vln_core.train.goal_grounding import _cell_share, held_out
+from vln_core.train.goal_grounding import _cell_share, _confusable, _goal_objects, held_out
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,22 @@ def test_sampled_instructions_name_the_goal_last_or_first_and_pass_the_preferred
         assert goal.category.replace("tv", "TV") in text
     passed = [describe_object(scene, scene.objects[k]) for k in prefer]
     assert sum(any(name in t for name in passed) for t in texts) >= 10  # the preferred landmarks come up
+
+
+def test_hard_negatives_are_goals_out_of_view_that_look_like_something_in_view():
+    """``--hard-negatives``: the goal named is not in view but shares a category or a colour with
+    an object that is (its target is all zero: the head must not light the look-alike)."""
+    scene = build_episode(1000, SimConfig()).scene
+    goals = _goal_objects(scene)
+    in_view = goals[:2]
+    shown = [scene.objects[k] for k in in_view]
+    hard = _confusable(scene, goals, in_view)
+    assert hard and not set(hard) & set(in_view)
+    for k in hard:
+        assert any(o.category == scene.objects[k].category or o.color == scene.objects[k].color for o in shown)
+    others = [k for k in goals if k not in in_view and k not in hard]
+    for k in others:  # everything left out shares neither
+        assert all(o.category != scene.objects[k].category and o.color != scene.objects[k].color for o in shown)
 
 
 def test_the_phrase_encoder_reads_word_order():

@@ -70,12 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views-cache", default=None,
                         help="folder that keeps the rendered, encoded views (train.pt, val.pt): a later run with the "
                              "same encoder weights, --homes, --val-homes and --views-per-home reuses them")
+    parser.add_argument("--hard-negatives", type=float, default=0.0,
+                        help="share of samples naming a goal out of view that shares a category or colour with "
+                             "an object in view (default 0)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if min(args.homes, args.val_homes, args.views_per_home, args.steps, args.threads) < 1 or args.text_steps < 0:
-        print("train_goal: --homes, --val-homes, --views-per-home, --steps and --threads must be >= 1, --text-steps >= 0",
-              file=sys.stderr)
+    if (min(args.homes, args.val_homes, args.views_per_home, args.steps, args.threads) < 1 or args.text_steps < 0
+            or not 0.0 <= args.hard_negatives <= 1.0):
+        print("train_goal: --homes, --val-homes, --views-per-home, --steps and --threads must be >= 1, --text-steps >= 0, "
+              "--hard-negatives in [0, 1]", file=sys.stderr)
         return 2
 
     import hashlib
@@ -135,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         last[0] = step
         steps.set_postfix_str(f"loss {loss:.3f}, val peak hit {peak:.2f}")
 
-    stats = train_goal_head(model, train, val, steps=args.steps, text_steps=args.text_steps, progress=report)
+    stats = train_goal_head(model, train, val, steps=args.steps, text_steps=args.text_steps, progress=report,
+                            hard_negatives=args.hard_negatives)
     steps.close()
     val_scores = grounding_scores(model, val, seen=stats["seen_combinations"])
     out = Path(args.out)

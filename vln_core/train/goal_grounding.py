@@ -189,15 +189,26 @@ def _texts(views: GroundingViews, n: int, model: torch.nn.Module, rng: np.random
     return ids, mask.bool(), torch.tensor(labels)
 
 
+def _confusable(scene: Scene, allowed: list[int], in_view: list[int]) -> list[int]:
+    """Goals out of view that share a category or a colour with an object in view."""
+    shown = [scene.objects[j] for j in in_view]
+    return [k for k in allowed if k not in in_view
+            and any(o.category == scene.objects[k].category or o.color == scene.objects[k].color for o in shown)]
+
+
 def _batch(views: GroundingViews, idx: np.ndarray, model: torch.nn.Module, rng: np.random.Generator,
-           seen: Optional[set] = None):
+           seen: Optional[set] = None, hard_negatives: float = 0.0):
     texts, targets = [], []
     for i in idx:
         scene, cov = views.scenes[views.home[i]], views.coverage[i]
         in_view = _in_view(cov)
         allowed = [k for k in _goal_objects(scene) if not held_out(combination(scene, k))]
         candidates = [k for k in in_view if k in allowed]
-        pool = candidates if candidates and rng.random() < 2 / 3 else allowed
+        confusable = _confusable(scene, allowed, in_view) if hard_negatives > 0 else []
+        if confusable and rng.random() < hard_negatives:
+            pool = confusable  # "the red chair" over a view of a blue chair: the head must stay dark
+        else:
+            pool = candidates if candidates and rng.random() < 2 / 3 else allowed
         if not pool:
             pool = _goal_objects(scene)
         goal = pool[int(rng.integers(len(pool)))]
@@ -219,9 +230,10 @@ def _logits(model, views: GroundingViews, idx, ids, mask) -> torch.Tensor:
 def train_goal_head(model: torch.nn.Module, train: GroundingViews, val: GroundingViews, steps: int = 3000,
                     batch: int = 64, lr: float = 2e-3, seed: int = 0, text_steps: int = 1500,
                     progress: Optional[Callable[[int, float, float], None]] = None,
-                    eval_every: int = 250) -> dict:
+                    eval_every: int = 250, hard_negatives: float = 0.0) -> dict:
     """Fit ``model.goal_phrase`` and ``model.goal_head`` (see the module doc); keeps the weights
-    with the best validation peak hit rate. Returns the last training loss, the best validation
+    with the best validation peak hit rate. ``hard_negatives``: the share of samples that name a
+    goal out of view sharing a category or colour with an object in view (all-zero target). Returns the last training loss, the best validation
     scores and the (colour, category, room) combinations the training named."""
     rng = np.random.default_rng(seed)
     probe = GoalNameProbe(model.goal_phrase.out[-1].out_features)
@@ -247,7 +259,7 @@ def train_goal_head(model: torch.nn.Module, train: GroundingViews, val: Groundin
         model.goal_phrase.train()
         model.goal_head.train()
         idx = rng.integers(len(train), size=batch)
-        ids, mask, target = _batch(train, idx, model, rng, seen)
+        ids, mask, target = _batch(train, idx, model, rng, seen, hard_negatives)
         logits = _logits(model, train, idx, ids, mask)
         loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(3.0))
         t_ids, t_mask, labels = _texts(train, 32, model, rng)

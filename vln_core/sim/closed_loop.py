@@ -34,6 +34,7 @@ import numpy as np
 
 from vln_core.config import SimConfig
 from vln_core.geometry.camera import PinholeCamera
+from vln_core.geometry.transforms import pose_to_xyz_quat
 from vln_core.sim.collect import build_episode
 from vln_core.sim.instructions import frame_intents, make_instruction
 from vln_core.sim.planner import OccupancyGrid, grid_search, plan_path
@@ -174,8 +175,6 @@ def node_camera_mount(cfg: SimConfig) -> list[float]:
     (camera optical frame in base_link): a runtime driving the simulator must use it, or every
     pose it derives from odometry is off by the difference (a camera placed 0.1 m too far ahead
     doubles the baseline of a robot turning on the spot, and multi-view depth with it)."""
-    from vln_core.geometry.transforms import pose_to_xyz_quat
-
     T = camera_mount(cfg.camera_height_m, cfg.camera_forward_m, cfg.camera_pitch_deg)
     return [float(v) for v in pose_to_xyz_quat(T)]
 

@@ -31,32 +31,6 @@ from vln_core.config import ConfigError  # noqa: E402
 from vln_core.errors import InputError  # noqa: E402
 
 
-def _film_peak_hit(model, views) -> float:
-    """The shipped head's peak hit rate on the views' in-view goals (same rows and wording as
-    :func:`grounding_scores`, through :meth:`goal_logits`)."""
-    import numpy as np
-    import torch
-
-    from vln_core.models.reprojection_model import FrameEncoding
-    from vln_core.sim.instructions import GOAL_CATEGORIES, sample_goal_instruction
-    from vln_core.train.goal_grounding import GOAL_VISIBLE_SHARE
-
-    rng = np.random.default_rng(1)
-    hits = []
-    for i in range(len(views)):
-        scene, cov = views.scenes[views.home[i]], views.coverage[i]
-        for k, share in cov.items():
-            if share.mean() < GOAL_VISIBLE_SHARE or scene.objects[k].category not in GOAL_CATEGORIES:
-                continue
-            ids, mask = model.tokenizer.encode([sample_goal_instruction(scene, scene.objects[k], rng)],
-                                               model.cfg.model.max_instruction_length)
-            enc = FrameEncoding(None, None, None, views.f8[i:i + 1].float(), views.f32[i:i + 1].float())
-            with torch.no_grad():
-                logits = model.goal_logits(enc, ids, mask.bool())[0].numpy()
-            hits.append(float(share.flat[int(np.argmax(logits))] > 0))
-    return float(np.mean(hits)) if hits else 0.0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder for checkpoint.pt and goal.json")
@@ -130,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             with atomic_open(cache / "views.pt", "wb") as fh:
                 torch.save({"key": key, "train": train, "val": val}, fh)
     t_views = time.monotonic() - t0
-    film_peak = _film_peak_hit(init, val) if init.arch.goal_head == "film" else None
+    film_peak = grounding_scores(init, val)["peak_hit"] if init.arch.goal_head == "film" else None
     steps = tqdm(total=args.steps, unit="step", desc="goal head", disable=args.no_progress)
     last = [0]
 

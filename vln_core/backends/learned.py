@@ -456,7 +456,7 @@ class LearnedBackend(HeatmapBackend):
         ids, mask = self.engine.tokenizer.encode([instruction or ""], self.cfg.model.max_instruction_length)
         goal_logits, waypoints = self.engine.goal_and_waypoints(cur.f8, cur.f32, ids, mask, past,
                                                                 torch.ones(1, dtype=torch.long))
-        goal = goal_heatmap_from_logits(goal_logits[0], getattr(self.engine, "goal_activation", "softmax"))
+        goal = goal_heatmap_from_logits(goal_logits[0], self.goal_activation)
         return goal.numpy().astype(np.float32), waypoints[0].numpy().astype(np.float32)
 
     def close(self) -> None:

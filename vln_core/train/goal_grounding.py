@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from vln_core.config import SimConfig
+from vln_core.models.reprojection_model import FrameEncoding
 from vln_core.preprocess import preprocess_frames
 from vln_core.sim.closed_loop import NavSimulator
 from vln_core.sim.instructions import GOAL_CATEGORIES, goal_instruction, sample_goal_instruction
@@ -222,9 +223,9 @@ def _batch(views: GroundingViews, idx: np.ndarray, model: torch.nn.Module, rng: 
 
 
 def _logits(model, views: GroundingViews, idx, ids, mask) -> torch.Tensor:
+    """Goal logits ``(B, h8, w8)`` of views ``idx`` through :meth:`goal_logits` (either head kind)."""
     t = torch.as_tensor(idx)
-    goal = model.goal_phrase(ids, mask)
-    return model.goal_head(views.f8[t].float(), views.f32[t].float(), goal)
+    return model.goal_logits(FrameEncoding(None, None, None, views.f8[t].float(), views.f32[t].float()), ids, mask)
 
 
 def train_goal_head(model: torch.nn.Module, train: GroundingViews, val: GroundingViews, steps: int = 3000,
@@ -295,11 +296,13 @@ def grounding_scores(model: torch.nn.Module, views: GroundingViews, seed: int = 
     view whose most probable cell shows it), ``detected`` (max probability > 0.5 with the goal in
     view), ``false_alarm`` (the same with the goal out of view), ``chance`` (the goal's share of
     the view: a peak drawn at random hits this often), per goal category, and on combinations not
-    in ``seen``."""
+    in ``seen``. Scores either head kind (the ``film`` head's logits through a sigmoid: only its
+    ``peak_hit`` means anything)."""
     rng = np.random.default_rng(seed)
+    parts = [m for m in (model.goal_phrase, model.goal_head) if m is not None]
     was_training = model.goal_head.training
-    model.goal_phrase.eval()
-    model.goal_head.eval()
+    for m in parts:
+        m.eval()
     rows = []  # (view, goal, in_view)
     for i in range(len(views)):
         scene, cov = views.scenes[views.home[i]], views.coverage[i]
@@ -329,8 +332,8 @@ def grounding_scores(model: torch.nn.Module, views: GroundingViews, seed: int = 
             cats.append(scene.objects[k].category)
             combos.append(combination(scene, k))
     if was_training:
-        model.goal_phrase.train()
-        model.goal_head.train()
+        for m in parts:
+            m.train()
     hits_a = np.array(hits)
     out = {"views": len(views), "goals_in_view": len(hits), "goals_out_of_view": len(alarms),
            "peak_hit": float(hits_a.mean()) if hits else 0.0, "chance": float(np.mean(chance)) if chance else 0.0,

@@ -2,7 +2,7 @@
 """Adapt the model to a robot's own building from its RGB-D recordings, within a time budget.
 
     python training/adapt.py RECORDING... --out DIR [--minutes 15] [--init models/embedded/checkpoint.pt]
-        [--threads 1] [--nice 10] [--val-fraction 0.3] [--modes rgb_pose,rgb_only] [key=value ...]
+        [--threads 1] [--nice 10] [--no-idle] [--val-fraction 0.3] [--modes rgb_pose,rgb_only] [key=value ...]
     python training/adapt.py run1/ --out adapted --color-topic /camera/color/image_raw \\
         --depth-topic /camera/depth/image_raw --odom-topic /odom          # a rosbag2 folder
 
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nice", type=int, default=10,
                    help="raise this process's niceness by N (default 10: a node on the same machine wins every "
                         "contended core; 0 keeps the shell's priority)")
+    p.add_argument("--no-idle", dest="idle", action="store_false",
+                   help="keep the normal scheduling policy (default on Linux: SCHED_IDLE, so a node thread that "
+                        "wakes takes the core at once)")
     p.add_argument("--val-fraction", type=float, default=0.3, help="last share of each recording kept for validation")
     p.add_argument("--modes", default="rgb_pose,rgb_only", help="modes scored: rgb_pose, rgb_only")
     p.add_argument("--stage", default=DEFAULT_STAGE, choices=("finetune", "multiview", "heatmap", "geometry"),
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from vln_core.atomic import atomic_write_text
     from vln_core.models.shipped import write_shipped_checkpoint
+    from vln_core.process import give_way_to_foreground
     from vln_core.train.evaluation import MODES
 
     wall_start = time.monotonic()
@@ -138,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--modes: choose from {list(MODES)}, got {args.modes!r}")
         if args.threads:
             torch.set_num_threads(args.threads)
-        if args.nice:
-            os.nice(args.nice)  # the robot's node comes first; training takes what is left
+        scheduler = give_way_to_foreground(args.nice, args.idle)  # the robot's node comes first
         init = args.init or SHIPPED_CHECKPOINT
         model, meta = load_model_checkpoint(init)
         constant_depth = float(meta.get("train_median_depth_m") or 0.0)
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "init": str(init), "recordings": [str(r) for r in args.recordings], "stage": args.stage,
         "splits": [{"name": s.name, "train_frames": s.train_frames, "val_frames": s.val_frames} for s in splits],
         "steps": steps, "train_seconds": round(train_s, 1), "wall_seconds": round(time.monotonic() - wall_start, 1),
-        "threads": torch.get_num_threads(), "niceness": os.nice(0), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "threads": torch.get_num_threads(), "niceness": os.nice(0), "scheduler": scheduler, "peak_rss_mb": round(peak_rss_mb(), 1),
         "validation_cc": {"before": before, "after": after, "change": gains}, "baselines": baselines, "won": won,
         "validation_windows": windows,
     }

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from vln_core.config import SimConfig
-from vln_core.models.goal_grounding import GoalPhraseEncoder, goal_heatmap_from_logits
+from vln_core.models.goal_grounding import GoalMaskHead, GoalPhraseEncoder, goal_heatmap_from_logits
 from vln_core.sim.collect import build_episode
 from vln_core.sim.instructions import describe_object, sample_goal_instruction
 from vln_core.train.goal_grounding import _cell_share, _confusable, _goal_objects, held_out
@@ -75,6 +75,21 @@ def test_the_phrase_encoder_reads_word_order():
     with torch.no_grad():
         alone = enc(ids1, mask1)[0]
     assert torch.allclose(alone, va, atol=1e-5)
+
+
+def test_the_mask_head_reads_the_deep_features_where_a_cell_lies():
+    """What object a cell belongs to is in the 1/32 features: a change of them in one corner of the
+    view moves the logits of the cells in that corner, far more than those of the far corner
+    (which only see the view's mean)."""
+    torch.manual_seed(0)
+    head = GoalMaskHead(c8=8, c32=16, goal_dim=8, hidden=16).eval()
+    f8, f32, goal = torch.randn(1, 8, 28, 28), torch.randn(1, 16, 7, 7), torch.randn(1, 8)
+    changed = f32.clone()
+    changed[:, :, 0, 0] += 3.0 * torch.randn(16)
+    with torch.no_grad():
+        delta = (head(f8, changed, goal) - head(f8, f32, goal)).abs()[0]
+    near, far = float(delta[:4, :4].mean()), float(delta[-4:, -4:].mean())
+    assert near > 5 * far, (near, far)
 
 
 def test_goal_heatmap_activation_and_cell_shares():

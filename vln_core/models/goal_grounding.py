@@ -92,15 +92,23 @@ class GoalPhraseEncoder(nn.Module):
 
 class GoalMaskHead(nn.Module):
     """Per-cell goal logits ``(B, H/8, W/8)`` from the current view's 1/8 and 1/32 features,
-    modulated (FiLM) by the goal vector, then matched against it (a dot product per cell)."""
+    modulated (FiLM) by the goal vector, then matched against it (a dot product per cell).
+
+    The 1/8 features are shallow (a patch stem and one residual stage: colour and texture, about
+    20 pixels around a cell); what object a cell belongs to (a bookshelf or a desk of the same
+    grey) is in the 1/32 features, which enter per cell (upsampled) and as the view's mean, and
+    in the body's dilated convolution (about 90 pixels around a cell)."""
 
     def __init__(self, c8: int, c32: int, goal_dim: int, hidden: int = 64) -> None:
         super().__init__()
         self.inp = nn.Sequential(nn.Conv2d(c8, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
         self.context = nn.Linear(c32, hidden)
+        self.context_map = nn.Conv2d(c32, hidden, 1)
         self.film = nn.Linear(goal_dim, 2 * hidden)
         self.body = nn.Sequential(
             nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=3, dilation=3, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
             nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
         self.key = nn.Linear(goal_dim, hidden)
         self.bias = nn.Conv2d(hidden, 1, 1)
@@ -108,7 +116,8 @@ class GoalMaskHead(nn.Module):
 
     def forward(self, f8: torch.Tensor, f32: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.film(goal).chunk(2, dim=-1)
-        x = self.inp(f8) + self.context(f32.mean(dim=(2, 3)))[:, :, None, None]
+        local = F.interpolate(self.context_map(f32), size=f8.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.inp(f8) + local + self.context(f32.mean(dim=(2, 3)))[:, :, None, None]
         x = self.body(F.relu(x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]))
         match = (x * self.key(goal)[:, :, None, None]).sum(dim=1) / x.shape[1] ** 0.5
         return match + self.bias(x)[:, 0]

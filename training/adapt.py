@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         "init": str(init), "recordings": [str(r) for r in args.recordings], "stage": args.stage,
         "splits": [{"name": s.name, "train_frames": s.train_frames, "val_frames": s.val_frames} for s in splits],
         "steps": steps, "train_seconds": round(train_s, 1), "wall_seconds": round(time.monotonic() - wall_start, 1),
-        "threads": torch.get_num_threads(), "niceness": os.nice(0), "scheduler": scheduler, "peak_rss_mb": round(peak_rss_mb(), 1),
+        "threads": torch.get_num_threads(), "niceness": os.nice(0), "scheduler": scheduler,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "validation_cc": {"before": before, "after": after, "change": gains}, "baselines": baselines, "won": won,
         "validation_windows": windows,
     }

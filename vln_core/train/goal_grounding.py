@@ -234,8 +234,9 @@ def train_goal_head(model: torch.nn.Module, train: GroundingViews, val: Groundin
                     eval_every: int = 250, hard_negatives: float = 0.0) -> dict:
     """Fit ``model.goal_phrase`` and ``model.goal_head`` (see the module doc); keeps the weights
     with the best validation peak hit rate. ``hard_negatives``: the share of samples that name a
-    goal out of view sharing a category or colour with an object in view (all-zero target). Returns the last training loss, the best validation
-    scores and the (colour, category, room) combinations the training named."""
+    goal out of view sharing a category or colour with an object in view (all-zero target).
+    Returns the last training loss, the best validation scores and the (colour, category, room)
+    combinations the training named."""
     rng = np.random.default_rng(seed)
     probe = GoalNameProbe(model.goal_phrase.out[-1].out_features)
     params = list(model.goal_phrase.parameters()) + list(model.goal_head.parameters())

@@ -92,6 +92,20 @@ def test_the_mask_head_reads_the_deep_features_where_a_cell_lies():
     assert near > 5 * far, (near, far)
 
 
+def test_training_views_skip_the_validation_homes_and_a_homes_views_do_not_depend_on_the_others():
+    """``train_goal.py`` asks for training homes from seed 1000 on and validation homes from 2000
+    on; with many training homes the first run past 2000, so they skip the validation seeds. A
+    home's views come from its own seed: skipping a home leaves the others' views as they were."""
+    from vln_core.models.shipped import load_model_checkpoint
+    from vln_core.train.goal_grounding import collect_views
+
+    model, _ = load_model_checkpoint(None)
+    both = collect_views(1000, 2, SimConfig(), model, views_per_home=2, view_seed=1)
+    second = collect_views(1000, 1, SimConfig(), model, views_per_home=2, view_seed=1, skip=(both.seeds[0],))
+    assert second.seeds == both.seeds[1:]
+    assert torch.equal(second.f8, both.f8[2:]) and second.coverage[0].keys() == both.coverage[2].keys()
+
+
 def test_goal_heatmap_activation_and_cell_shares():
     logits = torch.tensor([[0.0, 2.0], [-2.0, 0.0]])
     soft = goal_heatmap_from_logits(logits, "softmax")
@@ -120,6 +134,7 @@ def test_train_goal_cli_beats_the_shipped_head_and_the_backend_gives_probabiliti
     summary = json.loads((out / "goal.json").read_text())
     val = summary["val"]
     assert val["goals_in_view"] > 10 and val["goals_out_of_view"] > 0
+    assert summary["homes_in_both"] == 0
     assert val["peak_hit"] > val["chance"] + 0.1, val  # it finds the goal, not just any object
     assert "per_category" in val and "held_out_combinations" in val
 

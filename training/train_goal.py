@@ -4,8 +4,9 @@
     python training/train_goal.py --out runs/goal_mask [--init models/embedded/checkpoint.pt] \\
         [--homes 200] [--val-homes 30] [--views-per-home 16] [--steps 3000]
 
-Training homes come from seeds 1000 on, validation homes from 2000 on (the closed-loop
-evaluation uses 900000 on). Everything but the goal head is the ``--init`` checkpoint's,
+Training homes come from seeds 1000 on, validation homes from 2000 on; the training homes skip
+the validation homes' seeds (more than about 250 training homes run past 2000). The closed-loop
+evaluation uses seeds 900000 on. Everything but the goal head is the ``--init`` checkpoint's,
 unchanged; the head becomes ``model.arch_overrides.goal_head: mask`` (recorded in the
 checkpoint; :mod:`vln_core.models.goal_grounding`, :mod:`vln_core.train.goal_grounding`). The
 shipped ``film`` head is scored on the same validation views first, for comparison (its peak
@@ -29,6 +30,9 @@ sys.path.insert(0, str(REPO))
 from vln_core.atomic import atomic_open, atomic_write_text  # noqa: E402
 from vln_core.config import ConfigError  # noqa: E402
 from vln_core.errors import InputError  # noqa: E402
+
+#: First seeds of the training and validation homes (training skips the validation homes' seeds).
+TRAIN_SEED, VAL_SEED = 1000, 2000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import hashlib
 
-    import numpy as np
     import torch
     from tqdm import tqdm
 
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, tensor in sorted(model.encoder.state_dict().items()):
         digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
     key = {"encoder": digest.hexdigest()[:16], "homes": args.homes, "val_homes": args.val_homes,
-           "views_per_home": args.views_per_home}
+           "views_per_home": args.views_per_home, "homes_disjoint": True}
     cache = Path(args.views_cache) if args.views_cache else None
     cached = None
     if cache is not None and (cache / "views.pt").is_file():
@@ -94,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         train, val = cached["train"], cached["val"]
     else:
         bar = tqdm(total=args.homes + args.val_homes, unit="home", desc="views", disable=args.no_progress)
-        train = collect_views(1000, args.homes, cfg.sim, model, args.views_per_home, np.random.default_rng(1),
-                              progress=bar.update)
-        val = collect_views(2000, args.val_homes, cfg.sim, model, args.views_per_home, np.random.default_rng(2),
+        val = collect_views(VAL_SEED, args.val_homes, cfg.sim, model, args.views_per_home, view_seed=2,
                             progress=bar.update)
+        # training seeds run on past 2000 when many homes are asked for: never the validation homes
+        train = collect_views(TRAIN_SEED, args.homes, cfg.sim, model, args.views_per_home, view_seed=1,
+                              skip=tuple(val.seeds), progress=bar.update)
         bar.close()
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
@@ -123,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                                             "meta": {**inherited, "init": str(args.init or SHIPPED_CHECKPOINT),
                                                      "trained": "goal head (mask) on rendered views"}})
     summary = {"init": str(args.init or SHIPPED_CHECKPOINT), "train_views": len(train), "val_views": len(val),
-               "train_homes": len(train.scenes), "val_homes": len(val.scenes), "steps": args.steps,
+               "train_homes": len(train.scenes), "val_homes": len(val.scenes),
+               "homes_in_both": len(set(train.seeds) & set(val.seeds)), "steps": args.steps,
                "text_steps": args.text_steps,
                "train_loss": round(stats["train_loss"], 4), "film_head_val_peak_hit": film_peak,
                "val": val_scores, "seconds_views": round(t_views, 1),

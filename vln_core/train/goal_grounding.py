@@ -99,15 +99,16 @@ def _view_poses(episode, sim_cfg: SimConfig, n: int, rng: np.random.Generator) -
 
 
 def collect_views(first_seed: int, homes_wanted: int, sim_cfg: SimConfig, model: torch.nn.Module,
-                  views_per_home: int = 16, rng: Optional[np.random.Generator] = None,
+                  views_per_home: int = 16, view_seed: int = 0, skip: tuple[int, ...] = (),
                   progress: Optional[Callable[[int], None]] = None) -> GroundingViews:
     """Render and encode ``views_per_home`` views in each of ``homes_wanted`` homes from seed
-    ``first_seed`` on (see the module doc); ``model`` is the embedded model (frozen)."""
-    rng = rng or np.random.default_rng(0)
+    ``first_seed`` on, none of the seeds in ``skip`` (see the module doc); ``model`` is the
+    embedded model (frozen). A home's views depend on its seed and ``view_seed`` alone."""
     f8s, f32s, coverage, home, scenes, seeds = [], [], [], [], [], []
-    for seed, episode in training_homes(first_seed, homes_wanted, sim_cfg):
+    for seed, episode in training_homes(first_seed, homes_wanted, sim_cfg, skip=skip):
         sim = NavSimulator(episode, sim_cfg, seed=seed)
         frames = []
+        rng = np.random.default_rng([view_seed, seed])
         for xy, yaw in _view_poses(episode, sim_cfg, views_per_home, rng):
             sim.xy, sim.yaw = xy, yaw
             obs = sim.observe(0.0, with_objects=True)

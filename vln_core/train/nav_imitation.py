@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -43,13 +43,17 @@ class ImitationStates:
     seeds: np.ndarray  # (S,) the home of each state
 
 
-def training_homes(first_seed: int, homes_wanted: int, sim_cfg: SimConfig):
-    """``(seed, episode)`` for ``homes_wanted`` homes from ``first_seed`` on; seeds without an
-    episode are skipped, at most 3x as many tried."""
+def training_homes(first_seed: int, homes_wanted: int, sim_cfg: SimConfig, skip: Iterable[int] = ()):
+    """``(seed, episode)`` for ``homes_wanted`` homes from ``first_seed`` on; seeds in ``skip``
+    (e.g. the validation homes) and seeds without an episode are skipped, at most 3x as many
+    tried."""
     used = 0
-    for seed in range(first_seed, first_seed + 3 * homes_wanted):
+    skip = set(skip)
+    for seed in range(first_seed, first_seed + 3 * homes_wanted + len(skip)):
         if used >= homes_wanted:
             return
+        if seed in skip:
+            continue
         try:
             episode = make_nav_episode(seed, sim_cfg)
         except RuntimeError:  # no feasible goal in this home

@@ -77,19 +77,48 @@ def test_the_phrase_encoder_reads_word_order():
     assert torch.allclose(alone, va, atol=1e-5)
 
 
-def test_the_mask_head_reads_the_deep_features_where_a_cell_lies():
-    """What object a cell belongs to is in the 1/32 features: a change of them in one corner of the
-    view moves the logits of the cells in that corner, far more than those of the far corner
-    (which only see the view's mean)."""
+def _tiny_mask_head() -> GoalMaskHead:
+    from vln_core.models.reprojection_model import ConvBNAct, ResidualBlock
+
+    stages = torch.nn.ModuleList([torch.nn.Sequential(ConvBNAct(8, 12, stride=2), ResidualBlock(12)),
+                                  torch.nn.Sequential(ConvBNAct(12, 16, stride=2), ResidualBlock(16))])
+    return GoalMaskHead(c8=8, goal_dim=8, stages=stages, c16=12, c32=16, hidden=16).eval()
+
+
+def test_the_mask_head_reads_a_cells_surroundings_more_than_the_far_side_of_the_view():
+    """What object a cell belongs to comes from its surroundings (the head's own 1/16 and 1/32
+    stages, per cell): a change of the 1/8 features in one corner moves the logits of the cells in
+    that corner far more than those of the far corner (which see it only through the view's mean)."""
     torch.manual_seed(0)
-    head = GoalMaskHead(c8=8, c32=16, goal_dim=8, hidden=16).eval()
-    f8, f32, goal = torch.randn(1, 8, 28, 28), torch.randn(1, 16, 7, 7), torch.randn(1, 8)
-    changed = f32.clone()
-    changed[:, :, 0, 0] += 3.0 * torch.randn(16)
+    head = _tiny_mask_head()
+    f8, goal = torch.randn(1, 8, 28, 28), torch.randn(1, 8)
+    changed = f8.clone()
+    changed[:, :, :6, :6] += 3.0 * torch.randn(8, 6, 6)
     with torch.no_grad():
-        delta = (head(f8, changed, goal) - head(f8, f32, goal)).abs()[0]
-    near, far = float(delta[:4, :4].mean()), float(delta[-4:, -4:].mean())
+        delta = (head(changed, goal) - head(f8, goal)).abs()[0]
+    near, far = float(delta[8:12, 8:12].mean()), float(delta[-4:, -4:].mean())
     assert near > 5 * far, (near, far)
+
+
+def test_a_new_mask_head_starts_with_the_encoders_deep_stages():
+    """The head's own 1/16 and 1/32 stages start as copies of the encoder's (then train with the
+    head, while the encoder the depth network reads stays as it was): on a rendered view they give
+    the encoder's own deep features."""
+    from vln_core.models.shipped import embedded_with_new_head
+    from vln_core.preprocess import preprocess_frames
+    from vln_core.sim.closed_loop import NavSimulator
+    from vln_core.train.nav_imitation import training_homes
+
+    model, _, _ = embedded_with_new_head(None, "goal_head", "mask", ("goal_head.", "goal_phrase."))
+    seed, episode = next(training_homes(1000, 1, SimConfig()))
+    obs = NavSimulator(episode, SimConfig(), seed=seed).observe(0.0)
+    frames = preprocess_frames([obs.rgb], None, obs.K, model.frame_size).frames
+    with torch.no_grad():
+        feats = model.encoder(frames)
+        own16 = model.goal_head.stages[0](feats.f8)
+        own32 = model.goal_head.stages[1](own16)
+    assert torch.equal(own16, feats.f16) and torch.equal(own32, feats.f32)
+    assert model.goal_head.stages[0] is not model.encoder.down16  # a copy: training it leaves the encoder alone
 
 
 def test_training_views_skip_the_validation_homes_and_a_homes_views_do_not_depend_on_the_others():
@@ -151,6 +180,8 @@ def test_train_goal_cli_beats_the_shipped_head_and_the_backend_gives_probabiliti
     for name, value in shipped.state_dict().items():  # everything but the goal head is the shipped model's
         if not name.startswith(("goal_head.", "goal_phrase.")):
             assert torch.equal(model.state_dict()[name], value), name
+    # the head's own deep stages trained away from the encoder's they started as
+    assert not torch.equal(model.goal_head.stages[1][0][0].weight, model.encoder.down32[0][0].weight)
     cfg = load_config(None, [f"node.model_path={out / 'checkpoint.pt'}", "node.learned_mode=rgb_only"])
     backend = LearnedBackend(cfg, TorchEngine(cfg, str(out / "checkpoint.pt")))
     assert backend.goal_activation == "sigmoid" and backend.describe()["goal_heatmap"] == "probability per pixel"

@@ -12,13 +12,14 @@ The ``mask`` kind (``model.arch_overrides.goal_head: mask``) fixes both:
 * :class:`GoalPhraseEncoder` reads the instruction in order (token + position embeddings, two
   masked self-attention blocks) and pools it with a learned query into one goal vector, so the
   words after "go to the" can count and the landmarks passed on the way do not;
-* :class:`GoalMaskHead` scores every 1/8 cell of the current view with a per-pixel probability
+* :class:`GoalMaskHead` scores every 1/8 cell of the current view (through its own copy of the
+  encoder's deeper stages) with a per-pixel probability
   that it shows the goal (sigmoid, trained on the goal object's pixels, zero where it is not in
   view): the navigation memory (:mod:`vln_core.nav`) adds these up in the world, and the map's
   maximum says whether the goal is in view at all.
 
 Shapes: instruction ``ids (B, L)`` long, ``mask (B, L)`` bool (True on tokens); features ``f8
-(B, C8, H/8, W/8)``, ``f32 (B, C32, H/32, W/32)``; logits ``(B, H/8, W/8)``.
+(B, C8, H/8, W/8)``; logits ``(B, H/8, W/8)``.
 """
 from __future__ import annotations
 
@@ -91,19 +92,32 @@ class GoalPhraseEncoder(nn.Module):
 
 
 class GoalMaskHead(nn.Module):
-    """Per-cell goal logits ``(B, H/8, W/8)`` from the current view's 1/8 and 1/32 features,
-    modulated (FiLM) by the goal vector, then matched against it (a dot product per cell).
+    """Per-cell goal logits ``(B, H/8, W/8)`` from the current view's 1/8 features, modulated
+    (FiLM) by the goal vector, then matched against it (a dot product per cell).
 
     The 1/8 features are shallow (a patch stem and one residual stage: colour and texture, about
-    20 pixels around a cell); what object a cell belongs to (a bookshelf or a desk of the same
-    grey) is in the 1/32 features, which enter per cell (upsampled) and as the view's mean, and
-    in the body's dilated convolution (about 90 pixels around a cell)."""
+    20 pixels around a cell). What object a cell belongs to (a bookshelf or a desk of the same
+    grey) needs deeper features, and the encoder's own 1/16 and 1/32 features were trained for
+    depth, not for naming objects. So the head has its own copy of the encoder's deeper stages
+    (``stages``: 1/8 -> 1/16 -> 1/32, started from the encoder's weights by :meth:`start_from`
+    and trained with the head); their outputs enter per cell (upsampled) and the 1/32 one also
+    as the view's mean, before the body's dilated convolution (about 90 pixels around a cell).
 
-    def __init__(self, c8: int, c32: int, goal_dim: int, hidden: int = 64) -> None:
+    Args:
+        c8: channels of the encoder's 1/8 features.
+        goal_dim: the goal vector's size.
+        stages: two modules, ``(B, c8, H/8, W/8) -> (B, c16, H/16, W/16) -> (B, c32, H/32,
+            W/32)``, shaped like the encoder's ``down16`` and ``down32``.
+        c16, c32: their output channels.
+    """
+
+    def __init__(self, c8: int, goal_dim: int, stages: nn.ModuleList, c16: int, c32: int, hidden: int = 64) -> None:
         super().__init__()
+        self.stages = stages
         self.inp = nn.Sequential(nn.Conv2d(c8, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
         self.context = nn.Linear(c32, hidden)
         self.context_map = nn.Conv2d(c32, hidden, 1)
+        self.context_map16 = nn.Conv2d(c16, hidden, 1)
         self.film = nn.Linear(goal_dim, 2 * hidden)
         self.body = nn.Sequential(
             nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
@@ -114,9 +128,18 @@ class GoalMaskHead(nn.Module):
         self.bias = nn.Conv2d(hidden, 1, 1)
         nn.init.constant_(self.bias.bias, -4.0)  # most cells are not the goal
 
-    def forward(self, f8: torch.Tensor, f32: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    def start_from(self, down16: nn.Module, down32: nn.Module) -> None:
+        """Copy the encoder's deeper stages into :attr:`stages` (a new head's starting point)."""
+        self.stages[0].load_state_dict(down16.state_dict())
+        self.stages[1].load_state_dict(down32.state_dict())
+
+    def forward(self, f8: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        f16 = self.stages[0](f8)
+        f32 = self.stages[1](f16)
+        size = f8.shape[-2:]
         gamma, beta = self.film(goal).chunk(2, dim=-1)
-        local = F.interpolate(self.context_map(f32), size=f8.shape[-2:], mode="bilinear", align_corners=False)
+        local = (F.interpolate(self.context_map(f32), size=size, mode="bilinear", align_corners=False)
+                 + F.interpolate(self.context_map16(f16), size=size, mode="bilinear", align_corners=False))
         x = self.inp(f8) + local + self.context(f32.mean(dim=(2, 3)))[:, :, None, None]
         x = self.body(F.relu(x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]))
         match = (x * self.key(goal)[:, :, None, None]).sum(dim=1) / x.shape[1] ** 0.5

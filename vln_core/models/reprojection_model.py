@@ -355,7 +355,10 @@ class ReprojectionHeatmapModel(nn.Module):
         if arch.goal_head == "mask":
             self.goal_phrase: Optional[GoalPhraseEncoder] = GoalPhraseEncoder(tokenizer.vocab_size, arch.instruction_dim,
                                                                               arch.instruction_dim)
-            self.goal_head = GoalMaskHead(arch.widths[1], arch.widths[3], arch.instruction_dim)
+            c8, c16, c32 = arch.widths[1:]
+            stages = nn.ModuleList([nn.Sequential(ConvBNAct(c8, c16, stride=2), ResidualBlock(c16)),
+                                    nn.Sequential(ConvBNAct(c16, c32, stride=2), ResidualBlock(c32))])
+            self.goal_head = GoalMaskHead(c8, arch.instruction_dim, stages, c16, c32)
         else:
             self.goal_phrase = None
             self.goal_head = GoalHead(arch.widths[1], arch.widths[3], arch.instruction_dim)
@@ -510,7 +513,7 @@ class ReprojectionHeatmapModel(nn.Module):
         """Goal logits ``(B, H/8, W/8)`` of the current view (:attr:`goal_activation` turns them
         into the heatmap); ``instruction`` is :meth:`instruction_vector`'s, when already computed."""
         if self.goal_phrase is not None:
-            return self.goal_head(current.f8, current.f32, self.goal_phrase(instruction_ids, instruction_mask))
+            return self.goal_head(current.f8, self.goal_phrase(instruction_ids, instruction_mask))
         if instruction is None:
             instruction = self.instruction_vector(instruction_ids, instruction_mask)
         return self.goal_head(current.f8, current.f32, instruction)

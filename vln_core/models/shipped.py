@@ -116,6 +116,9 @@ def embedded_with_new_head(init_path: str | os.PathLike | None, field: str, kind
     if missing:
         raise InputError(f"{init_path} lacks {missing[:3]}")
     model.load_state_dict({**own, **kept})
+    head = getattr(model, field, None)
+    if not continuing and hasattr(head, "start_from"):  # a head with its own copy of encoder stages
+        head.start_from(model.encoder.down16, model.encoder.down32)
     model.eval()
     meta = {"base": init_meta}
     if init_meta.get("train_median_depth_m"):

@@ -78,10 +78,9 @@ def test_the_phrase_encoder_reads_word_order():
 
 
 def _tiny_mask_head() -> GoalMaskHead:
-    from vln_core.models.reprojection_model import ConvBNAct, ResidualBlock
+    from vln_core.models.reprojection_model import down_stage
 
-    stages = torch.nn.ModuleList([torch.nn.Sequential(ConvBNAct(8, 12, stride=2), ResidualBlock(12)),
-                                  torch.nn.Sequential(ConvBNAct(12, 16, stride=2), ResidualBlock(16))])
+    stages = torch.nn.ModuleList([down_stage(8, 12), down_stage(12, 16)])
     return GoalMaskHead(c8=8, goal_dim=8, stages=stages, c16=12, c32=16, hidden=16).eval()
 
 

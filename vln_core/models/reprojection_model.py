@@ -114,6 +114,12 @@ class ResidualBlock(nn.Module):
         return F.relu(x + self.body(x))
 
 
+def down_stage(c_in: int, c_out: int) -> nn.Sequential:
+    """One encoder stage: a stride-2 3x3 convolution to ``c_out`` channels and a residual block
+    (``(B, c_in, H, W) -> (B, c_out, H/2, W/2)``)."""
+    return nn.Sequential(ConvBNAct(c_in, c_out, stride=2), ResidualBlock(c_out))
+
+
 @dataclass
 class FrameFeatures:
     """Encoder features of ``B`` frames at strides 4, 8, 16, 32 (``(B, C_s, H/s, W/s)``)."""
@@ -136,9 +142,9 @@ class FrameEncoder(nn.Module):
         super().__init__()
         c1, c2, c3, c4 = widths
         self.stem = nn.Sequential(nn.Conv2d(3, c1, 4, stride=4, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True))
-        self.down8 = nn.Sequential(ConvBNAct(c1, c2, stride=2), ResidualBlock(c2))
-        self.down16 = nn.Sequential(ConvBNAct(c2, c3, stride=2), ResidualBlock(c3))
-        self.down32 = nn.Sequential(ConvBNAct(c3, c4, stride=2), ResidualBlock(c4))
+        self.down8 = down_stage(c1, c2)
+        self.down16 = down_stage(c2, c3)
+        self.down32 = down_stage(c3, c4)
 
     def forward(self, images: torch.Tensor) -> FrameFeatures:
         f4 = self.stem(normalize_images(images))
@@ -356,9 +362,9 @@ class ReprojectionHeatmapModel(nn.Module):
             self.goal_phrase: Optional[GoalPhraseEncoder] = GoalPhraseEncoder(tokenizer.vocab_size, arch.instruction_dim,
                                                                               arch.instruction_dim)
             c8, c16, c32 = arch.widths[1:]
-            stages = nn.ModuleList([nn.Sequential(ConvBNAct(c8, c16, stride=2), ResidualBlock(c16)),
-                                    nn.Sequential(ConvBNAct(c16, c32, stride=2), ResidualBlock(c32))])
-            self.goal_head = GoalMaskHead(c8, arch.instruction_dim, stages, c16, c32)
+            # the head's own copy of the encoder's down16 / down32 (GoalMaskHead.start_from)
+            self.goal_head = GoalMaskHead(c8, arch.instruction_dim, nn.ModuleList([down_stage(c8, c16),
+                                                                                   down_stage(c16, c32)]), c16, c32)
         else:
             self.goal_phrase = None
             self.goal_head = GoalHead(arch.widths[1], arch.widths[3], arch.instruction_dim)

@@ -100,6 +100,23 @@ def test_the_goal_is_remembered_where_it_was_seen_after_the_robot_turns_away():
     assert m.goal_cells() is None
 
 
+def test_the_goal_is_centred_on_the_object_when_its_evidence_saturates_everywhere():
+    # a 2.2 m x 1.7 m bed seen many times: every one of its cells is at the evidence limit, and the
+    # wall just behind it got a little evidence too (the heatmap's blur)
+    m = NavigationMap(np.zeros(2), size_m=12.0)
+    bed = (slice(m.cells(np.array([[0.0, -2.0]]))[0][0], m.cells(np.array([[0.0, -0.3]]))[0][0]),
+           slice(m.cells(np.array([[1.0, 0.0]]))[1][0], m.cells(np.array([[3.2, 0.0]]))[1][0]))
+    m.goal[bed] = 6.0
+    wall_row = bed[0].start - 1
+    m.goal[wall_row, bed[1]] = 6.0
+    cells = m.goal_cells(threshold=2.0)
+    centre = np.array([2.1, -1.15])
+    assert np.linalg.norm(cells[0] - centre) < 0.35, cells[0]
+    # the side the robot comes from (y = -0.3) is among the goal's cells
+    assert cells[:, 1].max() > -0.45
+    assert len(cells) > 100
+
+
 def test_path_waypoints_walk_the_path_in_the_base_frame():
     T = np.eye(4)
     T[:2, :2] = [[0.0, -1.0], [1.0, 0.0]]  # facing +y

@@ -35,6 +35,8 @@ _GOAL_LIMIT = 6.0
 #: landed in it, clipped to [-GOAL_MISS, GOAL_HIT]; a cell that any point of the view beyond
 #: GOAL_MISS_RANGE_M landed in gets no negative vote from that view.
 GOAL_HIT, GOAL_MISS, GOAL_MISS_RANGE_M = 2.5, 0.5, 3.5
+#: The goal's centre is where the evidence, blurred with a Gaussian of this sigma (metres), is largest.
+GOAL_CENTRE_M = 0.4
 
 
 class NavigationMap:
@@ -157,11 +159,19 @@ class NavigationMap:
     # ---------------------------------------------------------------- queries
     def goal_cells(self, threshold: float = 1.5, extent_m: float = 1.2) -> Optional[np.ndarray]:
         """``(G, 2)`` world xy of the goal's cells: those with positive evidence within
-        ``extent_m`` of the strongest cell, strongest first; None while no cell reaches
-        ``threshold``."""
-        k = int(np.argmax(self.goal))
-        if self.goal.flat[k] < threshold:
+        ``extent_m`` of the goal's centre, strongest first (the centre first among equals); None while no cell reaches
+        ``threshold``.
+
+        The centre is the cell at or above ``threshold`` with the most evidence around it (a
+        Gaussian of ``GOAL_CENTRE_M`` sigma), not the single strongest cell: evidence saturates at the
+        limit on every cell of an object seen a few times, and the first of many equal cells is
+        an arbitrary corner, often the wall just behind the object, that only a detour reaches."""
+        strong = self.goal >= threshold
+        if not strong.any():
             return None
+        sigma = GOAL_CENTRE_M / self.resolution
+        around = cv2.GaussianBlur(np.maximum(self.goal, 0.0), (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
+        k = int(np.argmax(np.where(strong, around, -np.inf)))
         n = self.goal.shape[0]
         r0, c0 = divmod(k, n)
         reach = max(1, int(round(extent_m / self.resolution)))
@@ -169,7 +179,8 @@ class NavigationMap:
         rows, cols = np.mgrid[rs, cs]
         near = (np.hypot(rows - r0, cols - c0) <= reach) & (self.goal[rs, cs] > 0.5)
         near[r0 - rs.start, c0 - cs.start] = True
-        order = np.argsort(-self.goal[rs, cs][near])
+        # strongest first, and among equals the nearest to the centre (the centre itself first)
+        order = np.lexsort((np.hypot(rows - r0, cols - c0)[near], -self.goal[rs, cs][near]))
         return self.center_of(rows[near], cols[near])[order]
 
     def planning_grid(self, unknown_free: bool = False, robot_xy: Optional[np.ndarray] = None,

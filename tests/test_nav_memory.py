@@ -4,8 +4,10 @@ Real parts: views rendered by the simulator's ray caster in procedural homes (tr
 true goal pixels standing in for a perfect goal head), the occupancy planner, and the node's
 runtime with the geometry backend. A wall seen at 3 m is mapped there with free floor before it
 and nothing known behind; a goal seen from two poses is where it was seen even when the robot
-has turned away; the navigator looks around first, then drives to the goal in an unseen home and
-stops near it; a bump marks the cell ahead; the runtime with ``node.waypoint_source=memory``
+has turned away, and centred on the object when its evidence saturates; the navigator looks
+around first, then drives to the goal in an unseen home and stops near it; a bump marks the
+cell ahead, and a robot pressed against a wall still plans; with no free place close enough in
+front of the goal it drives to one a little farther and stops there; the runtime with ``node.waypoint_source=memory``
 publishes the plan's waypoints and says what they do.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 
 from vln_core.config import SimConfig
 from vln_core.nav.memory_map import NavigationMap
-from vln_core.nav.navigator import MemoryNavigator, path_waypoints
+from vln_core.nav.navigator import APPROACH_WIDEN_M, MemoryNavigator, path_waypoints
 from vln_core.sim import closed_loop as cl
 
 CFG = SimConfig(image_size=(96, 96))
@@ -198,6 +200,65 @@ def test_a_robot_walled_in_by_single_hits_still_explores_through_them():
         d = nav.step(0.0, np.eye(4), no_returns, np.array([[60.0, 0, 47.5], [0, 60.0, 47.5], [0, 0, 1]]),
                      _camera_looking_along_x(), None)
         assert d.mode == expected, (hits, d.mode)
+
+
+def test_a_robot_pressed_against_a_wall_after_a_bump_still_plans_to_the_goal():
+    """The robot stands just over its radius from a wall behind it (x = -0.15), off the planner's
+    lattice: the lattice place under it is too close to the wall for the search to start there.
+    It plans from the free place beside it to the goal it knows instead of turning on the spot."""
+    nav = MemoryNavigator()
+    nav.map = NavigationMap(np.zeros(2), size_m=12.0)
+    rows, cols = np.mgrid[0:120, 0:120]
+    centres = nav.map.center_of(rows, cols)
+    nav.map.seen[:] = True
+    nav.map.occupancy[:] = -2.0
+    wall = (centres[..., 0] > -0.26) & (centres[..., 0] < -0.14)
+    nav.map.occupancy[wall] = 4.0
+    goal = np.hypot(centres[..., 0] - 3.0, centres[..., 1] - 0.2) < 0.25
+    nav.map.goal[goal] = 6.0
+    nav.turned, nav._last_mode = 2 * math.pi, "explore"
+    base = np.eye(4)
+    base[:2, 3] = [0.19, 0.19]
+    assert np.hypot(*(centres[wall] - base[:2, 3]).T).min() > nav.clearance  # outside the freed disc
+    no_returns = np.zeros((96, 96), np.float32)
+    d = nav.step(0.0, base, no_returns, np.array([[60.0, 0, 47.5], [0, 60.0, 47.5], [0, 0, 1]]),
+                 _camera_looking_along_x(0.19, 0.19), None)
+    assert d.mode == "goal", d.mode
+    assert np.allclose(d.path_xy[0], base[:2, 3]) and d.path_xy[-1, 0] > 2.3
+    assert d.waypoints[-1, 0] > 0.5  # it drives away from the wall, towards the goal
+
+
+def test_with_no_place_close_enough_in_front_of_the_goal_it_drives_to_one_a_little_farther_and_stops_there():
+    """A TV against a wall. With ``approach_m`` below the robot's clearance no free place is that
+    close to it: the robot drives to a place seen free in front of it, a little farther, rather
+    than exploring, and stops there once the goal has about two confident views of evidence."""
+    def room(evidence):
+        nav = MemoryNavigator(approach_m=0.25, stop_m=0.25)
+        nav.map = NavigationMap(np.zeros(2), size_m=12.0)
+        rows, cols = np.mgrid[0:120, 0:120]
+        x, y = nav.map.center_of(rows, cols).transpose(2, 0, 1)
+        nav.map.seen[:] = y > -2.1  # behind the wall: unknown
+        nav.map.occupancy[y > -2.1] = -2.0
+        nav.map.occupancy[(y > -2.1) & (y < -2.0)] = 4.0  # the wall
+        tv = (np.abs(x) < 0.8) & (y > -2.0) & (y < -1.6)
+        nav.map.occupancy[tv] = 4.0
+        nav.map.goal[tv] = evidence
+        nav.turned, nav._last_mode = 2 * math.pi, "goal"
+        return nav
+
+    def step(nav, xy):
+        base = np.eye(4)
+        base[:2, 3] = xy
+        no_returns = np.zeros((96, 96), np.float32)
+        return nav.step(0.0, base, no_returns, np.array([[60.0, 0, 47.5], [0, 60.0, 47.5], [0, 0, 1]]),
+                        _camera_looking_along_x(*xy), None)
+
+    d = step(room(6.0), (0.0, 1.5))
+    assert d.mode == "goal", d.mode
+    end = d.path_xy[-1]
+    assert -1.6 + 0.25 < end[1] < -1.6 + 0.25 + APPROACH_WIDEN_M + 0.15 and abs(end[0]) < 0.8
+    assert step(room(6.0), end).mode == "stop"
+    assert step(room(3.0), end).mode == "goal"  # one view's evidence: not enough to stop this far
 
 
 def test_the_runtime_publishes_the_memory_plan_and_says_what_it_does(episode):

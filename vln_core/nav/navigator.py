@@ -6,14 +6,17 @@ node's waypoints:
 1. the view updates the :class:`~vln_core.nav.memory_map.NavigationMap` (occupancy and goal
    evidence in the world frame);
 2. once the goal evidence is strong enough, the target is the free place nearest the robot
-   within ``approach_m`` of the goal's cells; until then the robot first turns in place once around
+   within ``approach_m`` of the goal's cells (seen free first; a little farther, before a
+   place in unknown space); until then the robot first turns in place once around
    (the goal may be behind it) and then explores: the frontier (known free next to unknown)
    that is near and ahead;
-3. one Dijkstra search from the robot over the map (unknown cells count as free, so paths may
+3. one Dijkstra search from the robot (from a free place beside it when it stands too close to
+   an obstacle, as after a bump) over the map (unknown cells count as free, so paths may
    lead into what is not seen yet; the next views correct them) gives the cheapest reachable
    target and the path to it, whose first metre becomes the ``(20, 2)`` waypoints in the base
    frame (x forward, y left), 0.05 m apart;
-4. within ``stop_m`` of the goal's cells the waypoints are all zero: stop.
+4. within ``stop_m`` of the goal's cells, or at the widened place with about two confident
+   views of the goal, the waypoints are all zero: stop.
 
 A commanded forward motion that did not happen (a bump) marks the cell ahead as an obstacle.
 Everything is in the odom frame (z up, floor z = 0); base poses are base-to-odom (REP 103).
@@ -43,6 +46,16 @@ PREDICTED_DEPTH_REL_ERROR, PREDICTED_DEPTH_RANGE_M = 0.2, 3.0
 #: With no frontier reachable, cells count as walls only above this occupancy log-odds (about
 #: three views' hits more than misses).
 WALLED_IN_OCCUPANCY = 2.0
+#: When no place seen free is within ``approach_m`` of the goal, one this much farther will do;
+#: the robot also stops there (still inside the 1 m of success).
+APPROACH_WIDEN_M = 0.25
+#: A planned path shorter than this (metres) means the robot is at the place it drives to; it
+#: stops at a widened place only where the goal has this much more evidence than
+#: ``goal_threshold`` (about one more confident view than it needs to count as the goal).
+ARRIVED_M, ARRIVED_EVIDENCE = 0.2, 2.0
+#: With no place reachable from where the robot stands, the search starts from a free place
+#: this close (metres).
+UNSTICK_M = 0.45
 
 
 def path_waypoints(path_xy: np.ndarray, T_odom_base: np.ndarray, n: int = NUM_WAYPOINTS,
@@ -131,7 +144,11 @@ class MemoryNavigator:
         grid = self.map.planning_grid(unknown_free=True, robot_xy=xy, robot_radius=self.clearance)
         field = self._reachable(grid, xy)
         if cells is not None:
-            path = self._path_to(grid, field, xy, self._near(field, grid, cells, self.approach_m))
+            path = self._path_to(grid, field, xy, self._approach(field, grid, cells))
+            if (path is not None and np.linalg.norm(np.diff(path, axis=0), axis=1).sum() < ARRIVED_M
+                    and np.linalg.norm(cells - xy, axis=1).min() <= self.stop_m + APPROACH_WIDEN_M
+                    and self._evidence(goal) >= self.goal_threshold + ARRIVED_EVIDENCE):
+                return self._decide(NavigatorDecision(zero, "stop", goal, None))  # at the widened place
             if path is not None:
                 return self._decide(NavigatorDecision(path_waypoints(path, T_odom_base), "goal", goal, path))
         path = None
@@ -147,51 +164,83 @@ class MemoryNavigator:
             return self._decide(NavigatorDecision(arc, "scan", goal, None))
         return self._decide(NavigatorDecision(path_waypoints(path, T_odom_base), "explore", goal, path))
 
+    def _evidence(self, xy: np.ndarray) -> float:
+        """Goal log-odds of the map cell at world ``xy (2,)``."""
+        r, c, _ = self.map.cells(np.asarray(xy, dtype=np.float64)[None])
+        return float(self.map.goal[r[0], c[0]])
+
     def _decide(self, decision: NavigatorDecision) -> NavigatorDecision:
         self._last_mode = decision.mode
         return decision
 
-    def _reachable(self, grid: OccupancyGrid, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int], float]:
-        """Path cost from the robot to every place (Dijkstra on the planner's lattice) and the
-        clearance it was searched with: the planner's, or the bare radius when the robot is
-        closer than that to a mapped wall."""
+    def _reachable(self, grid: OccupancyGrid, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int], float, bool]:
+        """Path cost from the robot to every place (Dijkstra on the planner's lattice), the
+        clearance it was searched with (the planner's, or the bare radius when the robot is
+        closer than that to a mapped wall) and whether the search had to start from a free
+        lattice place beside the robot: after a bump the robot stands against what it hit, and
+        the lattice place under it is too close to the obstacle, so nothing would be reachable
+        and the robot would turn in place until the episode ends."""
         for clearance in (self.clearance, self.radius - 0.03):
             cost, parent, shape = grid_search(grid, xy, clearance, step=_STEP)
             if np.isfinite(cost).sum() > 1:
-                break
-        return cost, parent, shape, clearance
+                return cost, parent, shape, clearance, False
+        clearance = self.radius - 0.03
+        lattice_clearance = grid.clearance[::_STEP, ::_STEP]  # what grid_search reads
+        places = self._lattice_xy(grid, lattice_clearance.shape)
+        free = lattice_clearance >= clearance
+        d = np.linalg.norm(places - xy, axis=-1)
+        beside = np.flatnonzero((free & (d <= UNSTICK_M)).ravel())
+        for k in beside[np.argsort(d.ravel()[beside])][:4]:
+            source = places.reshape(-1, 2)[k]
+            cost, parent, shape = grid_search(grid, source, clearance, step=_STEP)
+            if np.isfinite(cost).sum() > 1:
+                return cost, parent, shape, clearance, True
+        return cost, parent, shape, clearance, False
 
     @staticmethod
     def _lattice_xy(grid: OccupancyGrid, shape: tuple[int, int]) -> np.ndarray:
         rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
         return grid.center_of(np.stack([rows * _STEP + _STEP // 2, cols * _STEP + _STEP // 2], axis=-1))
 
-    def _near(self, field, grid: OccupancyGrid, targets: np.ndarray, within: float) -> Optional[tuple[int, int]]:
-        """The cheapest reachable lattice place within ``within`` of any of ``targets (T, 2)``."""
-        cost, _, shape, _ = field
+    def _approach(self, field, grid: OccupancyGrid, cells: np.ndarray) -> Optional[tuple[int, int]]:
+        """The lattice place to drive to for the goal's ``cells (G, 2)``: the cheapest reachable
+        place within ``approach_m`` of them, preferring places the robot has seen free.
+
+        Two widenings keep the goal reachable: a place seen free up to ``APPROACH_WIDEN_M`` farther
+        (the 0.2 m lattice can skip the thin band between the robot's clearance and
+        ``approach_m`` in front of a large object) comes before a place in unknown space, and
+        a place in unknown space at ``approach_m`` is most often behind the wall the goal stands
+        against: only a detour around the room reaches it."""
+        cost, _, shape, _, _ = field
         ok = np.isfinite(cost)
         if not ok.any():
             return None
         rows, cols = np.nonzero(ok)
         centres = self._lattice_xy(grid, shape)[rows, cols]
         d = np.full(len(rows), np.inf)
-        for chunk in range(0, len(targets[:256]), 64):
-            t = targets[chunk:chunk + 64]
+        for chunk in range(0, len(cells[:256]), 64):
+            t = cells[chunk:chunk + 64]
             d = np.minimum(d, np.linalg.norm(centres[:, None, :] - t[None, :, :], axis=-1).min(axis=1))
-        near = np.flatnonzero(d <= within)
-        if not len(near):
-            return None
-        k = near[int(np.argmin(cost[rows[near], cols[near]]))]
-        return int(rows[k]), int(cols[k])
+        mr, mc, inside = self.map.cells(centres)
+        seen_free = inside & self.map.seen[mr, mc] & (self.map.occupancy[mr, mc] < 0.0)
+        for pool, within in ((seen_free, self.approach_m), (seen_free, self.approach_m + APPROACH_WIDEN_M),
+                             (np.ones_like(seen_free), self.approach_m)):
+            near = np.flatnonzero(pool & (d <= within))
+            if len(near):
+                k = near[int(np.argmin(cost[rows[near], cols[near]]))]
+                return int(rows[k]), int(cols[k])
+        return None
 
     def _path_to(self, grid: OccupancyGrid, field, xy: np.ndarray, place: Optional[tuple[int, int]]
                  ) -> Optional[np.ndarray]:
         """World path ``(P, 2)`` from the robot to a lattice ``place`` along the cost field."""
         if place is None:
             return None
-        cost, parent, shape, clearance = field
+        cost, parent, shape, clearance, moved_source = field
         end = self._lattice_xy(grid, shape)[place]
         back = path_from_field(grid, parent, shape, end, step=_STEP)
+        if moved_source:  # first off the obstacle to the free place the search started from
+            return np.concatenate([xy[None], back[::-1]])
         path = np.concatenate([xy[None], back[::-1][1:]]) if len(back) > 1 else np.stack([xy, end])
         return shortcut_path(grid, path, clearance)
 
@@ -199,7 +248,7 @@ class MemoryNavigator:
         """Path to the frontier that is cheap to reach and ahead (1 m of path per 40 degrees of
         turn; frontiers closer than 1 m are what the next views will reveal anyway)."""
         frontier = self.map.frontier()
-        cost, _, shape, _ = field
+        cost, _, shape, _, _ = field
         if not len(frontier) or not np.isfinite(cost).any():
             return None
         rc = grid.cell_of(frontier) // _STEP

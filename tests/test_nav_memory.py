@@ -4,11 +4,12 @@ Real parts: views rendered by the simulator's ray caster in procedural homes (tr
 true goal pixels standing in for a perfect goal head), the occupancy planner, and the node's
 runtime with the geometry backend. A wall seen at 3 m is mapped there with free floor before it
 and nothing known behind; a goal seen from two poses is where it was seen even when the robot
-has turned away, and centred on the object when its evidence saturates; the navigator looks
-around first, then drives to the goal in an unseen home and stops near it; a bump marks the
-cell ahead, and a robot pressed against a wall still plans; with no free place close enough in
-front of the goal it drives to one a little farther and stops there; the runtime with ``node.waypoint_source=memory``
-publishes the plan's waypoints and says what they do.
+has turned away, centred on the object when its evidence saturates, and without a separate
+object the heatmap spilled onto; the navigator looks around first, then drives to the goal in
+an unseen home and stops near it; a bump marks the cell ahead, and a robot pressed against a
+wall still plans; with no free place close enough in front of the goal it drives to one a
+little farther and stops there; the runtime with ``node.waypoint_source=memory`` publishes the
+plan's waypoints and says what they do.
 """
 from __future__ import annotations
 
@@ -117,6 +118,20 @@ def test_the_goal_is_centred_on_the_object_when_its_evidence_saturates_everywher
     # the side the robot comes from (y = -0.3) is among the goal's cells
     assert cells[:, 1].max() > -0.45
     assert len(cells) > 100
+
+
+def test_the_goals_cells_leave_out_a_separate_object_the_heatmap_spilled_onto():
+    # a desk (0.9 m x 1.7 m) and, 0.4 m in front of it, a chair the heatmap also lit up
+    m = NavigationMap(np.zeros(2), size_m=12.0)
+    rows, cols = np.mgrid[0:120, 0:120]
+    x, y = m.center_of(rows, cols).transpose(2, 0, 1)
+    desk = (x > 2.0) & (x < 2.9) & (np.abs(y) < 0.85)
+    chair = (x > 1.2) & (x < 1.6) & (np.abs(y) < 0.2)
+    m.goal[desk] = 6.0
+    m.goal[chair] = 6.0
+    cells = m.goal_cells(threshold=2.0)
+    assert cells[:, 0].min() > 2.0  # the chair is 1 m from the desk: stopping beside it is no success
+    assert len(cells) == desk.sum()
 
 
 def test_path_waypoints_walk_the_path_in_the_base_frame():

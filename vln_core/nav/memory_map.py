@@ -159,7 +159,7 @@ class NavigationMap:
     # ---------------------------------------------------------------- queries
     def goal_cells(self, threshold: float = 1.5, extent_m: float = 1.2) -> Optional[np.ndarray]:
         """``(G, 2)`` world xy of the goal's cells: those with positive evidence within
-        ``extent_m`` of the goal's centre, strongest first (the centre first among equals); None while no cell reaches
+        ``extent_m`` of the goal's centre and connected to it, strongest first (the centre first among equals); None while no cell reaches
         ``threshold``.
 
         The centre is the cell at or above ``threshold`` with the most evidence around it (a
@@ -179,6 +179,10 @@ class NavigationMap:
         rows, cols = np.mgrid[rs, cs]
         near = (np.hypot(rows - r0, cols - c0) <= reach) & (self.goal[rs, cs] > 0.5)
         near[r0 - rs.start, c0 - cs.start] = True
+        # only what touches the centre: the goal heatmap's spill onto a chair in front of the desk
+        # is no part of the desk, and stopping beside the chair is 1 m from the desk
+        _, labels = cv2.connectedComponents(near.astype(np.uint8), connectivity=8)
+        near &= labels == labels[r0 - rs.start, c0 - cs.start]
         # strongest first, and among equals the nearest to the centre (the centre itself first)
         order = np.lexsort((np.hypot(rows - r0, cols - c0)[near], -self.goal[rs, cs][near]))
         return self.center_of(rows[near], cols[near])[order]

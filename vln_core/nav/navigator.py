@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import cv2
 import numpy as np
 
 from vln_core.models.spatial_model import NUM_WAYPOINTS
@@ -217,11 +218,13 @@ class MemoryNavigator:
             return None
         rows, cols = np.nonzero(ok)
         centres = self._lattice_xy(grid, shape)[rows, cols]
-        d = np.full(len(rows), np.inf)
-        for chunk in range(0, len(cells[:256]), 64):
-            t = cells[chunk:chunk + 64]
-            d = np.minimum(d, np.linalg.norm(centres[:, None, :] - t[None, :, :], axis=-1).min(axis=1))
+        # metres from every map cell's centre to the nearest goal cell's centre (exact Euclidean)
+        away = np.ones(self.map.goal.shape, np.uint8)
+        gr, gc, gin = self.map.cells(cells)
+        away[gr[gin], gc[gin]] = 0
+        dist = cv2.distanceTransform(away, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) * self.map.resolution
         mr, mc, inside = self.map.cells(centres)
+        d = np.where(inside, dist[mr, mc], np.inf)
         seen_free = inside & self.map.seen[mr, mc] & (self.map.occupancy[mr, mc] < 0.0)
         for pool, within in ((seen_free, self.approach_m), (seen_free, self.approach_m + APPROACH_WIDEN_M),
                              (np.ones_like(seen_free), self.approach_m)):

@@ -2,7 +2,8 @@
 
 Real parts throughout: the procedural homes, the ray caster, the occupancy grid, the node's
 runtime with the shipped model. The oracle that follows the planner's path must reach the goal
-without a collision; a robot driven into a wall must stop there and count the collision; the
+without a collision; a policy that does not look gets no rendered image; a robot driven into a
+wall must stop there and count the collision; the
 metrics follow their definitions; the CLI writes nav.json, nav.md and a GIF, and exits 2 with one
 line on bad input.
 """
@@ -48,7 +49,32 @@ def test_the_shortest_path_oracle_reaches_the_goal_without_collisions(episode):
     assert result.navigation_error_m <= cl.SUCCESS_M
     # SPL: the oracle drives about the planner's length (pure pursuit cuts corners a little)
     assert 0.7 <= result.spl <= 1.0 and result.path_m >= 0.8 * episode.shortest_m
-    assert result.render_ms > 0 and len(result.trajectory) == result.steps
+    assert len(result.trajectory) == result.steps
+
+
+def test_a_policy_that_does_not_look_gets_no_image_and_one_that_looks_does(episode):
+    class Recorder:
+        name = "recorder"
+
+        def __init__(self, uses_camera):
+            self.uses_camera, self.images = uses_camera, []
+
+        def reset(self, episode, sim):
+            pass
+
+        def act(self, obs):
+            self.images.append(obs.rgb)
+            return cl.Command(w=1.0)
+
+    blind, looking = Recorder(False), Recorder(True)
+    for policy in (blind, looking):
+        cl.run_episode(policy, episode, CFG, max_steps=3, dt=0.5, with_depth=True)
+    assert all(image is None for image in blind.images)
+    assert all(image.shape == (96, 96, 3) for image in looking.images)
+    # a GIF frame shows the view: with on_step the blind policy's episode is rendered too
+    drawn = []
+    cl.run_episode(Recorder(False), episode, CFG, max_steps=2, dt=0.5, on_step=lambda s, o, p: drawn.append(o.rgb))
+    assert all(image is not None for image in drawn) and len(drawn) == 2
 
 
 def test_driving_into_a_wall_stops_there_and_counts_collisions(episode):

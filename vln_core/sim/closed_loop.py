@@ -153,7 +153,7 @@ class Observation:
     """What a policy gets at one step (the node's inputs, plus the time)."""
 
     t: float  # seconds since the start
-    rgb: np.ndarray  # (H, W, 3) uint8
+    rgb: Optional[np.ndarray]  # (H, W, 3) uint8; None for a policy that does not look (``uses_camera = False``)
     depth: Optional[np.ndarray]  # (H, W) float32 metres (0 = no return) when the robot has a depth camera
     K: np.ndarray  # (3, 3)
     T_odom_base: np.ndarray  # (4, 4) base_link -> odom
@@ -200,11 +200,14 @@ class NavSimulator:
         self.xy = episode.start_xy.astype(np.float64).copy()
         self.yaw = float(episode.start_yaw)
 
-    def observe(self, t: float, with_objects: bool = False) -> Observation:
+    def observe(self, t: float, with_objects: bool = False, camera: bool = True) -> Observation:
         """Render the camera at the robot's pose (``with_objects``: the object id of every pixel
-        too, a training label no policy gets)."""
+        too, a training label no policy gets); ``camera`` False: the poses alone (a policy that
+        does not look; rendering is most of a step's time)."""
         T_odom_base = base_poses(self.xy[None], np.array([self.yaw]))[0]
         T_wc = camera_poses(T_odom_base[None], self.T_base_cam)[0]
+        if not camera:
+            return Observation(t=t, rgb=None, depth=None, K=self.camera.K.copy(), T_odom_base=T_odom_base, T_wc=T_wc)
         res = self.caster.render(T_wc)
         rgb = apply_sensor(res.radiance, self.episode.scene.sensor, self._rng, self._sensor)
         return Observation(t=t, rgb=rgb, depth=res.depth if self.with_depth else None, K=self.camera.K.copy(),
@@ -230,6 +233,9 @@ class NavSimulator:
 
 # ------------------------------------------------------------------------------------ policies
 class Policy(Protocol):
+    """``name``; an optional ``uses_camera = False`` says the policy reads no image, and
+    :func:`run_episode` then renders none (unless a GIF frame needs it)."""
+
     name: str
 
     def reset(self, episode: NavEpisode, sim: NavSimulator) -> None: ...
@@ -355,6 +361,7 @@ class RandomWalk:
     """A random forward speed and turn rate each step; never stops."""
 
     name = "random_walk"
+    uses_camera = False  # looks at nothing: no rendering
 
     def __init__(self, max_speed: float, max_turn: float, seed: int = 0) -> None:
         self.max_speed, self.max_turn, self.seed = max_speed, max_turn, seed
@@ -372,6 +379,7 @@ class ForwardExplorer:
     grid), then turn in place toward a random side until it is free; never stops."""
 
     name = "forward_explorer"
+    uses_camera = False  # the pose and the true map (its range sensor): no rendering
 
     def __init__(self, max_speed: float, max_turn: float, radius: float, seed: int = 0) -> None:
         self.max_speed, self.max_turn, self.radius, self.seed = max_speed, max_turn, radius, seed
@@ -397,6 +405,7 @@ class ShortestPathOracle:
     """The planner's shortest path on the true map, followed by pure pursuit; stops at its end."""
 
     name = "shortest_path_oracle"
+    uses_camera = False  # the pose and the planner's path: no rendering
 
     def __init__(self, max_speed: float, max_turn: float) -> None:
         self.max_speed, self.max_turn = max_speed, max_turn
@@ -449,6 +458,7 @@ def run_episode(policy: Any, episode: NavEpisode, cfg: SimConfig, max_steps: int
     """Run ``policy`` from the start until it stops or ``max_steps`` decisions; see the module doc
     for the metrics. ``on_step(sim, obs, policy)`` sees every step (GIF frames)."""
     sim = NavSimulator(episode, cfg, with_depth=with_depth, seed=episode.seed)
+    camera = getattr(policy, "uses_camera", True) or on_step is not None  # a GIF frame shows the view
     policy.reset(episode, sim)
     xy = [sim.xy.copy()]
     trajectory = [[float(sim.xy[0]), float(sim.xy[1]), sim.yaw]]
@@ -457,7 +467,7 @@ def run_episode(policy: Any, episode: NavEpisode, cfg: SimConfig, max_steps: int
     oracle = goal_distance(episode.goal, sim.xy) <= SUCCESS_M
     for step in range(max_steps):
         t0 = time.perf_counter()
-        obs = sim.observe(step * dt)
+        obs = sim.observe(step * dt, camera=camera)
         t1 = time.perf_counter()
         command = policy.act(obs)
         t2 = time.perf_counter()

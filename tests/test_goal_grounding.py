@@ -193,7 +193,8 @@ def test_train_goal_cli_beats_the_shipped_head_and_the_backend_gives_probabiliti
     assert abs(float(goal.sum()) - 1.0) > 1e-3  # not a distribution over the view
 
 
-@pytest.mark.parametrize("args", [["--homes", "0"], ["--steps", "-1"], ["--init", "/nonexistent/ckpt.pt"]])
+@pytest.mark.parametrize("args", [["--homes", "0"], ["--steps", "-1"], ["--init", "/nonexistent/ckpt.pt"],
+                                  ["--pos-weight", "0"], ["--in-view-share", "1.5"], ["--false-alarm-weight", "-1"]])
 def test_train_goal_bad_input_is_exit_2_and_one_line(tmp_path, args):
     proc = subprocess.run([sys.executable, "training/train_goal.py", "--out", str(tmp_path / "x"), *args,
                            "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -51,13 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hard-negatives", type=float, default=0.0,
                         help="share of samples naming a goal out of view that shares a category or colour with "
                              "an object in view (default 0)")
+    parser.add_argument("--pos-weight", type=float, default=3.0,
+                        help="weight of goal pixels in the loss; above 1 trades false alarms for detections (default 3)")
+    parser.add_argument("--in-view-share", type=float, default=2 / 3,
+                        help="share of samples naming a goal in view; the rest name any goal of the home (default 2/3)")
+    parser.add_argument("--false-alarm-weight", type=float, default=0.0,
+                        help="keep the weights with the best validation peak hit minus this times the false "
+                             "alarms (default 0: peak hit alone)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if (min(args.homes, args.val_homes, args.views_per_home, args.steps, args.threads) < 1 or args.text_steps < 0
-            or not 0.0 <= args.hard_negatives <= 1.0):
+            or not 0.0 <= args.hard_negatives <= 1.0 or not 0.0 <= args.in_view_share <= 1.0
+            or not args.pos_weight > 0 or args.false_alarm_weight < 0):
         print("train_goal: --homes, --val-homes, --views-per-home, --steps and --threads must be >= 1, --text-steps >= 0, "
-              "--hard-negatives in [0, 1]", file=sys.stderr)
+              "--hard-negatives and --in-view-share in [0, 1], --pos-weight > 0, --false-alarm-weight >= 0",
+              file=sys.stderr)
         return 2
 
     import hashlib
@@ -118,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         steps.set_postfix_str(f"loss {loss:.3f}, val peak hit {peak:.2f}")
 
     stats = train_goal_head(model, train, val, steps=args.steps, text_steps=args.text_steps, progress=report,
-                            hard_negatives=args.hard_negatives)
+                            hard_negatives=args.hard_negatives, pos_weight=args.pos_weight,
+                            in_view_share=args.in_view_share, false_alarm_weight=args.false_alarm_weight)
     steps.close()
     val_scores = grounding_scores(model, val, seen=stats["seen_combinations"])
     out = Path(args.out)
@@ -129,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"init": str(args.init or SHIPPED_CHECKPOINT), "train_views": len(train), "val_views": len(val),
                "train_homes": len(train.scenes), "val_homes": len(val.scenes),
                "homes_in_both": len(set(train.seeds) & set(val.seeds)), "steps": args.steps,
-               "text_steps": args.text_steps,
+               "text_steps": args.text_steps, "hard_negatives": args.hard_negatives, "pos_weight": args.pos_weight,
+               "in_view_share": round(args.in_view_share, 4), "false_alarm_weight": args.false_alarm_weight,
                "train_loss": round(stats["train_loss"], 4), "film_head_val_peak_hit": film_peak,
                "val": val_scores, "seconds_views": round(t_views, 1),
                "seconds_total": round(time.monotonic() - t0, 1)}

@@ -199,7 +199,7 @@ def _confusable(scene: Scene, allowed: list[int], in_view: list[int]) -> list[in
 
 
 def _batch(views: GroundingViews, idx: np.ndarray, model: torch.nn.Module, rng: np.random.Generator,
-           seen: Optional[set] = None, hard_negatives: float = 0.0):
+           seen: Optional[set] = None, hard_negatives: float = 0.0, in_view_share: float = 2 / 3):
     texts, targets = [], []
     for i in idx:
         scene, cov = views.scenes[views.home[i]], views.coverage[i]
@@ -210,7 +210,7 @@ def _batch(views: GroundingViews, idx: np.ndarray, model: torch.nn.Module, rng: 
         if confusable and rng.random() < hard_negatives:
             pool = confusable  # "the red chair" over a view of a blue chair: the head must stay dark
         else:
-            pool = candidates if candidates and rng.random() < 2 / 3 else allowed
+            pool = candidates if candidates and rng.random() < in_view_share else allowed
         if not pool:
             pool = _goal_objects(scene)
         goal = pool[int(rng.integers(len(pool)))]
@@ -232,10 +232,14 @@ def _logits(model, views: GroundingViews, idx, ids, mask) -> torch.Tensor:
 def train_goal_head(model: torch.nn.Module, train: GroundingViews, val: GroundingViews, steps: int = 3000,
                     batch: int = 64, lr: float = 2e-3, seed: int = 0, text_steps: int = 1500,
                     progress: Optional[Callable[[int, float, float], None]] = None,
-                    eval_every: int = 250, hard_negatives: float = 0.0) -> dict:
+                    eval_every: int = 250, hard_negatives: float = 0.0, pos_weight: float = 3.0,
+                    in_view_share: float = 2 / 3, false_alarm_weight: float = 0.0) -> dict:
     """Fit ``model.goal_phrase`` and ``model.goal_head`` (see the module doc); keeps the weights
-    with the best validation peak hit rate. ``hard_negatives``: the share of samples that name a
-    goal out of view sharing a category or colour with an object in view (all-zero target).
+    with the best validation ``peak_hit - false_alarm_weight * false_alarm``. ``hard_negatives``:
+    the share of samples that name a goal out of view sharing a category or colour with an object
+    in view (all-zero target); ``in_view_share``: of the other samples, the share that name a goal
+    in view (the rest name any goal of the home); ``pos_weight``: the weight of goal pixels in the
+    binary cross-entropy (above 1 trades false alarms for detections).
     Returns the last training loss, the best validation scores and the (colour, category, room)
     combinations the training named."""
     rng = np.random.default_rng(seed)
@@ -262,9 +266,9 @@ def train_goal_head(model: torch.nn.Module, train: GroundingViews, val: Groundin
         model.goal_phrase.train()
         model.goal_head.train()
         idx = rng.integers(len(train), size=batch)
-        ids, mask, target = _batch(train, idx, model, rng, seen, hard_negatives)
+        ids, mask, target = _batch(train, idx, model, rng, seen, hard_negatives, in_view_share)
         logits = _logits(model, train, idx, ids, mask)
-        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(3.0))
+        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(float(pos_weight)))
         t_ids, t_mask, labels = _texts(train, 32, model, rng)
         loss = loss + 0.3 * probe.loss(model.goal_phrase(t_ids, t_mask), labels)
         optimizer.zero_grad()
@@ -274,8 +278,8 @@ def train_goal_head(model: torch.nn.Module, train: GroundingViews, val: Groundin
         loss_value = loss.item()
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             scores = grounding_scores(model, val)
-            if scores["peak_hit"] > best:
-                best = scores["peak_hit"]
+            if scores["peak_hit"] - false_alarm_weight * scores["false_alarm"] > best:
+                best = scores["peak_hit"] - false_alarm_weight * scores["false_alarm"]
                 best_state = {k: v.detach().clone() for k, v in
                               {**{f"p.{k}": v for k, v in model.goal_phrase.state_dict().items()},
                                **{f"h.{k}": v for k, v in model.goal_head.state_dict().items()}}.items()}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import cv2
 import numpy as np
@@ -57,6 +57,16 @@ ARRIVED_M, ARRIVED_EVIDENCE = 0.2, 2.0
 #: With no place reachable from where the robot stands, the search starts from a free place
 #: this close (metres).
 UNSTICK_M = 0.45
+
+
+class _Reach(NamedTuple):
+    """One Dijkstra search on the planner's lattice (see :meth:`MemoryNavigator._reachable`)."""
+
+    cost: np.ndarray  # (h, w) path cost from the source, inf where unreached
+    parent: np.ndarray  # (h, w) flat index of each place's predecessor
+    shape: tuple[int, int]  # the lattice's (h, w)
+    clearance: float  # metres the search kept from obstacles
+    moved_source: bool  # the search started from a free place beside the robot, not under it
 
 
 def path_waypoints(path_xy: np.ndarray, T_odom_base: np.ndarray, n: int = NUM_WAYPOINTS,
@@ -174,7 +184,7 @@ class MemoryNavigator:
         self._last_mode = decision.mode
         return decision
 
-    def _reachable(self, grid: OccupancyGrid, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int], float, bool]:
+    def _reachable(self, grid: OccupancyGrid, xy: np.ndarray) -> _Reach:
         """Path cost from the robot to every place (Dijkstra on the planner's lattice), the
         clearance it was searched with (the planner's, or the bare radius when the robot is
         closer than that to a mapped wall) and whether the search had to start from a free
@@ -184,7 +194,7 @@ class MemoryNavigator:
         for clearance in (self.clearance, self.radius - 0.03):
             cost, parent, shape = grid_search(grid, xy, clearance, step=_STEP)
             if np.isfinite(cost).sum() > 1:
-                return cost, parent, shape, clearance, False
+                return _Reach(cost, parent, shape, clearance, False)
         clearance = self.radius - 0.03
         lattice_clearance = grid.clearance[::_STEP, ::_STEP]  # what grid_search reads
         places = self._lattice_xy(grid, lattice_clearance.shape)
@@ -195,15 +205,15 @@ class MemoryNavigator:
             source = places.reshape(-1, 2)[k]
             cost, parent, shape = grid_search(grid, source, clearance, step=_STEP)
             if np.isfinite(cost).sum() > 1:
-                return cost, parent, shape, clearance, True
-        return cost, parent, shape, clearance, False
+                return _Reach(cost, parent, shape, clearance, True)
+        return _Reach(cost, parent, shape, clearance, False)
 
     @staticmethod
     def _lattice_xy(grid: OccupancyGrid, shape: tuple[int, int]) -> np.ndarray:
         rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
         return grid.center_of(np.stack([rows * _STEP + _STEP // 2, cols * _STEP + _STEP // 2], axis=-1))
 
-    def _approach(self, field, grid: OccupancyGrid, cells: np.ndarray) -> Optional[tuple[int, int]]:
+    def _approach(self, field: _Reach, grid: OccupancyGrid, cells: np.ndarray) -> Optional[tuple[int, int]]:
         """The lattice place to drive to for the goal's ``cells (G, 2)``: the cheapest reachable
         place within ``approach_m`` of them, preferring places the robot has seen free.
 
@@ -212,7 +222,7 @@ class MemoryNavigator:
         ``approach_m`` in front of a large object) comes before a place in unknown space, and
         a place in unknown space at ``approach_m`` is most often behind the wall the goal stands
         against: only a detour around the room reaches it."""
-        cost, _, shape, _, _ = field
+        cost, shape = field.cost, field.shape
         ok = np.isfinite(cost)
         if not ok.any():
             return None
@@ -234,24 +244,23 @@ class MemoryNavigator:
                 return int(rows[k]), int(cols[k])
         return None
 
-    def _path_to(self, grid: OccupancyGrid, field, xy: np.ndarray, place: Optional[tuple[int, int]]
+    def _path_to(self, grid: OccupancyGrid, field: _Reach, xy: np.ndarray, place: Optional[tuple[int, int]]
                  ) -> Optional[np.ndarray]:
         """World path ``(P, 2)`` from the robot to a lattice ``place`` along the cost field."""
         if place is None:
             return None
-        cost, parent, shape, clearance, moved_source = field
-        end = self._lattice_xy(grid, shape)[place]
-        back = path_from_field(grid, parent, shape, end, step=_STEP)
-        if moved_source:  # first off the obstacle to the free place the search started from
+        end = self._lattice_xy(grid, field.shape)[place]
+        back = path_from_field(grid, field.parent, field.shape, end, step=_STEP)
+        if field.moved_source:  # first off the obstacle to the free place the search started from
             return np.concatenate([xy[None], back[::-1]])
         path = np.concatenate([xy[None], back[::-1][1:]]) if len(back) > 1 else np.stack([xy, end])
-        return shortcut_path(grid, path, clearance)
+        return shortcut_path(grid, path, field.clearance)
 
-    def _explore(self, grid: OccupancyGrid, field, xy: np.ndarray, yaw: float) -> Optional[np.ndarray]:
+    def _explore(self, grid: OccupancyGrid, field: _Reach, xy: np.ndarray, yaw: float) -> Optional[np.ndarray]:
         """Path to the frontier that is cheap to reach and ahead (1 m of path per 40 degrees of
         turn; frontiers closer than 1 m are what the next views will reveal anyway)."""
         frontier = self.map.frontier()
-        cost, _, shape, _, _ = field
+        cost, shape = field.cost, field.shape
         if not len(frontier) or not np.isfinite(cost).any():
             return None
         rc = grid.cell_of(frontier) // _STEP

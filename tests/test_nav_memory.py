@@ -45,6 +45,16 @@ def _wall_view(distance: float = 3.0, size: int = 224, f: float = 146.0) -> tupl
     return depth.astype(np.float32), K
 
 
+def _step_on_the_map_alone(nav: MemoryNavigator, xy=(0.0, 0.0)):
+    """One navigator step at ``xy`` with a view that returns no depth: the decision comes from
+    the map the test built."""
+    base = np.eye(4)
+    base[:2, 3] = xy
+    no_returns = np.zeros((96, 96), np.float32)
+    return nav.step(0.0, base, no_returns, np.array([[60.0, 0, 47.5], [0, 60.0, 47.5], [0, 0, 1]]),
+                    _camera_looking_along_x(*xy), None)
+
+
 def test_a_wall_is_mapped_where_it_is_with_free_floor_before_it_and_nothing_known_behind():
     depth, K = _wall_view(3.05)  # mid-cell: the map's cells are 0.1 m
     m = NavigationMap(np.zeros(2), size_m=12.0)
@@ -211,9 +221,7 @@ def test_a_robot_walled_in_by_single_hits_still_explores_through_them():
         nav.map.occupancy[r < 1.8] = -2.0
         nav.map.occupancy[(r >= 1.05) & (r < 1.25)] = hits * 0.9
         nav.turned, nav._last_mode = 2 * math.pi, "scan"
-        no_returns = np.zeros((96, 96), np.float32)
-        d = nav.step(0.0, np.eye(4), no_returns, np.array([[60.0, 0, 47.5], [0, 60.0, 47.5], [0, 0, 1]]),
-                     _camera_looking_along_x(), None)
+        d = _step_on_the_map_alone(nav)
         assert d.mode == expected, (hits, d.mode)
 
 
@@ -235,9 +243,7 @@ def test_a_robot_pressed_against_a_wall_after_a_bump_still_plans_to_the_goal():
     base = np.eye(4)
     base[:2, 3] = [0.19, 0.19]
     assert np.hypot(*(centres[wall] - base[:2, 3]).T).min() > nav.clearance  # outside the freed disc
-    no_returns = np.zeros((96, 96), np.float32)
-    d = nav.step(0.0, base, no_returns, np.array([[60.0, 0, 47.5], [0, 60.0, 47.5], [0, 0, 1]]),
-                 _camera_looking_along_x(0.19, 0.19), None)
+    d = _step_on_the_map_alone(nav, (0.19, 0.19))
     assert d.mode == "goal", d.mode
     assert np.allclose(d.path_xy[0], base[:2, 3]) and d.path_xy[-1, 0] > 2.3
     assert d.waypoints[-1, 0] > 0.5  # it drives away from the wall, towards the goal
@@ -261,19 +267,12 @@ def test_with_no_place_close_enough_in_front_of_the_goal_it_drives_to_one_a_litt
         nav.turned, nav._last_mode = 2 * math.pi, "goal"
         return nav
 
-    def step(nav, xy):
-        base = np.eye(4)
-        base[:2, 3] = xy
-        no_returns = np.zeros((96, 96), np.float32)
-        return nav.step(0.0, base, no_returns, np.array([[60.0, 0, 47.5], [0, 60.0, 47.5], [0, 0, 1]]),
-                        _camera_looking_along_x(*xy), None)
-
-    d = step(room(6.0), (0.0, 1.5))
+    d = _step_on_the_map_alone(room(6.0), (0.0, 1.5))
     assert d.mode == "goal", d.mode
     end = d.path_xy[-1]
     assert -1.6 + 0.25 < end[1] < -1.6 + 0.25 + APPROACH_WIDEN_M + 0.15 and abs(end[0]) < 0.8
-    assert step(room(6.0), end).mode == "stop"
-    assert step(room(3.0), end).mode == "goal"  # one view's evidence: not enough to stop this far
+    assert _step_on_the_map_alone(room(6.0), end).mode == "stop"
+    assert _step_on_the_map_alone(room(3.0), end).mode == "goal"  # one view's evidence: not enough to stop this far
 
 
 def test_the_runtime_publishes_the_memory_plan_and_says_what_it_does(episode):

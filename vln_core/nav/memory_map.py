@@ -159,13 +159,13 @@ class NavigationMap:
     # ---------------------------------------------------------------- queries
     def goal_cells(self, threshold: float = 1.5, extent_m: float = 1.2) -> Optional[np.ndarray]:
         """``(G, 2)`` world xy of the goal's cells: those with positive evidence within
-        ``extent_m`` of the goal's centre and connected to it, strongest first (the centre first among equals); None while no cell reaches
-        ``threshold``.
+        ``extent_m`` of the goal's centre and connected to it, strongest first (the centre first
+        among equals); None while no cell reaches ``threshold``.
 
         The centre is the cell at or above ``threshold`` with the most evidence around it (a
-        Gaussian of ``GOAL_CENTRE_M`` sigma), not the single strongest cell: evidence saturates at the
-        limit on every cell of an object seen a few times, and the first of many equal cells is
-        an arbitrary corner, often the wall just behind the object, that only a detour reaches."""
+        Gaussian of ``GOAL_CENTRE_M`` sigma), not the single strongest cell: evidence saturates at
+        the limit on every cell of an object seen a few times, and the first of many equal cells
+        is an arbitrary corner, often the wall just behind the object, that only a detour reaches."""
         strong = self.goal >= threshold
         if not strong.any():
             return None

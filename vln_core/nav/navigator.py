@@ -150,14 +150,15 @@ class MemoryNavigator:
         cells = self.map.goal_cells(self.goal_threshold)
         goal = None if cells is None else cells[0]
         zero = np.zeros((NUM_WAYPOINTS, 2), np.float32)
-        if cells is not None and np.linalg.norm(cells - xy, axis=1).min() <= self.stop_m:
+        nearest = np.inf if cells is None else float(np.linalg.norm(cells - xy, axis=1).min())
+        if nearest <= self.stop_m:
             return self._decide(NavigatorDecision(zero, "stop", goal, None))
         grid = self.map.planning_grid(unknown_free=True, robot_xy=xy, robot_radius=self.clearance)
         field = self._reachable(grid, xy)
         if cells is not None:
             path = self._path_to(grid, field, xy, self._approach(field, grid, cells))
             if (path is not None and np.linalg.norm(np.diff(path, axis=0), axis=1).sum() < ARRIVED_M
-                    and np.linalg.norm(cells - xy, axis=1).min() <= self.stop_m + APPROACH_WIDEN_M
+                    and nearest <= self.stop_m + APPROACH_WIDEN_M
                     and self._evidence(goal) >= self.goal_threshold + ARRIVED_EVIDENCE):
                 return self._decide(NavigatorDecision(zero, "stop", goal, None))  # at the widened place
             if path is not None:

@@ -278,8 +278,9 @@ def train_goal_head(model: torch.nn.Module, train: GroundingViews, val: Groundin
         loss_value = loss.item()
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             scores = grounding_scores(model, val)
-            if scores["peak_hit"] - false_alarm_weight * scores["false_alarm"] > best:
-                best = scores["peak_hit"] - false_alarm_weight * scores["false_alarm"]
+            score = scores["peak_hit"] - false_alarm_weight * scores["false_alarm"]
+            if score > best:
+                best = score
                 best_state = {k: v.detach().clone() for k, v in
                               {**{f"p.{k}": v for k, v in model.goal_phrase.state_dict().items()},
                                **{f"h.{k}": v for k, v in model.goal_head.state_dict().items()}}.items()}

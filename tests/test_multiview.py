@@ -22,6 +22,7 @@ from vln_core.models import ModelInputs, build_model
 from vln_core.models.multiview import (
     MultiViewArchitecture,
     MultiViewDepth,
+    monocular_to_pose_scale,
     plane_targets,
     window_depth,
 )
@@ -115,6 +116,26 @@ def test_window_depth_keeps_the_monocular_depth_without_parallax():
         same, none = window_depth(net, mono, torch.ones(3, H, W), net.encode(frames), K, T, [0], "monocular", 2)
     assert sorted(chosen[0]) == [1, 2] and not torch.equal(depth, mono[:1])
     assert none == [[]] and torch.equal(same, mono[:1])
+
+
+def test_sources_are_chosen_for_parallax_at_the_poses_scale_not_the_monocular_one():
+    """A real camera's monocular depth can be 3.5x too far; with metric poses the parallax of a
+    source is its baseline over the *true* depth. The wall is at 1.5 m, the monocular depth says
+    6 m: at its word the 0.7 m baseline (ratio 0.12 at 6 m, but 0.47 at 1.5 m) looks best; once
+    the cost volume's own depth gives the scale, the 0.18 m baseline (0.12 at 1.5 m) is chosen."""
+    net = _net()
+    frames, K, T = _wall_views(1.5, [0.0, 0.18, 0.7])
+    mono = torch.full((3, H, W), 6.0)
+    with torch.no_grad():
+        feats = net.encode(frames)
+        _, wrong = window_depth(net, mono, torch.ones(3, H, W), feats, K, T, [0], "multiview", 1)
+        first, _ = window_depth(net, mono, torch.ones(3, H, W), feats, K, T, [0], "multiview", 2)
+        scale = monocular_to_pose_scale(first[0], mono[0])
+        _, right = window_depth(net, mono, torch.ones(3, H, W), feats, K, T, [0], "multiview", 1, mono_scale=scale)
+    assert wrong == [[2]]
+    assert 0.15 < scale < 0.4  # the untrained volume finds the wall near 1.5 m: 1.5 / 6 = 0.25
+    assert right == [[1]]
+    assert monocular_to_pose_scale(torch.zeros(H, W), mono[0]) == 1.0
 
 
 def _tiny_cfg(*extra: str):

@@ -43,7 +43,7 @@ from vln_core.geometry.matching import OrbFeatures, orb_features
 from vln_core.geometry.refinement import odometry_step, refine_learned_geometry
 from vln_core.heatmaps import heatmaps_from_config, predicted_depth_config
 from vln_core.geometry.plane_sweep import select_source_views
-from vln_core.models.multiview import window_depth
+from vln_core.models.multiview import monocular_to_pose_scale, window_depth
 from vln_core.models.goal_grounding import goal_heatmap_from_logits
 from vln_core.models.reprojection_model import FrameEncoding, default_intrinsics
 from vln_core.models.spatial_model import PAST_TRAJECTORY_LENGTH
@@ -204,6 +204,9 @@ class LearnedBackend(HeatmapBackend):
         self._mv_pose: OrderedDict[int, tuple[str, np.ndarray]] = OrderedDict()  # seq -> (pose kind, T_wc)
         self._mv_depth: dict[int, tuple[torch.Tensor, tuple[int, ...]]] = {}  # seq -> ((1, H, W), source seqs)
         self._mv_refreshes: dict[int, int] = {}  # seq -> times its depth was recomputed (MAX_REFRESHES)
+        # known (metric) poses: the monocular depth's scale against them, from the latest cost volume;
+        # sources are chosen by parallax over a depth in the poses' scale
+        self._mono_to_pose_scale = 1.0
         self.last_depth = ""
 
     def output_size(self, current: CameraFrame) -> tuple[int, int]:
@@ -314,8 +317,11 @@ class LearnedBackend(HeatmapBackend):
         feats = torch.cat([self._mv_features[q] for q in seqs]).float()
         T = torch.from_numpy(np.stack([self._mv_pose[q][1] for q in seqs]))
         K = torch.from_numpy(self._cache[ref][1]).float()
+        metric = kind == "known"
         depth, chosen = window_depth(self.engine.multiview_depth, mono, conf, feats, K, T, [0], self.depth_source,
-                                     self.num_sources)
+                                     self.num_sources, mono_scale=self._mono_to_pose_scale if metric else 1.0)
+        if metric and chosen[0]:
+            self._mono_to_pose_scale = monocular_to_pose_scale(depth[0], mono[0])
         return depth, tuple(seqs[i] for i in chosen[0])
 
     def _pool(self, exclude_newer_than: Optional[int] = None) -> list[int]:

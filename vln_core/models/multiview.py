@@ -42,7 +42,8 @@ from vln_core.geometry.plane_sweep import (
 from vln_core.models.geometry_encoder import normalize_images
 
 __all__ = ["MultiViewArchitecture", "MultiViewFeatureNet", "CostRegulariser", "DepthFusion", "MultiViewDepth",
-           "MultiViewOutput", "FEATURE_STRIDE", "plane_targets", "window_depth", "DEPTH_SOURCES"]
+           "MultiViewOutput", "FEATURE_STRIDE", "plane_targets", "window_depth", "monocular_to_pose_scale",
+           "DEPTH_SOURCES"]
 
 #: ``model.depth_source`` values: fused with the monocular prior, the cost volume alone, monocular only.
 DEPTH_SOURCES = ("fused", "multiview", "monocular")
@@ -324,7 +325,8 @@ def plane_targets(depth: torch.Tensor, planes: torch.Tensor) -> tuple[torch.Tens
 
 def window_depth(network: Callable[..., MultiViewOutput], mono_depth: torch.Tensor, mono_conf: torch.Tensor,
                  features: torch.Tensor, K: torch.Tensor, T_wc: torch.Tensor, refs: list[int], source: str,
-                 num_sources: int, candidates: Optional[list[list[int]]] = None) -> tuple[torch.Tensor, list[list[int]]]:
+                 num_sources: int, candidates: Optional[list[list[int]]] = None,
+                 mono_scale: float = 1.0) -> tuple[torch.Tensor, list[list[int]]]:
     """Depth of some frames of a set of posed frames from their neighbours among them: the one
     place that picks sources and batches the cost volumes (evaluation, the node's backends and
     video inference call it).
@@ -339,6 +341,10 @@ def window_depth(network: Callable[..., MultiViewOutput], mono_depth: torch.Tens
         source: ``"fused"``, ``"multiview"`` or ``"monocular"`` (:data:`DEPTH_SOURCES`).
         num_sources: sources per reference (at most).
         candidates: per ref, the frames it may take sources from (default: all others).
+        mono_scale: the factor that brings the monocular depth to the poses' scale, for choosing
+            sources by parallax (a ref's typical depth is ``mono_scale`` x its monocular median).
+            1 where the poses share the monocular scale (odometry chained on it); with metric
+            poses see :func:`monocular_to_pose_scale`.
 
     Returns:
         ``(depth (R, H, W), sources per ref)``. A ref without a source of any parallax (a robot
@@ -353,7 +359,7 @@ def window_depth(network: Callable[..., MultiViewOutput], mono_depth: torch.Tens
     for r, ref in enumerate(refs):
         cands = [i for i in (candidates[r] if candidates is not None else range(N)) if i != ref]
         if cands:
-            picked = select_source_views(T[ref], T[cands], num_sources, float(mono_depth[ref].median()))
+            picked = select_source_views(T[ref], T[cands], num_sources, mono_scale * float(mono_depth[ref].median()))
             chosen[r] = [cands[j] for j in picked]
     rows = [r for r, c in enumerate(chosen) if c]
     if not rows:
@@ -374,3 +380,21 @@ def window_depth(network: Callable[..., MultiViewOutput], mono_depth: torch.Tens
                   mono_conf[ref_idx].to(device) if fused else None, src_valid.to(device))
     depth[torch.as_tensor(rows)] = out.depth.to(depth.dtype).to(depth.device)
     return depth, chosen
+
+
+def monocular_to_pose_scale(multiview_depth: torch.Tensor, mono_depth: torch.Tensor) -> float:
+    """How far the monocular depth must be scaled to match the poses' scale, measured on one frame.
+
+    Source views are chosen by parallax, the baseline over the scene's depth; the monocular network
+    has no metric scale of its own (on a real camera it was 3.5x too far), so with metric poses a
+    frame's monocular median depth picks sources for the wrong parallax. The multi-view depth of one
+    frame has the poses' scale: the ratio of its median to the monocular median corrects the others.
+
+    Args:
+        multiview_depth / mono_depth: ``(H, W)`` the same frame's multi-view and monocular depth.
+
+    Returns:
+        The ratio of the medians (1 when either is not positive).
+    """
+    mv, mono = float(multiview_depth.median()), float(mono_depth.median())
+    return mv / mono if mv > 0 and mono > 0 else 1.0

@@ -7,7 +7,9 @@ One function for the offline paths that see a window at once (``training/evaluat
 * **known poses** (RGB + pose): each wanted frame's depth from the plane-sweep cost volume over its
   neighbours (:func:`vln_core.models.multiview.window_depth`), metric by construction, so no
   scale search; with ``model.depth_source: monocular`` the monocular depth takes the match scale
-  (:func:`vln_core.geometry.refinement.refine_window_geometry`).
+  (:func:`vln_core.geometry.refinement.refine_window_geometry`). The sources are chosen for
+  parallax at the poses' scale: the current frame's cost volume first measures how far off the
+  monocular depth's scale is (:func:`~vln_core.models.multiview.monocular_to_pose_scale`).
 * **RGB only**: visual odometry chained through the window on the monocular depth
   (:func:`~vln_core.geometry.refinement.chain_visual_odometry`) places the frames for the cost
   volume (in the odometry's scale); then PnP on the multi-view depth places the matched frames
@@ -24,7 +26,7 @@ import torch
 
 from vln_core.geometry.matching import OrbFeatures
 from vln_core.geometry.refinement import RefinedGeometry, chain_visual_odometry, refine_window_geometry
-from vln_core.models.multiview import window_depth
+from vln_core.models.multiview import monocular_to_pose_scale, window_depth
 
 __all__ = ["window_geometry"]
 
@@ -63,7 +65,13 @@ def window_geometry(depth: torch.Tensor, conf: torch.Tensor, K: torch.Tensor, T_
         if not poses_known and orb is not None:
             T_views = chain_visual_odometry(orb, depth, K, learned_steps).to(T.dtype)
         refs = idx + [N - 1]
-        mv, _ = window_depth(network, depth, conf, features, K, T_views, refs, depth_source, num_sources)
+        scale = 1.0
+        if poses_known:  # metric poses: the current frame's cost volume measures the monocular depth's scale
+            current, chosen = window_depth(network, depth, conf, features, K, T_views, [N - 1], "multiview", num_sources)
+            if chosen[0]:
+                scale = monocular_to_pose_scale(current[0], depth[N - 1])
+        mv, _ = window_depth(network, depth, conf, features, K, T_views, refs, depth_source, num_sources,
+                             mono_scale=scale)
         depth = depth.clone()
         depth[refs] = mv.to(depth.dtype)
         if not poses_known and orb is None:

@@ -136,6 +136,9 @@ def test_sources_are_chosen_for_parallax_at_the_poses_scale_not_the_monocular_on
     assert 0.15 < scale < 0.4  # the untrained volume finds the wall near 1.5 m: 1.5 / 6 = 0.25
     assert right == [[1]]
     assert monocular_to_pose_scale(torch.zeros(H, W), mono[0]) == 1.0
+    # within a factor 1.5 the monocular scale stands (one frame's median is no more precise)
+    assert monocular_to_pose_scale(mono[0] * 1.4, mono[0]) == 1.0
+    assert monocular_to_pose_scale(mono[0] * 1.6, mono[0]) == pytest.approx(1.6)
 
 
 def _tiny_cfg(*extra: str):

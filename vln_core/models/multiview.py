@@ -51,6 +51,9 @@ DEPTH_SOURCES = ("fused", "multiview", "monocular")
 #: The cost volume's grid: 1/4 of the input image.
 FEATURE_STRIDE = 4
 
+#: :func:`monocular_to_pose_scale` keeps the monocular scale when it is off by less than this factor.
+MONO_SCALE_TOLERANCE = 1.5
+
 
 @dataclass
 class MultiViewArchitecture:
@@ -390,11 +393,19 @@ def monocular_to_pose_scale(multiview_depth: torch.Tensor, mono_depth: torch.Ten
     frame's monocular median depth picks sources for the wrong parallax. The multi-view depth of one
     frame has the poses' scale: the ratio of its median to the monocular median corrects the others.
 
+    Within :data:`MONO_SCALE_TOLERANCE` of 1 the monocular scale is kept: there a source's
+    selection score changes by a third at most, and one frame's median is no more precise than
+    that (in simulation, where the monocular scale is right, correcting it anyway cost 0.002 CC on
+    the validation episodes).
+
     Args:
         multiview_depth / mono_depth: ``(H, W)`` the same frame's multi-view and monocular depth.
 
     Returns:
-        The ratio of the medians (1 when either is not positive).
+        The ratio of the medians; 1 when it is within the tolerance or either median is not positive.
     """
     mv, mono = float(multiview_depth.median()), float(mono_depth.median())
-    return mv / mono if mv > 0 and mono > 0 else 1.0
+    if not (mv > 0 and mono > 0):
+        return 1.0
+    ratio = mv / mono
+    return 1.0 if 1.0 / MONO_SCALE_TOLERANCE <= ratio <= MONO_SCALE_TOLERANCE else ratio

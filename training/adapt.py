@@ -42,6 +42,7 @@ from vln_core.config import ConfigError, with_overrides  # noqa: E402
 from vln_core.errors import InputError  # noqa: E402
 
 DEFAULT_STAGE = "multiview"
+DEFAULT_LEARNING_RATE = 1e-3
 #: the real evaluation sequence: evaluation only, but for the one split the adaptation test uses
 EVALUATION_SET = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_rgbd_box"
 EVALUATION_SET_VAL_FRACTION = 0.4
@@ -68,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default=DEFAULT_STAGE, choices=("finetune", "multiview", "heatmap", "geometry"),
                    help="what is trained (default multiview: the multi-view depth network, whose depth the node serves; "
                         "finetune: the monocular network and the heads)")
-    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE,
+                   help=f"peak learning rate (default {DEFAULT_LEARNING_RATE:g}, the multi-view network's own training "
+                        f"rate: at 1e-4 a few hundred steps hardly move it)")
     p.add_argument("--no-progress", action="store_true")
     add_import_arguments(p, color_required=False)
     return p

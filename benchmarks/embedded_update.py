@@ -49,7 +49,8 @@ def _run_one(args: argparse.Namespace) -> dict:
     N, Nk, H, W = args.frames, args.keyframes, *args.size
     total = N + args.repeats + 1
     overrides = [f"node.learned_mode={args.mode}", f"video.total_frames={N}", f"video.keyframes={Nk}",
-                 f"video.frame_size=[{H}, {W}]", f"model.match_refinement={str(not args.no_refinement).lower()}"]
+                 f"video.frame_size=[{H}, {W}]", f"model.match_refinement={str(not args.no_refinement).lower()}",
+                 f"model.relative_pose={args.relative_pose}"]
     if args.checkpoint:
         overrides.append(f"node.model_path={args.checkpoint}")
     cfg = load_config(None, overrides)
@@ -105,17 +106,21 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-refinement", action="store_true", help="model.match_refinement=false (networks alone)")
+    parser.add_argument("--relative-pose", default="pnp", choices=("pnp", "pnp_or_essential"),
+                        help="model.relative_pose: how RGB-only poses come from matches (default pnp)")
     parser.add_argument("--mode", choices=("rgb_pose", "rgb_only"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
         print(json.dumps(_run_one(args)))
         return 0
     print(f"embedded model update: N_m={args.frames}, N_k={args.keyframes}, {args.size[0]}x{args.size[1]}, batch 1, "
-          f"{args.threads} threads, median of {args.repeats}, match refinement {'off' if args.no_refinement else 'on'}")
+          f"{args.threads} threads, median of {args.repeats}, match refinement {'off' if args.no_refinement else 'on'}, "
+          f"relative pose {args.relative_pose}")
     targets = {"rgb_pose": 100.0, "rgb_only": 150.0}  # streaming update targets (issue 15)
     for mode in ("rgb_pose", "rgb_only"):
         cmd = [sys.executable, __file__, "--mode", mode, "--frames", str(args.frames), "--keyframes", str(args.keyframes),
-               "--size", *map(str, args.size), "--threads", str(args.threads), "--repeats", str(args.repeats)]
+               "--size", *map(str, args.size), "--threads", str(args.threads), "--repeats", str(args.repeats),
+               "--relative-pose", args.relative_pose]
         if args.no_refinement:
             cmd.append("--no-refinement")
         if args.checkpoint:

@@ -109,6 +109,33 @@ def test_rgb_only_backend_serves_heatmaps_from_multiview_depth(real):
     assert "from multi-view" in backend.describe()["depth_source"]
 
 
+def test_rgb_only_odometry_drifts_less_with_the_essential_matrix_on_the_real_camera(real):
+    """``model.relative_pose`` reaches the node's streaming odometry: on the real box the
+    network's depth bends PnP, and ``pnp_or_essential`` drifts less (measured: mean rotation
+    error against the last frame 16.8 deg with PnP, 11.6 deg with the choice)."""
+    import math
+
+    def rotation_deg(A, B):
+        R = A[:3, :3].T @ B[:3, :3]
+        return math.degrees(math.acos(np.clip((np.trace(R) - 1) / 2, -1, 1)))
+
+    mean_error = {}
+    for method in ("pnp", "pnp_or_essential"):
+        cfg = load_config(None, ["node.learned_mode=rgb_only", f"node.model_path={SHIPPED_CHECKPOINT}",
+                                 f"model.relative_pose={method}"])
+        backend = create_backend("model", cfg)
+        frames = _frames(real, with_pose=False)
+        for f in frames:
+            backend.frame_geometry(f)
+        T_wc_last = backend._vo_pose[frames[-1].seq]
+        true_last = np.asarray(real.poses[frames[-1].seq], dtype=np.float64)
+        errors = [rotation_deg(np.linalg.inv(T_wc_last) @ backend._vo_pose[f.seq],
+                               np.linalg.inv(true_last) @ np.asarray(real.poses[f.seq], dtype=np.float64))
+                  for f in frames[:-1]]
+        mean_error[method] = float(np.mean(errors))
+    assert mean_error["pnp_or_essential"] < 0.85 * mean_error["pnp"], mean_error
+
+
 def test_first_keyframe_of_a_stream_gets_the_views_that_arrive_after_it(real):
     """The node's case: the first frame enters the memory with no earlier frame to match; as the
     camera moves on it must be recomputed from the newer views until it has a full set of sources

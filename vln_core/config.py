@@ -228,6 +228,12 @@ class ModelConfig:
     # cost volume alone; "monocular" = the per-frame network alone (with the match scale search)
     depth_source: Literal["fused", "multiview", "monocular"] = "fused"
     multiview_sources: int = 3  # neighbouring frames per cost volume, chosen for parallax
+    # RGB only: how a frame's pose against another comes from ORB matches and the predicted depth
+    # (vln_core/geometry/two_view.py): "pnp" = PnP on the depth (chosen in simulation);
+    # "pnp_or_essential" = PnP or the depth-free essential matrix, whichever fits the matches and
+    # the depth better (better where the network's depth is wrong: real cameras it never saw;
+    # training/adapt.py chooses on the robot's own recording)
+    relative_pose: Literal["pnp", "pnp_or_essential"] = "pnp"
     # sizes of our own parts (ModelArchitecture fields for small/base/full, ReprojectionArchitecture
     # fields for embedded) replacing the registered configuration's: tiny models for tests and
     # plumbing checks (configs/tiny_base.yaml); a checkpoint records them and loads with them

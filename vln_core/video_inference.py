@@ -304,6 +304,7 @@ def infer_video(source: VideoSource, cfg: VLNConfig, backend: str, model_path: O
                 depth, T, _ = window_geometry(
                     depth, enc.depth_conf.float(), K, T.float(), mode == "rgb_pose",
                     depth_source=cfg.model.depth_source, num_sources=cfg.model.multiview_sources,
+                    relative_pose=cfg.model.relative_pose,
                     network=engine.multiview_depth if multiview else None,
                     features=engine.multiview_features(pre.frames) if multiview else None,
                     orb=[orb_features(f) for f in pre.frames] if cfg.model.match_refinement else None,

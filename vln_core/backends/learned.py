@@ -189,6 +189,7 @@ class LearnedBackend(HeatmapBackend):
         self.heatmap_cfg = cfg.heatmap
         self.trajectory = PastTrajectory(cfg.node.camera_mount)
         self.refine = bool(cfg.model.match_refinement)
+        self.relative_pose = cfg.model.relative_pose  # RGB only: PnP, or PnP or the essential matrix
         self._cache: OrderedDict[int, tuple[FrameEncoding, np.ndarray]] = OrderedDict()
         self._features: dict[int, OrbFeatures] = {}  # seq -> ORB features on the model grid (refinement)
         self._vo_pose: OrderedDict[int, np.ndarray] = OrderedDict()  # seq -> estimated T_wc (no poses given)
@@ -271,7 +272,7 @@ class LearnedBackend(HeatmapBackend):
             if self.refine and prev_seq in self._features:
                 _, K = self.encoding(frame)
                 T_cur_prev = odometry_step(self._features[prev_seq], self._features[frame.seq],
-                                           prev_enc.depth[0].double().numpy(), K)
+                                           prev_enc.depth[0].double().numpy(), K, self.relative_pose)
             if T_cur_prev is None:
                 T_cur_prev = self.engine.relative_poses(prev_enc.pose_features, enc.pose_features)[0].double().numpy()
             T = self._vo_pose[prev_seq] @ np.linalg.inv(T_cur_prev)
@@ -429,7 +430,8 @@ class LearnedBackend(HeatmapBackend):
             self.last_refinement = "no scale search: multi-view depth is metric with known poses"
         if self.refine and not (multiview and known):  # with known poses the cost volume is metric: no scale search
             refined = refine_learned_geometry([self.features(f) for f in keyframes], self.features(current),
-                                              key_depth, cur_depth, K, T_cur_key, known)
+                                              key_depth, cur_depth, K, T_cur_key, known,
+                                              relative_pose=self.relative_pose)
             key_depth, cur_depth, T_cur_key = refined.key_depth, refined.cur_depth, refined.T_cur_key.float()
             if known and refined.scale_points > 0 and float(refined.depth_scale[-1]) != 1.0:
                 self._depth_scale = float(refined.depth_scale[-1])

@@ -36,9 +36,9 @@ from vln_core.geometry.matching import (
     OrbFeatures,
     lift_pixels,
     match_features,
-    pose_from_depth_matches,
     sample_depth,
 )
+from vln_core.geometry.two_view import relative_pose_from_matches
 
 __all__ = ["RefinedGeometry", "refine_learned_geometry", "depth_scale_from_matches", "refine_window_geometry", "chain_visual_odometry", "odometry_step", "MIN_SCALE_POINTS"]
 
@@ -166,7 +166,8 @@ def depth_scale_from_matches(matches: Sequence[tuple[np.ndarray, np.ndarray]], k
 def refine_learned_geometry(key_features: Sequence[OrbFeatures], cur_features: OrbFeatures,
                             key_depth: torch.Tensor, cur_depth: torch.Tensor, K: torch.Tensor,
                             T_cur_key: torch.Tensor, poses_known: bool,
-                            fallback_T_cur_key: Optional[torch.Tensor] = None) -> RefinedGeometry:
+                            fallback_T_cur_key: Optional[torch.Tensor] = None,
+                            relative_pose: str = "pnp") -> RefinedGeometry:
     """Refine predicted geometry with ORB matches (see the module doc).
 
     Args:
@@ -177,6 +178,8 @@ def refine_learned_geometry(key_features: Sequence[OrbFeatures], cur_features: O
         T_cur_key: known poses (``poses_known``) or the model's predicted ones.
         fallback_T_cur_key: RGB only: ``(K, 4, 4)`` poses for keyframes whose direct matching
             fails (chained odometry); default ``T_cur_key``.
+        relative_pose: RGB only, ``model.relative_pose``
+            (:func:`~vln_core.geometry.two_view.relative_pose_from_matches`).
     """
     n = len(key_features)
     Kn = K.detach().cpu().double().numpy()
@@ -195,7 +198,7 @@ def refine_learned_geometry(key_features: Sequence[OrbFeatures], cur_features: O
             scale[:] = window
     else:
         for k, (pk, pc) in enumerate(matches):
-            T_pnp, inliers = pose_from_depth_matches(pk, pc, kd[k], Kn)
+            T_pnp, inliers = relative_pose_from_matches(pk, pc, kd[k], Kn, relative_pose)
             if T_pnp is None:
                 continue
             T[k] = T_pnp
@@ -219,16 +222,18 @@ def refine_learned_geometry(key_features: Sequence[OrbFeatures], cur_features: O
     )
 
 
-def odometry_step(prev: OrbFeatures, cur: OrbFeatures, prev_depth: np.ndarray, K: np.ndarray) -> Optional[np.ndarray]:
-    """``T_cur_prev (4, 4)`` between two frames by PnP on the previous frame's (predicted) depth
-    ``(H, W)``, or None when matching fails."""
+def odometry_step(prev: OrbFeatures, cur: OrbFeatures, prev_depth: np.ndarray, K: np.ndarray,
+                  relative_pose: str = "pnp") -> Optional[np.ndarray]:
+    """``T_cur_prev (4, 4)`` between two frames from their matches and the previous frame's
+    (predicted) depth ``(H, W)`` (``model.relative_pose``: PnP, or PnP or the essential matrix),
+    or None when matching fails."""
     pk, pc = match_features(prev, cur)
-    T, _ = pose_from_depth_matches(pk, pc, prev_depth, K)
+    T, _ = relative_pose_from_matches(pk, pc, prev_depth, K, relative_pose)
     return T
 
 
 def chain_visual_odometry(features: Sequence[OrbFeatures], depth: torch.Tensor, K: torch.Tensor,
-                          learned_steps: Optional[torch.Tensor] = None) -> torch.Tensor:
+                          learned_steps: Optional[torch.Tensor] = None, relative_pose: str = "pnp") -> torch.Tensor:
     """Camera-to-current poses of ``N`` frames in time order (the current frame last) by chaining
     the motion between consecutive frames: PnP on the predicted depth, else ``learned_steps``
     (``(N-1, 4, 4)``, step ``i`` = ``T_{i+1, i}``), else no motion. Drifts with the number of
@@ -236,6 +241,7 @@ def chain_visual_odometry(features: Sequence[OrbFeatures], depth: torch.Tensor, 
 
     Args:
         features: ORB features of each frame; depth: ``(N, H, W)`` predicted depth; K: ``(3, 3)``.
+        relative_pose: ``model.relative_pose`` for each step (:func:`odometry_step`).
 
     Returns:
         ``T_cur_cam (N, 4, 4)`` float64 (the last is the identity).
@@ -245,7 +251,7 @@ def chain_visual_odometry(features: Sequence[OrbFeatures], depth: torch.Tensor, 
     d = depth.detach().cpu().double().numpy()
     out = np.tile(np.eye(4), (n, 1, 1))
     for i in range(n - 2, -1, -1):
-        step = odometry_step(features[i], features[i + 1], d[i], Kn)
+        step = odometry_step(features[i], features[i + 1], d[i], Kn, relative_pose)
         if step is None:
             step = learned_steps[i].detach().cpu().double().numpy() if learned_steps is not None else np.eye(4)
         out[i] = out[i + 1] @ step
@@ -254,7 +260,8 @@ def chain_visual_odometry(features: Sequence[OrbFeatures], depth: torch.Tensor, 
 
 def refine_window_geometry(features: Sequence[OrbFeatures], depth: torch.Tensor, K: torch.Tensor,
                            T_cur_cam: torch.Tensor, poses_known: bool, learned_steps: Optional[torch.Tensor] = None,
-                           match_indices: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor, RefinedGeometry]:
+                           match_indices: Optional[Sequence[int]] = None, relative_pose: str = "pnp"
+                           ) -> tuple[torch.Tensor, torch.Tensor, RefinedGeometry]:
     """:func:`refine_learned_geometry` for a whole window of ``N`` frames in time order, the current
     frame last (evaluation windows, a video).
 
@@ -266,6 +273,7 @@ def refine_window_geometry(features: Sequence[OrbFeatures], depth: torch.Tensor,
         match_indices: frames matched directly against the current one (default all others):
             their matches set the depth scale (RGB + pose) or their PnP poses (RGB only); every
             other frame keeps its chained-odometry pose (RGB only).
+        relative_pose: RGB only, ``model.relative_pose`` for the odometry and the matched frames.
 
     Returns:
         ``(depth (N, H, W), T_cur_cam (N, 4, 4), refinement of the matched frames)``: with known
@@ -276,10 +284,11 @@ def refine_window_geometry(features: Sequence[OrbFeatures], depth: torch.Tensor,
     idx = list(range(n - 1)) if match_indices is None else [int(i) for i in match_indices]
     chained = None
     if not poses_known:
-        chained = chain_visual_odometry(features, depth, K, learned_steps).to(T_cur_cam.dtype)
+        chained = chain_visual_odometry(features, depth, K, learned_steps, relative_pose).to(T_cur_cam.dtype)
     refined = refine_learned_geometry([features[i] for i in idx], features[-1], depth[idx], depth[-1], K,
                                       T_cur_cam[idx], poses_known,
-                                      fallback_T_cur_key=None if chained is None else chained[idx])
+                                      fallback_T_cur_key=None if chained is None else chained[idx],
+                                      relative_pose=relative_pose)
     out_depth = depth.clone()
     out_T = T_cur_cam.clone() if chained is None else chained.clone()
     if poses_known:

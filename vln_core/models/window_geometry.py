@@ -35,7 +35,7 @@ def window_geometry(depth: torch.Tensor, conf: torch.Tensor, K: torch.Tensor, T_
                     poses_known: bool, *, depth_source: str, num_sources: int,
                     network: Optional[Callable[..., Any]] = None, features: Optional[torch.Tensor] = None,
                     orb: Optional[Sequence[OrbFeatures]] = None, learned_steps: Optional[torch.Tensor] = None,
-                    match_indices: Optional[Sequence[int]] = None
+                    match_indices: Optional[Sequence[int]] = None, relative_pose: str = "pnp"
                     ) -> tuple[torch.Tensor, torch.Tensor, Optional[RefinedGeometry]]:
     """Refine a window's predicted geometry (see the module doc).
 
@@ -52,6 +52,8 @@ def window_geometry(depth: torch.Tensor, conf: torch.Tensor, K: torch.Tensor, T_
         learned_steps: RGB only, the network's ``T_{i+1, i}`` ``(N-1, 4, 4)`` where odometry fails.
         match_indices: frames matched against the current one (default: all others); the frames
             whose depth is computed are these and the current frame.
+        relative_pose: RGB only, ``model.relative_pose``: how the odometry and the matched frames'
+            poses come from the matches (:mod:`vln_core.geometry.two_view`).
 
     Returns:
         ``(depth (N, H, W), T_cur_cam (N, 4, 4), the match refinement or None)``.
@@ -63,7 +65,7 @@ def window_geometry(depth: torch.Tensor, conf: torch.Tensor, K: torch.Tensor, T_
     if multiview:
         T_views = T
         if not poses_known and orb is not None:
-            T_views = chain_visual_odometry(orb, depth, K, learned_steps).to(T.dtype)
+            T_views = chain_visual_odometry(orb, depth, K, learned_steps, relative_pose).to(T.dtype)
         refs = idx + [N - 1]
         scale = 1.0
         if poses_known:  # metric poses: the current frame's cost volume measures the monocular depth's scale
@@ -79,5 +81,6 @@ def window_geometry(depth: torch.Tensor, conf: torch.Tensor, K: torch.Tensor, T_
     refined = None
     if orb is not None and not (multiview and poses_known):  # known poses: the cost volume is metric already
         depth, T, refined = refine_window_geometry(orb, depth, K, T, poses_known=poses_known,
-                                                   learned_steps=learned_steps, match_indices=match_indices)
+                                                   learned_steps=learned_steps, match_indices=match_indices,
+                                                   relative_pose=relative_pose)
     return depth, T, refined

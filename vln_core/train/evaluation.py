@@ -207,6 +207,7 @@ def window_methods(sample: dict[str, Any], mode: str, cfg: VLNConfig, model: Opt
                 pred_depth, T_pred, refined = window_geometry(
                     pred_depth, enc.depth_conf.float().cpu(), K, T_pred, mode == "rgb_pose",
                     depth_source=cfg.model.depth_source, num_sources=cfg.model.multiview_sources,
+                    relative_pose=cfg.model.relative_pose,
                     network=model.multiview if multiview else None,
                     features=model.multiview_features(frames.to(device)).float() if multiview else None,
                     orb=orb, learned_steps=steps, match_indices=kf.tolist())

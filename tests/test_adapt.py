@@ -54,6 +54,12 @@ def test_adapt_splits_by_time_scores_and_writes_only_a_winner(recording, tmp_pat
     before = json.loads((out / "run" / "before.json").read_text())
     assert set(before["before"]) == {"rgb_pose", "rgb_only"}
     assert "starting model, validation CC" in proc.stdout
+    # colour-only poses: chosen on the training part, the better RGB-only CC of the starting model
+    choice = before["relative_pose"]
+    assert choice["start"] == "pnp" and set(choice["training_part_cc"]) == {"pnp", "pnp_or_essential"}
+    cc = choice["training_part_cc"]
+    assert choice["chosen"] == ("pnp_or_essential" if cc["pnp_or_essential"] > cc["pnp"] else "pnp")
+    assert "colour-only poses on the training part" in proc.stdout
     if (out / "adaptation.json").is_file():
         report = json.loads((out / "adaptation.json").read_text())
         assert report["won"] and (out / "ADAPTATION.md").is_file()
@@ -67,6 +73,9 @@ def test_adapt_splits_by_time_scores_and_writes_only_a_winner(recording, tmp_pat
         report = json.loads((out / "run" / "adaptation.json").read_text())
         assert not report["won"]
     assert report["steps"] >= 1 and report["peak_rss_mb"] < 3000
+    assert report["relative_pose"]["chosen"] == choice["chosen"]
+    if choice["chosen"] != "pnp":  # the node must be told
+        assert "set model.relative_pose: pnp_or_essential in the node's parameters" in proc.stdout
     assert report["niceness"] >= os.nice(0) + 10  # --nice 10 by default: a node beside it comes first
     if sys.platform.startswith("linux"):  # and SCHED_IDLE: a node thread that wakes preempts it at once
         assert report["scheduler"] == "idle"

@@ -15,10 +15,14 @@ the supervision.
    trained on (``DIR/data/{train,val}/``).
 2. The starting model (``--init``) is scored on the validation part in both modes with
    ``training/evaluate.py``'s protocol and baselines.
-3. It is fine-tuned on the training part until ``--minutes`` of training time are used (a
+3. Colour only: the way frame poses come from matches (``model.relative_pose``: PnP on the
+   predicted depth, or PnP or the essential matrix) is chosen on the *training* part, by the
+   starting model's RGB-only CC (``--relative-pose auto``); the adapted model is scored with it,
+   and the report says to set it in the node's parameters when it differs.
+4. It is fine-tuned on the training part until ``--minutes`` of training time are used (a
    progress bar; ``DIR/run/last.pt`` every ``training.save_every`` steps: run the same command
    again after a kill and it resumes with the time it has left).
-4. The adapted model is scored the same way. Only if its CC beats the starting model's (mean over
+5. The adapted model is scored the same way. Only if its CC beats the starting model's (mean over
    the modes, no mode worse) does it write ``DIR/checkpoint.pt``, ``DIR/adaptation.json`` and
    ``DIR/ADAPTATION.md``; otherwise it says so, writes no checkpoint, and exits 0.
 
@@ -40,6 +44,7 @@ from import_bag import add_import_arguments, import_keywords  # noqa: E402 (trai
 
 from vln_core.config import ConfigError, with_overrides  # noqa: E402
 from vln_core.errors import InputError  # noqa: E402
+from vln_core.geometry.two_view import RELATIVE_POSE_METHODS  # noqa: E402
 
 DEFAULT_STAGE = "multiview"
 DEFAULT_LEARNING_RATE = 1e-3
@@ -72,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE,
                    help=f"peak learning rate (default {DEFAULT_LEARNING_RATE:g}, the multi-view network's own training "
                         f"rate: at 1e-4 a few hundred steps hardly move it)")
+    p.add_argument("--relative-pose", default="auto", choices=("auto",) + RELATIVE_POSE_METHODS,
+                   help="colour only: how frame poses come from matches (model.relative_pose); auto (default): the "
+                        "method with the better RGB-only CC of the starting model on the training part")
     p.add_argument("--no-progress", action="store_true")
     add_import_arguments(p, color_required=False)
     return p
@@ -113,6 +121,25 @@ def prepare_recordings(args: argparse.Namespace, data_dir: Path) -> list[Path]:
     if len(set(names)) != len(names):
         raise InputError(f"recordings must have different folder names (they name the split folders): {names}")
     return folders
+
+
+def choose_relative_pose(model, requested: str, start: str, train_dirs: list[Path], cfg, constant_depth: float,
+                         modes: list[str]) -> dict:
+    """``model.relative_pose`` for the adapted model: ``requested``, or with ``auto`` the method with
+    the better RGB-only CC of the starting ``model`` on the training part (``start`` on a tie or
+    without ``rgb_only``). Returns ``{"start", "chosen", "training_part_cc": {method: CC}}``."""
+    from vln_core.train.adaptation import heatmap_cc, score_on_validation
+
+    if requested != "auto":
+        return {"start": start, "chosen": requested, "training_part_cc": {}}
+    if "rgb_only" not in modes:
+        return {"start": start, "chosen": start, "training_part_cc": {}}
+    print("choosing the colour-only pose method on the training part ...", flush=True)
+    cc = {method: heatmap_cc(score_on_validation(model, train_dirs, with_overrides(cfg, {"model.relative_pose": method}),
+                                                 constant_depth, ["rgb_only"]), "rgb_only")
+          for method in RELATIVE_POSE_METHODS}
+    best = max(cc, key=lambda m: (cc[m], m == start))
+    return {"start": start, "chosen": best, "training_part_cc": cc}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,15 +207,27 @@ def main(argv: list[str] | None = None) -> int:
         return cc, base
 
     before_path = out / "run" / "before.json"
-    if before_path.is_file():  # a resumed run scored the starting model already
-        saved = json.loads(before_path.read_text())
-        before, baselines = saved["before"], saved["baselines"]
+    start_pose = cfg.model.relative_pose
+    saved = json.loads(before_path.read_text()) if before_path.is_file() else {}  # a resumed run scored it already
+    if "relative_pose" in saved:
+        before, baselines, pose_choice = saved["before"], saved["baselines"], saved["relative_pose"]
     else:
         print(f"scoring the starting model {init} on the validation part ...", flush=True)
         before, baselines = scores(model)
+        pose_choice = choose_relative_pose(model, args.relative_pose, start_pose, [s.train_dir for s in splits],
+                                           cfg, constant_depth, modes)
+        if pose_choice["chosen"] != start_pose:  # what the pose method alone does, for the report
+            pose_choice["starting_model_validation_cc"] = heatmap_cc(score_on_validation(
+                model, [s.val_dir for s in splits], with_overrides(cfg, {"model.relative_pose": pose_choice["chosen"]}),
+                constant_depth, ["rgb_only"]), "rgb_only")
         before_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(before_path, json.dumps({"before": before, "baselines": baselines}))
+        atomic_write_text(before_path, json.dumps({"before": before, "baselines": baselines,
+                                                   "relative_pose": pose_choice}))
     print("starting model, validation CC: " + ", ".join(f"{m} {v:.3f}" for m, v in before.items()), flush=True)
+    cfg = with_overrides(cfg, {"model.relative_pose": pose_choice["chosen"]})
+    if pose_choice["training_part_cc"]:
+        print("colour-only poses on the training part (starting model, RGB-only CC): " + ", ".join(
+            f"{k} {v:.3f}" for k, v in pose_choice["training_part_cc"].items()) + f" -> {pose_choice['chosen']}", flush=True)
     del model
 
     try:
@@ -206,12 +245,15 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(), "niceness": os.nice(0), "scheduler": scheduler,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "validation_cc": {"before": before, "after": after, "change": gains}, "baselines": baselines, "won": won,
-        "validation_windows": windows,
+        "validation_windows": windows, "relative_pose": pose_choice,
     }
     table = describe_table(before, after, baselines)
     print(table)
     print(f"{steps} steps in {train_s / 60:.1f} min of training ({result['wall_seconds'] / 60:.1f} min in all), "
           f"peak RSS {result['peak_rss_mb']:.0f} MB")
+    if pose_choice["chosen"] != start_pose:
+        print(f"colour only: set model.relative_pose: {pose_choice['chosen']} in the node's parameters "
+              f"(the scores above use it; the starting model used {start_pose})")
     if not won:
         print(f"the adapted model does not beat the starting one on validation ({', '.join(f'{m} {g:+.3f}' for m, g in gains.items())}): "
               f"no checkpoint written (the run is in {out / 'run'})")
@@ -235,7 +277,21 @@ def _report(result: dict, table: str) -> str:
             f"## Validation heatmap CC (training/evaluate.py protocol)\n\n{result['validation_windows']['count']} windows "
             f"of {result['validation_windows']['frames']} frames at stride {result['validation_windows']['stride']} "
             f"on the held-out part (`model_net`: the networks without the match refinement; `classical`: ORB).\n\n"
-            f"{table}\n")
+            f"{table}\n{_pose_report(result['relative_pose'])}")
+
+
+def _pose_report(choice: dict) -> str:
+    """The colour-only pose method's paragraph of ADAPTATION.md."""
+    text = f"\n## Colour-only poses\n\n`model.relative_pose: {choice['chosen']}`"
+    if choice["training_part_cc"]:
+        text += (" (chosen on the training part by the starting model's RGB-only CC: "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in choice["training_part_cc"].items()) + ")")
+    if choice["chosen"] != choice["start"]:
+        text += (f". The starting model used `{choice['start']}`; with `{choice['chosen']}` alone it scores "
+                 f"{choice['starting_model_validation_cc']:.3f} RGB-only on validation. Set `model.relative_pose: "
+                 f"{choice['chosen']}` in the node's parameters: the figures above assume it")
+    return text + ".\n"
+
 
 
 if __name__ == "__main__":

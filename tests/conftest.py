@@ -27,6 +27,22 @@ def real_rgbd_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def sim_episode_224(tmp_path_factory):
+    """``(colors (N, H, W, 3), depth (N, H, W), T_wc (N, 4, 4), K)`` of a simulated 24-frame
+    episode at 224x224 (seed 8): the two-view geometry tests' scene."""
+    import numpy as np
+
+    from vln_core.config import load_config
+    from vln_core.data.episode import read_episode
+    from vln_core.sim.collect import generate_episode
+
+    out = tmp_path_factory.mktemp("sim_224") / "ep"
+    generate_episode(out, 8, load_config(None, ["sim.frames_per_episode=24", "sim.image_size=[224, 224]"]).sim)
+    seq = read_episode(out).load_all()
+    return seq.colors, seq.depths.astype(np.float64), seq.poses.astype(np.float64), seq.K.astype(np.float64)
+
+
+@pytest.fixture(scope="session")
 def onnx_export(tmp_path_factory) -> tuple[Path, str]:
     """``(folder, the CLI's stdout)``: the shipped checkpoint (``VLN_ONNX_TEST_CHECKPOINT``
     overrides it) exported once per session by export/export_onnx.py into a temporary folder.

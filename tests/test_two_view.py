@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from vln_core.config import load_config
 from vln_core.errors import InputError
 from vln_core.geometry.matching import orb_features, orb_matches, match_features
 from vln_core.geometry.two_view import essential_pose_from_matches, relative_pose_from_matches
@@ -26,15 +25,8 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    """``(colors (N, H, W, 3), depth (N, H, W), T_wc (N, 4, 4), K)`` of a simulated episode."""
-    from vln_core.data.episode import read_episode
-    from vln_core.sim.collect import generate_episode
-
-    out = tmp_path_factory.mktemp("sim") / "ep"
-    generate_episode(out, 8, load_config(None, ["sim.frames_per_episode=24", "sim.image_size=[224, 224]"]).sim)
-    seq = read_episode(out).load_all()
-    return seq.colors, seq.depths.astype(np.float64), seq.poses.astype(np.float64), seq.K.astype(np.float64)
+def sim(sim_episode_224):
+    return sim_episode_224
 
 
 @pytest.mark.parametrize("a, b", [(4, 8), (10, 16)])

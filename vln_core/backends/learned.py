@@ -219,6 +219,8 @@ class LearnedBackend(HeatmapBackend):
         info["last_update_mode"] = self.last_mode or "none yet"
         info["match_refinement"] = self.last_refinement or ("on" if self.refine else "off")
         info["depth_source"] = self.depth_source + (f" ({self.last_depth})" if self.last_depth else "")
+        if self.mode != "rgb_pose":  # colour only: how poses come from matches (model.relative_pose)
+            info["relative_pose"] = self.relative_pose
         info["heatmap_grid"] = f"video.frame_size {self.frame_size[0]}x{self.frame_size[1]} (HxW)"
         return info
 

@@ -20,8 +20,9 @@ scene leaves it badly conditioned (in simulation 1.6 deg median with a long tail
   a right depth pays depth moves. Used for the visual odometry that places the frames for the
   cost volume and for each keyframe's pose against the current frame.
 
-Measured (model card, "RGB-only poses"): ``pnp_or_essential`` lowers the real box's keyframe
-rotation error from 6.8 to 3.8 deg and raises its RGB-only CC; in simulation it loses 0.02 CC.
+Measured (model card, "RGB-only poses"; ``training/evaluate.py``, box 1 s): ``pnp_or_essential``
+lowers the real box's keyframe rotation error from 7.9 to 3.8 deg and raises its RGB-only CC from
+0.614 to 0.633; in simulation it loses 0.02 CC.
 ``training/adapt.py`` chooses between the two on a robot's own recording.
 
 Conventions as in :mod:`vln_core.geometry.matching`: pixels ``(u, v)``, ``K (3, 3)``,

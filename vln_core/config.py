@@ -230,9 +230,9 @@ class ModelConfig:
     multiview_sources: int = 3  # neighbouring frames per cost volume, chosen for parallax
     # RGB only: how a frame's pose against another comes from ORB matches and the predicted depth
     # (vln_core/geometry/two_view.py): "pnp" = PnP on the depth (chosen in simulation);
-    # "pnp_or_essential" = PnP or the depth-free essential matrix, whichever fits the matches and
-    # the depth better (better where the network's depth is wrong: real cameras it never saw;
-    # training/adapt.py chooses on the robot's own recording)
+    # "pnp_or_essential" = the depth-free essential matrix where it fits the matches and the depth
+    # clearly better than PnP (better where the network's depth is wrong: real cameras it never
+    # saw; training/adapt.py chooses on the robot's own recording)
     relative_pose: Literal["pnp", "pnp_or_essential"] = "pnp"
     # sizes of our own parts (ModelArchitecture fields for small/base/full, ReprojectionArchitecture
     # fields for embedded) replacing the registered configuration's: tiny models for tests and

@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(before_path, json.dumps({"before": before, "baselines": baselines,
                                                    "relative_pose": pose_choice}))
     print("starting model, validation CC: " + ", ".join(f"{m} {v:.3f}" for m, v in before.items()), flush=True)
+    # from here on scores() (which reads cfg when called) and training use the chosen pose method
     cfg = with_overrides(cfg, {"model.relative_pose": pose_choice["chosen"]})
     if pose_choice["training_part_cc"]:
         print("colour-only poses on the training part (starting model, RGB-only CC): " + ", ".join(

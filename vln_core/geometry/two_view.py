@@ -62,7 +62,7 @@ MAX_MATCH_COST = 9.0
 #: The depth moves tried along each ray: factors exp(-1.5) .. exp(1.5).
 _DEPTH_FACTORS = np.exp(np.linspace(-1.5, 1.5, 61))
 #: Triangulated points needed to give the essential matrix's translation the depth's scale.
-MIN_SCALE_POINTS = 5
+MIN_TRIANGULATED_FOR_SCALE = 5
 #: Sampson distance (pixels) of an essential-matrix inlier.
 ESSENTIAL_THRESHOLD_PX = 1.0
 #: ``pnp_or_essential`` takes the essential matrix's pose only where its cost is below this share of
@@ -108,7 +108,7 @@ def essential_pose_from_matches(pk: np.ndarray, pc: np.ndarray, depth_key: np.nd
     keep, z_unit, _ = triangulate_matches(pk[inliers], pc[inliers], Kd, T)
     z_pred = sample_depth(depth_key, pk[inliers])
     ok = keep & (z_pred > 0)
-    T[:3, 3] *= float(np.median(z_pred[ok] / z_unit[ok])) if ok.sum() >= MIN_SCALE_POINTS else 0.0
+    T[:3, 3] *= float(np.median(z_pred[ok] / z_unit[ok])) if ok.sum() >= MIN_TRIANGULATED_FOR_SCALE else 0.0
     return T, inliers
 
 

@@ -2,7 +2,8 @@
 """Adapt the model to a robot's own building from its RGB-D recordings, within a time budget.
 
     python training/adapt.py RECORDING... --out DIR [--minutes 15] [--init models/embedded/checkpoint.pt]
-        [--threads 1] [--nice 10] [--no-idle] [--val-fraction 0.3] [--modes rgb_pose,rgb_only] [key=value ...]
+        [--threads 1] [--nice 10] [--no-idle] [--val-fraction 0.3] [--modes rgb_pose,rgb_only]
+        [--relative-pose auto|pnp|pnp_or_essential] [key=value ...]
     python training/adapt.py run1/ --out adapted --color-topic /camera/color/image_raw \\
         --depth-topic /camera/depth/image_raw --odom-topic /odom          # a rosbag2 folder
 

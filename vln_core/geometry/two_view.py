@@ -14,7 +14,7 @@ scene leaves it badly conditioned (in simulation 1.6 deg median with a long tail
 
 * ``pnp`` (default; chosen on ``data/sim_val``): PnP alone, as before.
 * ``pnp_or_essential``: both, and the essential matrix's pose where it explains the matches and
-  the depth clearly better together (:func:`depth_prior_cost`, below ``ESSENTIAL_COST_RATIO`` of
+  the depth clearly better together (:func:`depth_prior_costs`, below ``ESSENTIAL_COST_RATIO`` of
   PnP's): each match may move its depth along the ray at a log-normal cost (the depth is a prior,
   not a constraint) and must land on its sighting in the current frame. A pose bent by wrong
   depths pays reprojection error where the depth is right; a pose that ignores a right depth pays
@@ -40,13 +40,19 @@ import cv2
 import numpy as np
 
 from vln_core.errors import InputError
-from vln_core.geometry.matching import MIN_MATCHES, pose_from_depth_matches, sample_depth, triangulate_matches
+from vln_core.geometry.matching import (
+    MIN_MATCHES,
+    lift_pixels,
+    pose_from_depth_matches,
+    sample_depth,
+    triangulate_matches,
+)
 
 __all__ = [
     "RELATIVE_POSE_METHODS",
     "ESSENTIAL_COST_RATIO",
     "essential_pose_from_matches",
-    "depth_prior_cost",
+    "depth_prior_costs",
     "relative_pose_from_matches",
 ]
 
@@ -112,25 +118,28 @@ def essential_pose_from_matches(pk: np.ndarray, pc: np.ndarray, depth_key: np.nd
     return T, inliers
 
 
-def depth_prior_cost(T_cur_key: np.ndarray, pk: np.ndarray, pc: np.ndarray, depth_key: np.ndarray,
-                     K: np.ndarray) -> float:
-    """How badly the pose ``T_cur_key (4, 4)`` explains the matches ``pk, pc (M, 2)`` given the
-    keyframe's predicted depth ``(H, W)``: over the matches with a depth, the sum of
+def depth_prior_costs(poses: list[np.ndarray], pk: np.ndarray, pc: np.ndarray, depth_key: np.ndarray,
+                      K: np.ndarray) -> list[float]:
+    """How badly each pose ``T_cur_key (4, 4)`` in ``poses`` explains the matches ``pk, pc (M, 2)``
+    given the keyframe's predicted depth ``(H, W)``: over the matches with a depth, the sum of
     ``min over z of (reprojection error / 1 px)^2 + (log(z / predicted) / LOG_DEPTH_SIGMA)^2``,
     each capped at ``MAX_MATCH_COST``. Lower is better; comparable between poses for the same
-    matches."""
+    matches. The matches are lifted along their rays once, for all the poses."""
     z = sample_depth(depth_key, pk)
     ok = z > 0
     if not ok.any():
-        return float("inf")
-    rays = (np.linalg.inv(K) @ np.vstack([pk[ok].T, np.ones(int(ok.sum()))])).T  # (M, 3)
-    points = rays[:, None, :] * (z[ok][:, None] * _DEPTH_FACTORS[None])[..., None]  # (M, F, 3)
-    cam = points @ T_cur_key[:3, :3].T + T_cur_key[:3, 3]
-    front = cam[..., 2] > 1e-3
-    uv = (cam @ K.T)[..., :2] / np.where(front, cam[..., 2], 1.0)[..., None]
-    reprojection = ((uv - pc[ok][:, None, :]) ** 2).sum(-1) / REPROJECTION_SIGMA_PX ** 2
-    cost = np.where(front, reprojection, np.inf) + (np.log(_DEPTH_FACTORS)[None] / LOG_DEPTH_SIGMA) ** 2
-    return float(np.minimum(cost.min(axis=1), MAX_MATCH_COST).sum())
+        return [float("inf")] * len(poses)
+    points = lift_pixels(pk[ok], z[ok], K)[:, None, :] * _DEPTH_FACTORS[None, :, None]  # (M, F, 3)
+    depth_moves = (np.log(_DEPTH_FACTORS)[None] / LOG_DEPTH_SIGMA) ** 2
+    costs = []
+    for T_cur_key in poses:
+        cam = points @ T_cur_key[:3, :3].T + T_cur_key[:3, 3]
+        front = cam[..., 2] > 1e-3
+        uv = (cam @ K.T)[..., :2] / np.where(front, cam[..., 2], 1.0)[..., None]
+        reprojection = ((uv - pc[ok][:, None, :]) ** 2).sum(-1) / REPROJECTION_SIGMA_PX ** 2
+        cost = np.where(front, reprojection, np.inf) + depth_moves
+        costs.append(float(np.minimum(cost.min(axis=1), MAX_MATCH_COST).sum()))
+    return costs
 
 
 def relative_pose_from_matches(pk: np.ndarray, pc: np.ndarray, depth_key: np.ndarray, K: np.ndarray,
@@ -151,6 +160,5 @@ def relative_pose_from_matches(pk: np.ndarray, pc: np.ndarray, depth_key: np.nda
     essential = essential_pose_from_matches(pk, pc, depth_key, K)
     if essential[0] is None:
         return pnp
-    Kd = K.astype(np.float64)
-    cost_pnp = depth_prior_cost(pnp[0], pk, pc, depth_key, Kd)
-    return essential if depth_prior_cost(essential[0], pk, pc, depth_key, Kd) < ESSENTIAL_COST_RATIO * cost_pnp else pnp
+    cost_pnp, cost_essential = depth_prior_costs([pnp[0], essential[0]], pk, pc, depth_key, K.astype(np.float64))
+    return essential if cost_essential < ESSENTIAL_COST_RATIO * cost_pnp else pnp

@@ -421,6 +421,8 @@ def test_finetune_and_evaluate_clis(episodes_root, tmp_path):
     assert pose_mode["uniform"]["kl"] > 0.05 and 0 <= pose_mode["model"]["auc_judd"] <= 1
     assert result["num_windows"] == 4  # (these 10-frame episodes have no window with a full 2 s future)
     assert len(result["panels"]) == 2 and all(Path(p).is_file() for p in result["panels"])
+    assert len(result["depth_panels"]) == 2 and all(Path(p).is_file() for p in result["depth_panels"])
+    assert "keyframes answered" in (report / "report.txt").read_text()
     assert "model CC as a fraction of the oracle" in (report / "report.txt").read_text()
     missing = _run("training/evaluate.py", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "e2"),
                    "--constant-depth", "2.0")

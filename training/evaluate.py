@@ -10,7 +10,8 @@ Modes: ``rgb_pose`` (colour + known poses) and ``rgb_only`` (colour only). Metho
 constant depth (known poses), a classical ORB baseline (triangulation with known poses /
 RANSAC homography), uniform, centre Gaussian, identity and the oracle (true depth and poses =
 the ground truth). Writes ``eval.json``, ``report.txt`` and PNG panels (current frame, each
-keyframe, true and predicted heatmaps) to ``--out``; prints the tables. Without ``--checkpoint``
+keyframe, true and predicted heatmaps; and the model's depth against the true depth, to see where
+depth goes wrong) to ``--out``; prints the tables. Without ``--checkpoint``
 only the baselines are scored. See ``vln_core/train/evaluation.py`` for the protocol.
 """
 from __future__ import annotations
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "eval.json", json.dumps(result, indent=2))
     atomic_write_text(out / "report.txt", report + "\n")
-    print(f"wrote {out / 'eval.json'}, {out / 'report.txt'} and {len(result['panels'])} panels")
+    print(f"wrote {out / 'eval.json'}, {out / 'report.txt'}, {len(result['panels'])} heatmap panels and "
+          f"{len(result['depth_panels'])} depth-error panels")
     return 0
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from vln_core.errors import InputError
 
-__all__ = ["colorize_heatmap", "blend_heatmap", "overlay_mosaic", "HIDDEN_COLOR", "ARROW_COLOR"]
+__all__ = ["colorize_heatmap", "blend_heatmap", "overlay_mosaic", "depth_error_panel", "HIDDEN_COLOR", "ARROW_COLOR"]
 
 #: RGB colour of hidden (occluded) mass: hatching and contour.
 HIDDEN_COLOR = (255, 0, 255)
@@ -336,3 +336,48 @@ def overlay_mosaic(
         cv2.putText(legend, text, (x, legend_h // 2 + int(6 * legend_scale)), _FONT, legend_scale, color, 1, cv2.LINE_AA)
         x += cv2.getTextSize(text, _FONT, legend_scale, 1)[0][0] + 20
     return np.concatenate([mosaic, legend], axis=0)
+
+
+#: |log(predicted / true depth)| at which the depth-error tile saturates (a factor of about 1.65).
+DEPTH_ERROR_SATURATION = 0.5
+
+
+def depth_error_panel(rgb: Any, true_depth: Any, pred_depth: Any, label: str = "") -> np.ndarray:
+    """One row of four tiles: the image, the true depth, the predicted depth (both viridis, near
+    dark, on the true depth's 2-98 % range) and the error ``log(predicted / true)``: blue where the
+    prediction is too near, red where too far, white where right, grey where the truth has no
+    measurement. Where depth is wrong is where the heatmaps go wrong.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8; true_depth / pred_depth: ``(H, W)`` metres (true 0 = unmeasured).
+        label: drawn on the image tile.
+
+    Returns:
+        ``(H, 4 W, 3)`` uint8 RGB.
+    """
+    image = _check_rgb(rgb, "rgb").copy()
+    true = np.nan_to_num(_to_numpy(true_depth).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    pred = np.nan_to_num(_to_numpy(pred_depth).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if true.shape != image.shape[:2] or pred.shape != image.shape[:2]:
+        raise InputError(f"depth maps {true.shape} / {pred.shape} must match the image {image.shape[:2]}")
+    measured = true > 0
+    lo, hi = (np.percentile(true[measured], [2, 98]) if measured.any() else (0.0, 1.0))
+    hi = max(hi, lo + 1e-3)
+
+    def coloured(d: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        n = np.clip((d - lo) / (hi - lo), 0.0, 1.0)
+        tile = cv2.cvtColor(cv2.applyColorMap((n * 255 + 0.5).astype(np.uint8), cv2.COLORMAP_VIRIDIS), cv2.COLOR_BGR2RGB)
+        tile[~mask] = 96
+        return tile
+
+    both = measured & (pred > 0)
+    ratio = np.zeros_like(true)
+    ratio[both] = np.clip(np.log(pred[both] / true[both]) / DEPTH_ERROR_SATURATION, -1.0, 1.0)
+    error = np.full(image.shape, 255, np.uint8)
+    error[..., 0] = np.where(ratio < 0, 255 * (1 + ratio), 255).astype(np.uint8)  # too near: blue
+    error[..., 1] = (255 * (1 - np.abs(ratio))).astype(np.uint8)
+    error[..., 2] = np.where(ratio > 0, 255 * (1 - ratio), 255).astype(np.uint8)  # too far: red
+    error[~both] = 96
+    if label:
+        _text_box(image, label, (4, 14), 0.4)
+    return np.concatenate([image, coloured(true, measured), coloured(pred, pred > 0), error], axis=1)

@@ -24,7 +24,10 @@ reports without overlap is scored as a uniform map (an honest "don't know").
 Metrics (means over keyframes): maps over keyframes with true overlap -- KL, CC, SIM, NSS,
 AUC-Judd, peak and centroid distance (px); shares over keyframes with depth -- in-view and hidden
 fraction absolute error; bearing error (degrees) over keyframes with >= 5 % out of view where the
-method gives a bearing (its coverage is reported); depth AbsRel / delta<1.25 over the keyframes
+method gives a bearing (its coverage is reported); per method, the share of keyframes with true
+overlap it ``answered`` (a map, not "no overlap"), ``cc_all`` (CC with an unanswered keyframe as 0,
+since CC above skips them) and ``cc_where_classical_answers`` (CC per keyframe on the keyframes the
+classical baseline answers: the like-for-like comparison with it); depth AbsRel / delta<1.25 over the keyframes
 and current frame (model, constant depth); relative pose rotation (deg) / translation (m) errors
 of the keyframes (mode 3); waypoints ADE/FDE against constant velocity; the goal heatmap's peak
 within ``GOAL_HIT_RADIUS`` of the goal's projection against a centre prior.
@@ -39,6 +42,7 @@ import cv2
 import numpy as np
 import torch
 
+from vln_core.atomic import atomic_write_bytes
 from vln_core.baselines import (
     classical_heatmaps_homography,
     classical_heatmaps_known_pose,
@@ -50,7 +54,7 @@ from vln_core.config import VLNConfig
 from vln_core.geometry.matching import orb_features
 from vln_core.models.window_geometry import window_geometry
 from vln_core.heatmaps import InterFrameHeatmaps, heatmaps_from_config, predicted_depth_config
-from vln_core.metrics import ade, centroid_distance_px, fde, heatmap_metrics
+from vln_core.metrics import ade, centroid_distance_px, correlation_coefficient, fde, heatmap_metrics
 
 __all__ = [
     "MODES",
@@ -236,8 +240,13 @@ def _score(methods: dict[str, InterFrameHeatmaps], oracle: InterFrameHeatmaps, a
     oov = oracle.out_of_view_fraction >= BEARING_MIN_FRACTION
     H, W = gt.shape[-2:]
     uniform = torch.full((H, W), 1.0 / (H * W))
+    preds = {name: torch.where(hm.has_overlap.bool()[:, None, None], hm.heatmap.float(), uniform)
+             for name, hm in methods.items()}
+    # per keyframe with true overlap: NaN where a method gives no map (a uniform map correlates with nothing)
+    cc_k = {name: correlation_coefficient(pred[overlap], gt[overlap]) for name, pred in preds.items()}
+    classical_answers = torch.isfinite(cc_k["classical"]) if "classical" in cc_k else None
     for name, hm in methods.items():
-        pred = torch.where(hm.has_overlap.bool()[:, None, None], hm.heatmap.float(), uniform)
+        pred = preds[name]
         m = acc.setdefault(name, _Mean())
         if overlap.any():
             scores = heatmap_metrics(pred, gt, overlap)
@@ -245,6 +254,11 @@ def _score(methods: dict[str, InterFrameHeatmaps], oracle: InterFrameHeatmaps, a
             for metric in ("kl", "cc", "sim", "nss", "auc_judd", "peak_distance_px"):
                 m.add(metric, [scores[metric]] * n)
             m.add("centroid_distance_px", centroid_distance_px(pred[overlap], gt[overlap]))
+            answered = torch.isfinite(cc_k[name])
+            m.add("answered", answered.double())
+            m.add("cc_all", torch.where(answered, cc_k[name], torch.zeros_like(cc_k[name])))
+            if classical_answers is not None:
+                m.add("cc_where_classical_answers", cc_k[name][classical_answers])
         if has_depth.any():
             m.add("in_view_fraction_error", (hm.in_view_fraction.float() - oracle.in_view_fraction.float())[has_depth].abs())
             m.add("hidden_fraction_error", (hm.occluded_fraction.float() - oracle.occluded_fraction.float())[has_depth].abs())
@@ -283,6 +297,25 @@ def _panel(sample: dict[str, Any], mode: str, methods: dict[str, InterFrameHeatm
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows), cv2.COLOR_RGB2BGR))
 
 
+def _depth_panel(sample: dict[str, Any], depth: torch.Tensor, mode: str, path: Path) -> None:
+    """The model's depth ``(N, H, W)`` against the true depth, for the current frame and the oldest
+    keyframe (:func:`vln_core.viz.depth_error_panel`)."""
+    from vln_core.viz import depth_error_panel
+
+    last = len(sample["frames"]) - 1
+    rows = []
+    for i, name in ((last, f"current, {mode}"), (int(sample["keyframe_indices"][0]), f"kf {int(sample['keyframe_indices'][0]) - last:+d}")):
+        rgb = (sample["frames"][i].permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        rows.append(depth_error_panel(rgb, sample["depth"][i].numpy(), depth[i].numpy(), name))
+    bar = np.zeros((28, rows[0].shape[1], 3), np.uint8)
+    cv2.putText(bar, "image | true depth | model depth | model / true (blue: too near, red: too far)", (8, 20),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.concatenate([bar] + rows), cv2.COLOR_RGB2BGR))
+    if ok:
+        atomic_write_bytes(path, png.tobytes())
+
+
 @torch.no_grad()
 def evaluate_windows(model: Optional[torch.nn.Module], dataset: Any, indices: Sequence[int], cfg: VLNConfig,
                      constant_depth_m: float, modes: Sequence[str] = MODES, panel_dir: Optional[Path] = None,
@@ -312,6 +345,7 @@ def evaluate_windows(model: Optional[torch.nn.Module], dataset: Any, indices: Se
     way = {"model": _Mean(), "constant_velocity": _Mean(), "stand_still": _Mean()}
     goal = {"model": _Mean(), "center": _Mean()}
     panels: list[str] = []
+    depth_panels: list[str] = []
     num_keyframes = 0
     if model is not None:
         model.eval()
@@ -365,6 +399,10 @@ def evaluate_windows(model: Optional[torch.nn.Module], dataset: Any, indices: Se
                 path = Path(panel_dir) / f"window_{n:03d}_{mode}.png"
                 _panel(sample, mode, methods, path)
                 panels.append(str(path))
+                if "depth" in extras:
+                    path = Path(panel_dir) / f"window_{n:03d}_{mode}_depth.png"
+                    _depth_panel(sample, extras["depth"], mode, path)
+                    depth_panels.append(str(path))
         # waypoints and goal (independent of the mode: the current frame, instruction and past motion)
         full = bool(sample["waypoint_mask"].all())
         past = sample["past_trajectory"][None]
@@ -411,6 +449,7 @@ def evaluate_windows(model: Optional[torch.nn.Module], dataset: Any, indices: Se
         "waypoints": {k: v.result() for k, v in way.items() if v.result()},
         "goal": {k: {**v.result(), "windows": v.counts.get("hit_rate", 0)} for k, v in goal.items() if v.result()},
         "panels": panels,
+        "depth_panels": depth_panels,
     }
     for mode in modes:
         entry = {"heatmap": {name: heat[mode][name].result() for name in MODE_METHODS[mode] if name in heat[mode]},
@@ -438,6 +477,13 @@ def format_report(result: dict[str, Any], title: str = "") -> str:
         lines.append(f"  {'method':<15}" + "".join(f"{c:>12}" for c in short))
         for name, values in entry["heatmap"].items():
             lines.append(f"  {name:<15}" + "".join(f"{values.get(c, float('nan')):>12.3f}" for c in cols))
+        answered = {name: v for name, v in entry["heatmap"].items() if "answered" in v and name in ("model", "classical")}
+        if len(answered) == 2:
+            model, classical = answered["model"], answered["classical"]
+            lines.append(f"  keyframes answered: model {model['answered']:.0%}, classical {classical['answered']:.0%} | "
+                         f"CC, no answer as 0: model {model['cc_all']:.3f}, classical {classical['cc_all']:.3f} | "
+                         f"on the keyframes classical answers: model {model.get('cc_where_classical_answers', float('nan')):.3f}, "
+                         f"classical {classical.get('cc_where_classical_answers', float('nan')):.3f}")
         for name, values in entry["depth"].items():
             by_range = "  ".join(
                 f"{_range_name(lo, hi)} {values[f'abs_rel@{_range_name(lo, hi)}']:.3f}/"

@@ -159,3 +159,20 @@ def test_the_real_evaluation_set_is_refused_but_for_the_issues_split(tmp_path):
     proc = _adapt(str(evaluation_set), "--out", str(tmp_path / "o"), "--minutes", "0.1")
     assert proc.returncode == 2 and "evaluation set" in proc.stderr and "--val-fraction 0.4" in proc.stderr, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and not (tmp_path / "o").exists()
+
+
+def test_a_stall_costs_its_time_once_and_does_not_end_the_schedule():
+    from vln_core.train.adaptation import planned_max_steps
+
+    # 30 steps at 0.8 s, and the node took the cores for 20 s once: 44 s for 30 steps
+    steady = planned_max_steps(30, 30, 24.0, 500.0, cap=100000)
+    stalled = planned_max_steps(30, 30, 44.0, 500.0, cap=100000)
+    assert steady == 30 + int(500.0 / 0.8)
+    assert 30 + 300 < stalled < steady  # slower planned, not cut to a few steps
+    # re-planned after the next steady chunk, the stall weighs less and the schedule grows back
+    later = planned_max_steps(60, 60, 44.0 + 24.0, 476.0, cap=100000)
+    assert later > stalled
+    # a machine that stays slow gets a short schedule; the bounds hold
+    assert planned_max_steps(30, 30, 300.0, 100.0, cap=100000) == 40
+    assert planned_max_steps(30, 30, 24.0, 0.0, cap=100000) == 31
+    assert planned_max_steps(30, 30, 24.0, 500.0, cap=200) == 200

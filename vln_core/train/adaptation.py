@@ -118,6 +118,16 @@ class AdaptationResult:
     splits: list[SplitRecording] = field(default_factory=list)
 
 
+def planned_max_steps(step: int, steps_timed: int, seconds_timed: float, seconds_left: float, cap: int) -> int:
+    """The step the learning-rate schedule should end at: ``step`` plus the steps that fit in
+    ``seconds_left`` at the mean time per step so far (``seconds_timed`` over ``steps_timed`` steps
+    of this process), within ``[step + 1, cap]``. A mean over the whole run, re-planned after each
+    chunk: a stall (the robot's node taking the cores, which this process yields to) costs its
+    time once, and does not end the schedule as if every later step would stall too."""
+    per_step = seconds_timed / max(steps_timed, 1)
+    return int(min(cap, max(step + 1, step + int(seconds_left / max(per_step, 1e-3)))))
+
+
 def train_within_budget(cfg: VLNConfig, seconds: float, progress: bool = True,
                         log: Callable[[str], None] = print) -> tuple[torch.nn.Module, int, float]:
     """Fine-tune as ``cfg.training`` says, from ``output_dir/last.pt`` when a killed run left one,
@@ -134,20 +144,23 @@ def train_within_budget(cfg: VLNConfig, seconds: float, progress: bool = True,
     if trainer.resumed_from is not None:
         log(f"resuming from {trainer.resumed_from} at step {trainer.step} ({used:.0f} s of the budget used)")
     tc = cfg.training
+    cap = tc.max_steps
     probe = 5
+    first_step, timed = trainer.step, 0.0
     try:
         while used < seconds:
             chunk_target = trainer.step + (probe if trainer.step < probe else tc.save_every)
             start = time.monotonic()
             records = trainer.fit(max_steps=min(chunk_target, tc.max_steps))
-            used += time.monotonic() - start
+            elapsed = time.monotonic() - start
+            used += elapsed
+            timed += elapsed
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(state_path, json.dumps({"train_seconds": used, "step": trainer.step}))
             if not records or trainer.step >= tc.max_steps:
                 break
-            per_step = float(np.median([r.seconds for r in records]))
             # the cosine schedule ends where the time runs out (tc is read by the scheduler at each step)
-            tc.max_steps = max(trainer.step + 1, min(tc.max_steps, trainer.step + int((seconds - used) / max(per_step, 1e-3))))
+            tc.max_steps = planned_max_steps(trainer.step, trainer.step - first_step, timed, seconds - used, cap)
     finally:
         trainer.close()
     return trainer.model, trainer.step, used

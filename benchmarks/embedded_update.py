@@ -51,6 +51,8 @@ def _run_one(args: argparse.Namespace) -> dict:
     overrides = [f"node.learned_mode={args.mode}", f"video.total_frames={N}", f"video.keyframes={Nk}",
                  f"video.frame_size=[{H}, {W}]", f"model.match_refinement={str(not args.no_refinement).lower()}",
                  f"model.relative_pose={args.relative_pose}"]
+    if args.depth_spread is not None:
+        overrides.append(f"heatmap.predicted_depth_spread={args.depth_spread}")
     if args.checkpoint:
         overrides.append(f"node.model_path={args.checkpoint}")
     cfg = load_config(None, overrides)
@@ -108,6 +110,8 @@ def main() -> int:
     parser.add_argument("--no-refinement", action="store_true", help="model.match_refinement=false (networks alone)")
     parser.add_argument("--relative-pose", default="pnp", choices=("pnp", "pnp_or_essential"),
                         help="model.relative_pose: how RGB-only poses come from matches (default pnp)")
+    parser.add_argument("--depth-spread", type=float, default=None,
+                        help="heatmap.predicted_depth_spread (default: the config's; 0: maps at the depth as given)")
     parser.add_argument("--mode", choices=("rgb_pose", "rgb_only"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
@@ -115,7 +119,7 @@ def main() -> int:
         return 0
     print(f"embedded model update: N_m={args.frames}, N_k={args.keyframes}, {args.size[0]}x{args.size[1]}, batch 1, "
           f"{args.threads} threads, median of {args.repeats}, match refinement {'off' if args.no_refinement else 'on'}, "
-          f"relative pose {args.relative_pose}")
+          f"relative pose {args.relative_pose}, depth spread {'default' if args.depth_spread is None else args.depth_spread}")
     targets = {"rgb_pose": 100.0, "rgb_only": 150.0}  # streaming update targets (issue 15)
     for mode in ("rgb_pose", "rgb_only"):
         cmd = [sys.executable, __file__, "--mode", mode, "--frames", str(args.frames), "--keyframes", str(args.keyframes),
@@ -123,6 +127,8 @@ def main() -> int:
                "--relative-pose", args.relative_pose]
         if args.no_refinement:
             cmd.append("--no-refinement")
+        if args.depth_spread is not None:
+            cmd += ["--depth-spread", str(args.depth_spread)]
         if args.checkpoint:
             cmd += ["--checkpoint", args.checkpoint]
         done = subprocess.run(cmd, capture_output=True, text=True)

@@ -422,3 +422,47 @@ def test_viz_mosaic_of_an_empty_heatmap_with_overlap_draws_without_a_runtime_war
         warnings.simplefilter("error")
         mosaic = overlay_mosaic(rgb, res, ["kf 1", "kf 2", "kf 3"], columns=3)
     assert mosaic.dtype == np.uint8 and mosaic.ndim == 3
+
+
+def test_depth_spread_is_the_expected_landing_over_three_depths():
+    """A keyframe 0.4 m to the side of the current camera sees a strip of wall 2 m ahead; its
+    points land shifted by fx * 0.4 / z. Spread over log-depth sigma, the map is the 1/6, 2/3, 1/6 mixture of
+    the maps at depth * exp(-+sqrt(3) sigma) (splat and blur are linear); the shares are the
+    depth's as given."""
+    sigma = 0.15
+    factor = math.exp(math.sqrt(3.0) * sigma)
+    key_T = make_pose(np.eye(3), [0.4, 0.0, 0.0])[None]
+    depth = torch.zeros((1, H, W), dtype=torch.float64)
+    depth[:, :, 20:24] = 2.0  # a vertical strip: lands 11 px to the right at 2 m, 8-14 px at the spread depths
+    common = dict(sigma_px=1.5, adaptive_sigma=False)
+
+    def at(d, spread=0.0):
+        return frame_indexed_heatmaps(d, K64, key_T, K64, EYE, (H, W), None, depth_spread=spread, **common)
+
+    spread = at(depth, sigma)
+    single = [at(depth), at(depth / factor), at(depth * factor)]
+    assert all(float(m.in_view_fraction[0]) == 1.0 for m in single)  # all inside: equal masses
+    mixture = 2 / 3 * single[0].heatmap + 1 / 6 * single[1].heatmap + 1 / 6 * single[2].heatmap
+    assert torch.allclose(spread.heatmap, mixture, atol=1e-9)
+    assert float(spread.heatmap.sum()) == pytest.approx(1.0)
+    # the mass moves along the epipolar line (here the image rows), not across it
+    cols = torch.arange(W, dtype=torch.float64)
+    col_var = lambda m: float((m.sum(dim=-2)[0] * (cols - (m.sum(dim=-2)[0] * cols).sum()) ** 2).sum())
+    rows = torch.arange(H, dtype=torch.float64)
+    row_var = lambda m: float((m.sum(dim=-1)[0] * (rows - (m.sum(dim=-1)[0] * rows).sum()) ** 2).sum())
+    assert col_var(spread.heatmap) > col_var(single[0].heatmap) + 2.0
+    assert row_var(spread.heatmap) == pytest.approx(row_var(single[0].heatmap), rel=1e-6)
+    for name in ("in_view_fraction", "occluded_fraction", "out_of_view_fraction", "has_overlap", "num_valid"):
+        assert torch.equal(getattr(spread, name), getattr(single[0], name))
+    with pytest.raises(InputError, match="depth_spread"):
+        at(depth, -0.1)
+
+
+def test_predicted_depth_config_spreads_only_predicted_depth():
+    from vln_core.heatmaps import predicted_depth_config
+
+    cfg = load_config(None, [])
+    assert cfg.heatmap.depth_spread == 0.0  # the ground truth is exact
+    assert predicted_depth_config(cfg.heatmap).depth_spread == cfg.heatmap.predicted_depth_spread > 0
+    with pytest.raises(Exception, match="predicted_depth_spread"):
+        load_config(None, ["heatmap.predicted_depth_spread=1.5"])

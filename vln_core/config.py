@@ -98,6 +98,9 @@ class HeatmapConfig:
     predicted_occlusion_margin_rel: float = 0.25  # chosen on data/sim_val (seeds 400000+), not the eval sets
     min_overlap_fraction: float = 1e-3  # below this fraction landing in view: no overlap, zero map
     adaptive_sigma: bool = True  # widen the blur where keyframe samples land sparser than the grid
+    depth_spread: float = 0.0  # std of log keyframe depth the maps spread over (0: exact, the ground truth)
+    # ... where the depth is predicted (the learned modes): the maps are the expected landing
+    predicted_depth_spread: float = 0.16  # chosen on data/sim_val (seeds 400000+), not the eval sets
 
     def validate(self, key: str) -> None:
         if self.sigma_px < 0:
@@ -110,6 +113,9 @@ class HeatmapConfig:
                 f"must be >= 0, got {self.occlusion_margin_m}, {self.occlusion_margin_rel}, "
                 f"{self.predicted_occlusion_margin_rel}"
             )
+        if not 0 <= self.depth_spread < 1 or not 0 <= self.predicted_depth_spread < 1:
+            raise ConfigError(f"{key}.depth_spread and {key}.predicted_depth_spread must be in [0, 1), got "
+                              f"{self.depth_spread} and {self.predicted_depth_spread}")
         if not 0 <= self.min_overlap_fraction <= 1:
             raise ConfigError(f"{key}.min_overlap_fraction must be in [0, 1], got {self.min_overlap_fraction}")
 

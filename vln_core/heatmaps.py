@@ -293,6 +293,7 @@ def frame_indexed_heatmaps(
     occlusion_margin_rel: float = 0.02,
     min_overlap_fraction: float = NO_OVERLAP_FRACTION,
     adaptive_sigma: bool = True,
+    depth_spread: float = 0.0,
 ) -> InterFrameHeatmaps:
     """Heatmaps over the current image of where each keyframe's depth content lands.
 
@@ -317,6 +318,12 @@ def frame_indexed_heatmaps(
             k's samples that land in view (``stride * (f_c / f_k) * (z_k / z_c)``). When the current camera is much closer
             to a surface than the keyframe was, its samples land sparser than the grid and a
             fixed sigma draws a lattice of dots instead of a surface.
+        depth_spread: standard deviation of ``log(key_depth)`` (0: the depth is exact, as for the
+            ground truth). Predicted depth is uncertain, and where a point lands moves along its
+            epipolar line with its depth: each point is then also splatted at
+            ``exp(+-sqrt(3) depth_spread)`` times its depth, weights 1/6, 2/3, 1/6 (three-point
+            Gauss-Hermite), so the map is the expected landing. Only the maps spread; the
+            fractions, the bearing and ``has_overlap`` come from the depth as given.
 
     Returns:
         :class:`InterFrameHeatmaps` on ``key_depth``'s device, float32 unless the depth is float64.
@@ -324,10 +331,11 @@ def frame_indexed_heatmaps(
     key_depth = as_float_tensor(key_depth)
     if key_depth.dim() != 3:
         raise InputError(f"key_depth must have shape (K, h, w), got {tuple(key_depth.shape)}")
-    if sigma_px < 0 or occlusion_margin_m < 0 or occlusion_margin_rel < 0:
+    if sigma_px < 0 or occlusion_margin_m < 0 or occlusion_margin_rel < 0 or not 0 <= depth_spread < 1:
         raise InputError(
-            f"sigma_px and occlusion margins must be >= 0, got sigma_px={sigma_px}, "
-            f"occlusion_margin_m={occlusion_margin_m}, occlusion_margin_rel={occlusion_margin_rel}"
+            f"sigma_px and occlusion margins must be >= 0 and depth_spread in [0, 1), got sigma_px={sigma_px}, "
+            f"occlusion_margin_m={occlusion_margin_m}, occlusion_margin_rel={occlusion_margin_rel}, "
+            f"depth_spread={depth_spread}"
         )
     num_key = key_depth.shape[0]
     dtype, device = key_depth.dtype, key_depth.device
@@ -350,30 +358,36 @@ def frame_indexed_heatmaps(
     P = cur_K[None] @ T_ck[:, :3, :]  # (K, 3, 4) projection of keyframe-camera points into c
     X, Y, Z = points_k.unbind(-1)  # (K, N) each
 
-    def row(M: torch.Tensor, i: int) -> torch.Tensor:
-        # elementwise 3x4 row times [X, Y, Z, 1]: much faster than a matmul with inner size 3
-        return M[:, i, 0, None] * X + M[:, i, 1, None] * Y + M[:, i, 2, None] * Z + M[:, i, 3, None]
+    def linear(M: torch.Tensor, i: int) -> torch.Tensor:
+        # elementwise 3x3 row times [X, Y, Z]: much faster than a matmul with inner size 3
+        return M[:, i, 0, None] * X + M[:, i, 1, None] * Y + M[:, i, 2, None] * Z
 
-    x, z = row(T_ck, 0), row(T_ck, 2)  # current optical frame
-    in_front = valid & (z > MIN_POSITIVE_DEPTH_M)
-    w_proj = row(P, 2)  # equals z for a pinhole K with last row (0, 0, 1)
-    safe_w = torch.where(in_front, w_proj, torch.ones_like(w_proj))
-    u = row(P, 0) / safe_w
-    v = row(P, 1) / safe_w
-    inside = in_front & (u >= -0.5) & (u < W - 0.5) & (v >= -0.5) & (v < H - 0.5)
-
+    rows = {name: (linear(M, i), M[:, i, 3, None]) for name, (M, i) in
+            {"x": (T_ck, 0), "z": (T_ck, 2), "u": (P, 0), "v": (P, 1), "w": (P, 2)}.items()}
     if cur_depth is not None:
         cur_depth = as_float_tensor(cur_depth, dtype, device)
         if cur_depth.shape != (H, W):
             raise InputError(f"cur_depth must have shape cur_size {(H, W)}, got {tuple(cur_depth.shape)}")
+
+    def land(f: float) -> tuple[torch.Tensor, ...]:
+        """``(x, z, u, v, inside, hidden)`` of the keyframe points at ``f`` times their depth."""
+        x, z, w_proj = (f * rows[n][0] + rows[n][1] for n in ("x", "z", "w"))  # w equals z for a pinhole K
+        in_front = valid & (z > MIN_POSITIVE_DEPTH_M)
+        safe_w = torch.where(in_front, w_proj, torch.ones_like(w_proj))
+        u = (f * rows["u"][0] + rows["u"][1]) / safe_w
+        v = (f * rows["v"][0] + rows["v"][1]) / safe_w
+        inside = in_front & (u >= -0.5) & (u < W - 0.5) & (v >= -0.5) & (v < H - 0.5)
+        if cur_depth is None:
+            return x, z, u, v, inside, torch.zeros_like(inside)
         ui = torch.round(u).clamp(0, W - 1).long()
         vi = torch.round(v).clamp(0, H - 1).long()
         ui = torch.where(inside, ui, torch.zeros_like(ui))
         vi = torch.where(inside, vi, torch.zeros_like(vi))
         d_c = cur_depth.reshape(-1)[vi * W + ui]
         hidden = inside & valid_depth_mask(d_c) & (z > d_c + occlusion_margin_m + occlusion_margin_rel * z)
-    else:
-        hidden = torch.zeros_like(inside)
+        return x, z, u, v, inside, hidden
+
+    x, z, u, v, inside, hidden = land(1.0)
     out_of_view = valid & ~inside
 
     def mass(mask: torch.Tensor) -> torch.Tensor:
@@ -392,11 +406,16 @@ def frame_indexed_heatmaps(
     # splat all inside points and the hidden ones in one pass, blur, share the normaliser
     # (without current depth nothing is hidden: skip the second channel)
     zero = torch.zeros_like(weight)
-    channels = [torch.where(inside, weight, zero)]
+    landings = [(1.0, u, v, inside, hidden)]
+    if depth_spread > 0:  # the depth's uncertainty along each point's ray (see the docstring)
+        step = math.exp(math.sqrt(3.0) * depth_spread)
+        landings = [(2.0 / 3.0, u, v, inside, hidden)] + [(1.0 / 6.0, *land(f)[2:]) for f in (1.0 / step, step)]
+    channels = [torch.cat([torch.where(ins, weight * share, zero) for share, _, _, ins, _ in landings], dim=-1)]
     if cur_depth is not None:
-        channels.append(torch.where(hidden, weight, zero))
-    weights = torch.stack(channels)  # (C, K, N)
-    raw = splat_bilinear(torch.stack([u, v], dim=-1), weights, (H, W)).reshape(len(channels) * num_key, H, W)
+        channels.append(torch.cat([torch.where(hid, weight * share, zero) for share, _, _, _, hid in landings], dim=-1))
+    weights = torch.stack(channels)  # (C, K, N * hypotheses)
+    uv = torch.cat([torch.stack([uu, vv], dim=-1) for _, uu, vv, _, _ in landings], dim=1)
+    raw = splat_bilinear(uv, weights, (H, W)).reshape(len(channels) * num_key, H, W)
     maps = gaussian_blur(raw, sigma_px)
     if adaptive_sigma:
         # a blur width is a choice, not a prediction: no gradient through it
@@ -459,10 +478,13 @@ def heatmaps_from_config(
         occlusion_margin_rel=cfg.occlusion_margin_rel,
         min_overlap_fraction=cfg.min_overlap_fraction,
         adaptive_sigma=cfg.adaptive_sigma,
+        depth_spread=cfg.depth_spread,
     )
 
 
 def predicted_depth_config(cfg: HeatmapConfig) -> HeatmapConfig:
     """The heatmap settings for *predicted* depth (the learned modes): the ground truth's, with
-    ``predicted_occlusion_margin_rel`` as the relative occlusion margin."""
-    return dataclasses.replace(cfg, occlusion_margin_rel=cfg.predicted_occlusion_margin_rel)
+    ``predicted_occlusion_margin_rel`` as the relative occlusion margin and
+    ``predicted_depth_spread`` as the depth's uncertainty."""
+    return dataclasses.replace(cfg, occlusion_margin_rel=cfg.predicted_occlusion_margin_rel,
+                               depth_spread=cfg.predicted_depth_spread)

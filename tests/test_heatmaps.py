@@ -454,6 +454,12 @@ def test_depth_spread_is_the_expected_landing_over_three_depths():
     assert row_var(spread.heatmap) == pytest.approx(row_var(single[0].heatmap), rel=1e-6)
     for name in ("in_view_fraction", "occluded_fraction", "out_of_view_fraction", "has_overlap", "num_valid"):
         assert torch.equal(getattr(spread, name), getattr(single[0], name))
+    # the hidden part is drawn at the depth as given: a wall 1 m ahead in the current view hides it all
+    hidden = frame_indexed_heatmaps(depth, K64, key_T, K64, EYE, (H, W), torch.ones((H, W), dtype=torch.float64),
+                                    depth_spread=sigma, **common)
+    assert float(hidden.occluded_fraction[0]) == pytest.approx(1.0)
+    assert torch.allclose(hidden.heatmap, spread.heatmap)
+    assert float(hidden.occluded.sum()) == pytest.approx(2 / 3, abs=1e-6)  # the unspread share of the map
     with pytest.raises(InputError, match="depth_spread"):
         at(depth, -0.1)
 

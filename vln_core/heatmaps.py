@@ -322,8 +322,9 @@ def frame_indexed_heatmaps(
             ground truth). Predicted depth is uncertain, and where a point lands moves along its
             epipolar line with its depth: each point is then also splatted at
             ``exp(+-sqrt(3) depth_spread)`` times its depth, weights 1/6, 2/3, 1/6 (three-point
-            Gauss-Hermite), so the map is the expected landing. Only the maps spread; the
-            fractions, the bearing and ``has_overlap`` come from the depth as given.
+            Gauss-Hermite), so the map is the expected landing. Only ``heatmap`` spreads;
+            ``occluded`` (the hidden part, 2/3 of it then), the fractions, the bearing and
+            ``has_overlap`` come from the depth as given.
 
     Returns:
         :class:`InterFrameHeatmaps` on ``key_depth``'s device, float32 unless the depth is float64.
@@ -370,24 +371,25 @@ def frame_indexed_heatmaps(
             raise InputError(f"cur_depth must have shape cur_size {(H, W)}, got {tuple(cur_depth.shape)}")
 
     def land(f: float) -> tuple[torch.Tensor, ...]:
-        """``(x, z, u, v, inside, hidden)`` of the keyframe points at ``f`` times their depth."""
-        x, z, w_proj = (f * rows[n][0] + rows[n][1] for n in ("x", "z", "w"))  # w equals z for a pinhole K
+        """``(z, u, v, inside)`` of the keyframe points at ``f`` times their depth."""
+        z, w_proj = (f * rows[n][0] + rows[n][1] for n in ("z", "w"))  # w equals z for a pinhole K
         in_front = valid & (z > MIN_POSITIVE_DEPTH_M)
         safe_w = torch.where(in_front, w_proj, torch.ones_like(w_proj))
         u = (f * rows["u"][0] + rows["u"][1]) / safe_w
         v = (f * rows["v"][0] + rows["v"][1]) / safe_w
-        inside = in_front & (u >= -0.5) & (u < W - 0.5) & (v >= -0.5) & (v < H - 0.5)
-        if cur_depth is None:
-            return x, z, u, v, inside, torch.zeros_like(inside)
+        return z, u, v, in_front & (u >= -0.5) & (u < W - 0.5) & (v >= -0.5) & (v < H - 0.5)
+
+    x = rows["x"][0] + rows["x"][1]
+    z, u, v, inside = land(1.0)
+    if cur_depth is not None:
         ui = torch.round(u).clamp(0, W - 1).long()
         vi = torch.round(v).clamp(0, H - 1).long()
         ui = torch.where(inside, ui, torch.zeros_like(ui))
         vi = torch.where(inside, vi, torch.zeros_like(vi))
         d_c = cur_depth.reshape(-1)[vi * W + ui]
         hidden = inside & valid_depth_mask(d_c) & (z > d_c + occlusion_margin_m + occlusion_margin_rel * z)
-        return x, z, u, v, inside, hidden
-
-    x, z, u, v, inside, hidden = land(1.0)
+    else:
+        hidden = torch.zeros_like(inside)
     out_of_view = valid & ~inside
 
     def mass(mask: torch.Tensor) -> torch.Tensor:
@@ -406,16 +408,19 @@ def frame_indexed_heatmaps(
     # splat all inside points and the hidden ones in one pass, blur, share the normaliser
     # (without current depth nothing is hidden: skip the second channel)
     zero = torch.zeros_like(weight)
-    landings = [(1.0, u, v, inside, hidden)]
+    share = 1.0 if depth_spread <= 0 else 2.0 / 3.0
+    channels = [torch.where(inside, weight * share, zero)]
+    if cur_depth is not None:
+        channels.append(torch.where(hidden, weight * share, zero))
+    weights = torch.stack(channels)  # (C, K, N)
+    raw = splat_bilinear(torch.stack([u, v], dim=-1), weights, (H, W))  # (C, K, H, W)
     if depth_spread > 0:  # the depth's uncertainty along each point's ray (see the docstring)
         step = math.exp(math.sqrt(3.0) * depth_spread)
-        landings = [(2.0 / 3.0, u, v, inside, hidden)] + [(1.0 / 6.0, *land(f)[2:]) for f in (1.0 / step, step)]
-    channels = [torch.cat([torch.where(ins, weight * share, zero) for share, _, _, ins, _ in landings], dim=-1)]
-    if cur_depth is not None:
-        channels.append(torch.cat([torch.where(hid, weight * share, zero) for share, _, _, _, hid in landings], dim=-1))
-    weights = torch.stack(channels)  # (C, K, N * hypotheses)
-    uv = torch.cat([torch.stack([uu, vv], dim=-1) for _, uu, vv, _, _ in landings], dim=1)
-    raw = splat_bilinear(uv, weights, (H, W)).reshape(len(channels) * num_key, H, W)
+        spread = [land(f)[1:] for f in (1.0 / step, step)]
+        spread_w = torch.cat([torch.where(ins, weight / 6.0, zero) for _, _, ins in spread], dim=-1)
+        spread_uv = torch.cat([torch.stack([uu, vv], dim=-1) for uu, vv, _ in spread], dim=1)
+        raw[0] += splat_bilinear(spread_uv, spread_w, (H, W))  # the hidden part stays at the given depth
+    raw = raw.reshape(len(channels) * num_key, H, W)
     maps = gaussian_blur(raw, sigma_px)
     if adaptive_sigma:
         # a blur width is a choice, not a prediction: no gradient through it

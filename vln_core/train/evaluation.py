@@ -51,6 +51,7 @@ from vln_core.baselines import (
     prior_heatmaps,
 )
 from vln_core.config import VLNConfig
+from vln_core.errors import InputError
 from vln_core.geometry.matching import orb_features
 from vln_core.models.window_geometry import window_geometry
 from vln_core.heatmaps import InterFrameHeatmaps, heatmaps_from_config, predicted_depth_config
@@ -304,7 +305,8 @@ def _depth_panel(sample: dict[str, Any], depth: torch.Tensor, mode: str, path: P
 
     last = len(sample["frames"]) - 1
     rows = []
-    for i, name in ((last, f"current, {mode}"), (int(sample["keyframe_indices"][0]), f"kf {int(sample['keyframe_indices'][0]) - last:+d}")):
+    scale = ", no metric scale" if mode == "rgb_only" else ""  # colour only: the odometry's scale
+    for i, name in ((last, f"current, {mode}{scale}"), (int(sample["keyframe_indices"][0]), f"kf {int(sample['keyframe_indices'][0]) - last:+d}")):
         rgb = (sample["frames"][i].permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
         rows.append(depth_error_panel(rgb, sample["depth"][i].numpy(), depth[i].numpy(), name))
     bar = np.zeros((28, rows[0].shape[1], 3), np.uint8)
@@ -312,8 +314,9 @@ def _depth_panel(sample: dict[str, Any], depth: torch.Tensor, mode: str, path: P
                 cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, png = cv2.imencode(".png", cv2.cvtColor(np.concatenate([bar] + rows), cv2.COLOR_RGB2BGR))
-    if ok:
-        atomic_write_bytes(path, png.tobytes())
+    if not ok:
+        raise InputError(f"could not encode the depth panel {path}")
+    atomic_write_bytes(path, png.tobytes())
 
 
 @torch.no_grad()

@@ -242,6 +242,30 @@ def test_warmup_cosine_schedule():
 
 
 # ----------------------------------------------------------------------------- training
+def test_multiview_stage_leaves_the_frozen_monocular_prior_exactly_as_it_was(episodes_root, tmp_path):
+    """Stage ``multiview`` (the adaptation's default) freezes the monocular network it fuses: its
+    batch-norm layers must neither normalise with batch statistics nor overwrite their running
+    statistics, or the "frozen" prior changes with every step (it did, on a robot's recording)."""
+    cfg = tiny_cfg(episodes_root, tmp_path / "run", "training.stage=multiview", "training.max_steps=3",
+                   "training.pose_known_fraction=1.0")
+    trainer = Trainer(cfg, resume=None, progress=False)
+    before = _params(trainer)
+    frozen_bn = [m for m in trainer.model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert frozen_bn, "the monocular encoder has batch norm: this test guards it"
+    assert all(not m.training for m in frozen_bn)
+    records = trainer.fit()
+    trainer.close()
+    assert len(records) == 3
+    after = _params(trainer)
+    monocular = [k for k in before if k.startswith(("encoder.", "depth_decoder."))]
+    assert any(k.endswith("running_mean") for k in monocular)
+    changed = [k for k in monocular if not torch.equal(before[k], after[k])]
+    assert changed == [], f"the frozen monocular prior changed: {changed[:4]}"
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("multiview."))
+    # the trained network itself is in train mode (only frozen batch norm is held in eval)
+    assert trainer.model.multiview.training and trainer.model.training
+
+
 def test_training_lowers_the_loss(episodes_root, tmp_path):
     cfg = tiny_cfg(episodes_root, tmp_path / "run", "training.max_steps=40", "training.log_every=5")
     trainer = Trainer(cfg, resume=None, progress=False)

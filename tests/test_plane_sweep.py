@@ -104,6 +104,32 @@ def test_cost_volume_peaks_at_the_true_plane():
     assert float((best[interior] == nearest).double().mean()) > 0.5
 
 
+def test_the_exportable_gather_sampling_equals_grid_sample_at_borders_and_outside():
+    """The ONNX graphs sample by row gathers (onnxruntime's GridSample is slow); both samplings
+    must give the same volume, including sources seen only in part (zero padding at the borders,
+    points behind or beside a source)."""
+    torch.manual_seed(5)
+    B, S, C, h, w = 2, 3, 6, 12, 16
+    Kf = torch.tensor([[14.0, 0.0, 7.5], [0.0, 14.0, 5.5], [0.0, 0.0, 1.0]])
+    T = torch.stack([torch.stack([_pose(0.0, yaw, 0.0, [tx, 0.02, tz]) for yaw, tx, tz in
+                                  ((0.05, 0.3, 0.0), (0.6, -0.2, 0.1), (-0.9, 0.5, -0.3))]) for _ in range(B)]).float()
+    T[1] = T[1].flip(0)
+    grid, valid = plane_sweep_grid(Kf, Kf, T, inverse_depth_planes(0.3, 8.0, 10), (h, w))
+    assert 0.2 < float(valid.double().mean()) < 0.9, "the scene must have both seen and unseen points"
+    ref = torch.randn(B, C, h, w)
+    src = torch.randn(B, S, C, h, w)
+    cost_gs, seen_gs = correlation_volume(ref, src, grid, valid, by_gather=False)
+    cost_g, seen_g = correlation_volume(ref, src, grid, valid, by_gather=True)
+    assert torch.equal(seen_gs, seen_g)
+    assert torch.allclose(cost_g, cost_gs, atol=1e-5), float((cost_g - cost_gs).abs().max())
+    # the sampled values themselves, not only their mean over sources: one source at a time
+    for s in range(S):
+        one_gs, _ = correlation_volume(ref, src[:, s:s + 1], grid[:, s:s + 1], valid[:, s:s + 1], by_gather=False)
+        one_g, _ = correlation_volume(ref, src[:, s:s + 1], grid[:, s:s + 1], valid[:, s:s + 1], by_gather=True)
+        assert torch.allclose(one_g, one_gs, atol=1e-5)
+        assert float(one_g.abs().max()) > 0.1
+
+
 def test_no_source_sees_anything_gives_zero_cost_and_zero_seen():
     h, w = 8, 8
     far_away = make_pose(torch.eye(3, dtype=torch.float64), torch.tensor([100.0, 0.0, 0.0], dtype=torch.float64))

@@ -178,7 +178,13 @@ def correlation_volume(ref_features: torch.Tensor, src_features: torch.Tensor, g
         corr = _correlation_by_gather(ref_features, src_features, grid)
     else:
         warped = warp_to_planes(src_features, grid)  # (B, S, C, D, h, w)
-        corr = torch.einsum("bscdhw,bchw->bsdhw", warped, ref_features) / ref_features.shape[1]  # (B, S, D, h, w)
+        # channel by channel: on 2 cores 8x faster than the einsum (which reshapes to a batched
+        # matrix product with an inner size of 16), and no (B, S, C, D, h, w) product is made
+        ref = ref_features[:, None, :, None]  # (B, 1, C, 1, h, w)
+        corr = warped[:, :, 0] * ref[:, :, 0]
+        for c in range(1, warped.shape[2]):
+            corr = torch.addcmul(corr, warped[:, :, c], ref[:, :, c])
+        corr = corr / ref_features.shape[1]  # (B, S, D, h, w)
     vf = valid.to(corr.dtype)
     count = vf.sum(dim=1)
     cost = (corr * vf).sum(dim=1) / count.clamp(min=1.0)
